@@ -1,0 +1,74 @@
+"""Headrace: streaming inference for Python.
+
+The public API is what this module exports; everything else may change.
+"""
+
+from headrace.config import ConfigError, PipelineConfig, load_config
+from headrace.connectors import (
+    GeneratorSource,
+    JsonLinesSink,
+    JsonLinesSource,
+    NullSink,
+    SensorEvents,
+    Sink,
+    Source,
+    SqliteSink,
+    StdoutSink,
+)
+from headrace.models import (
+    CallableModel,
+    Featurizer,
+    Model,
+    ModelLoadError,
+    OnnxModel,
+    SklearnModel,
+    load_skops,
+    sha256_of,
+)
+from headrace.pipeline import Pipeline
+from headrace.record import FailedRecord, ModelRef, Position, Record, ScoredBatch
+from headrace.runtime.batcher import Batcher, MicroBatcher, OutputCountError
+from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
+from headrace.runtime.offsets import OffsetTracker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batcher",
+    "CallableModel",
+    "ConfigError",
+    "Engine",
+    "EngineSettings",
+    "FailedRecord",
+    "Featurizer",
+    "GeneratorSource",
+    "JsonDecoder",
+    "JsonLinesSink",
+    "JsonLinesSource",
+    "MicroBatcher",
+    "Model",
+    "ModelLoadError",
+    "ModelRef",
+    "NullSink",
+    "OffsetTracker",
+    "OnnxModel",
+    "OutputCountError",
+    "Pipeline",
+    "PipelineConfig",
+    "PipelineError",
+    "Position",
+    "Record",
+    "RunSummary",
+    "ScoredBatch",
+    "SensorEvents",
+    "Sink",
+    "SklearnModel",
+    "Source",
+    "SqliteSink",
+    "StdoutSink",
+    "__version__",
+    "load_config",
+    "load_skops",
+    "sha256_of",
+]

@@ -1,0 +1,341 @@
+"""The YAML configuration: its schema, how it is read, and the errors a mistake gets.
+
+Every section is a strict schema: an unknown key is an error, a wrong type names the key
+and what was expected. Strings may name environment variables as ``${NAME}`` (or
+``${NAME:-default}``), which is how secrets and per-run values come in without being
+written into the file. Relative paths are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the key it concerns and what was expected."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# -- sources ---------------------------------------------------------------------------
+
+
+class GeneratorSourceConfig(_Section, kw_only=True, tag="generator", tag_field="type"):
+    """Synthetic IoT sensor events (the reference event shape)."""
+
+    rate: NonNegative = 1000.0
+    count: Positive | None = None
+    seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    entities: Positive = 100
+    anomaly_rate: Fraction = 0.01
+    seed: int = 0
+    topic: str = "generator"
+
+
+class JsonLinesSourceConfig(_Section, kw_only=True, tag="jsonl", tag_field="type"):
+    """One JSON document per line, from a file or standard input (``-``)."""
+
+    path: str
+    checkpoint: str | None = None
+    key_field: str | None = None
+    time_field: str | None = None
+    max_bytes: Positive = 1 << 20
+
+
+SourceConfig = GeneratorSourceConfig | JsonLinesSourceConfig
+
+# -- models ----------------------------------------------------------------------------
+
+
+class FeaturesConfig(_Section, kw_only=True):
+    """Which fields of each event make the model's input row."""
+
+    fields: list[str] = msgspec.field(default_factory=list)
+    vector: str | None = None
+    allow_nan: bool = False
+
+
+class OnnxModelConfig(_Section, kw_only=True, tag="onnx", tag_field="type"):
+    name: str
+    version: str
+    path: str
+    sha256: Sha256
+    output: str | None = None
+    threads: Positive | None = None
+    features: FeaturesConfig | None = None
+
+
+class SkopsModelConfig(_Section, kw_only=True, tag="skops", tag_field="type"):
+    name: str
+    version: str
+    path: str
+    sha256: Sha256
+    method: Literal["predict", "predict_proba", "decision_function", "score_samples"] = (
+        "predict"
+    )
+    negate: bool = False
+    trusted_types: list[str] = msgspec.field(default_factory=list)
+    features: FeaturesConfig | None = None
+
+
+class CallableModelConfig(_Section, kw_only=True, tag="callable", tag_field="type"):
+    """A Python function ``module:name`` that scores a batch, or an object with
+    ``predict_batch``."""
+
+    name: str
+    version: str
+    function: Annotated[str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$")]
+    features: FeaturesConfig | None = None
+
+
+ModelConfig = OnnxModelConfig | SkopsModelConfig | CallableModelConfig
+
+# -- sinks -----------------------------------------------------------------------------
+
+
+class FilterConfig(_Section, kw_only=True):
+    """Keep only outputs whose (scalar) prediction is above and/or below a threshold."""
+
+    above: float | None = None
+    below: float | None = None
+
+
+class _SinkSection(_Section, kw_only=True):
+    name: str | None = None
+    filter: FilterConfig | None = None
+
+
+class SqliteSinkConfig(_SinkSection, kw_only=True, tag="sqlite", tag_field="type"):
+    path: str
+    table: str = "predictions"
+    failures_table: str = "dead_letters"
+    mode: Literal["upsert", "insert"] = "upsert"
+    store_input: bool = True
+
+
+class JsonLinesSinkConfig(_SinkSection, kw_only=True, tag="jsonl", tag_field="type"):
+    path: str
+    fsync: bool = False
+
+
+class StdoutSinkConfig(_SinkSection, kw_only=True, tag="stdout", tag_field="type"):
+    pass
+
+
+class NullSinkConfig(_SinkSection, kw_only=True, tag="null", tag_field="type"):
+    pass
+
+
+SinkConfig = SqliteSinkConfig | JsonLinesSinkConfig | StdoutSinkConfig | NullSinkConfig
+
+# -- the rest --------------------------------------------------------------------------
+
+
+class BatchingConfig(_Section, kw_only=True):
+    max_size: Positive = 256
+    max_wait_ms: NonNegative = 10.0
+    max_concurrency: Positive = 2
+
+
+class FlowConfig(_Section, kw_only=True):
+    max_in_flight: Positive = 10_000
+
+
+class RuntimeConfig(_Section, kw_only=True):
+    commit_interval_ms: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class MetricsConfig(_Section, kw_only=True):
+    port: Port = 9108
+    host: str = "127.0.0.1"
+
+
+class PipelineConfig(_Section, kw_only=True):
+    source: SourceConfig
+    model: ModelConfig
+    sinks: Annotated[list[SinkConfig], msgspec.Meta(min_length=1)]
+    name: str = "pipeline"
+    dead_letter: SinkConfig | None = None
+    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+    flow: FlowConfig = msgspec.field(default_factory=FlowConfig)
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    metrics: MetricsConfig | None = None
+
+
+# -- loading ---------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(data: Any, env: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed document."""
+    if isinstance(data, dict):
+        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def value(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"at {where}: environment variable {name} is not set")
+
+        return _VAR.sub(value, data)
+    return data
+
+
+def parse_config(
+    data: Any, *, env: Mapping[str, str] | None = None, origin: str = "config"
+) -> PipelineConfig:
+    """Validate an already-parsed document (a dict) into a :class:`PipelineConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        data = interpolate(data, os.environ if env is None else env)
+        config = msgspec.convert(data, PipelineConfig)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {explain(str(exc), data)}") from None
+    check(config, origin)
+    return config
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, env=env, origin=str(path))
+
+
+def check(config: PipelineConfig, origin: str) -> None:
+    """Rules that span keys, which a schema alone cannot say."""
+    names: set[str] = set()
+    sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
+    for i, sink in enumerate(sinks):
+        where = f"sinks[{i}]" if i < len(config.sinks) else "dead_letter"
+        name = sink_name(sink)
+        if name in names:
+            raise ConfigError(
+                f"{origin}: at {where}: sink name {name!r} is used twice; give each sink a "
+                "distinct name"
+            )
+        names.add(name)
+        if sink.filter is not None and sink.filter.above is None and sink.filter.below is None:
+            raise ConfigError(f"{origin}: at {where}.filter: give `above`, `below` or both")
+    if config.dead_letter is not None and config.dead_letter.filter is not None:
+        raise ConfigError(f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure")
+    features = config.model.features
+    if features is not None and not features.fields and features.vector is None:
+        raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
+
+
+def sink_name(sink: SinkConfig) -> str:
+    return sink.name or type(sink).__struct_config__.tag  # type: ignore[return-value]
+
+
+# -- error messages --------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
+
+
+def explain(message: str, data: Any) -> str:
+    """Turn msgspec's message into one that names the key and what it expected."""
+    m = _AT.match(message)
+    msg, path = (m.group("msg"), m.group("path")) if m else (message, "")
+    where = path.lstrip(".") or "top level"
+    if (u := _UNKNOWN.match(msg)) is not None:
+        tp, node = _type_at(path, data)
+        struct = _resolve(tp, node)
+        allowed = sorted(f.encode_name for f in msgspec.structs.fields(struct)) if struct else []
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"at {where}: unknown key {u.group('key')!r}{hint}"
+    if (u := _MISSING.match(msg)) is not None:
+        key = u.group("key")
+        if key == "type":
+            tp, _ = _type_at(path, data)
+            tags = [str(a.__struct_config__.tag) for a in _members(tp) if _is_struct(a)]
+            return f"at {where}: missing required key 'type'; expected one of: {', '.join(tags)}"
+        return f"at {where}: missing required key {key!r}"
+    if path.endswith(".type") and msg.startswith("Invalid value"):
+        tp, _ = _type_at(path[: -len(".type")], data)
+        tags = [str(a.__struct_config__.tag) for a in _members(tp) if _is_struct(a)]
+        return f"at {where}: {msg}; expected one of: {', '.join(tags)}"
+    return f"at {where}: {msg}"
+
+
+def _segments(path: str) -> list[str | int]:
+    return [int(i) if i else k for k, i in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path)]
+
+
+def _type_at(path: str, data: Any) -> tuple[Any, Any]:
+    """The declared type at ``path`` in the schema, and the data found there."""
+    tp: Any = PipelineConfig
+    node = data
+    for seg in _segments(path):
+        if isinstance(seg, int):
+            args = typing.get_args(_unwrap(tp))
+            tp = args[0] if args else None
+            node = node[seg] if isinstance(node, list) and seg < len(node) else None
+        else:
+            struct = _resolve(tp, node)
+            if struct is None:
+                return None, None
+            tp = typing.get_type_hints(struct, include_extras=True).get(seg)
+            node = node.get(seg) if isinstance(node, dict) else None
+    return tp, node
+
+
+def _resolve(tp: Any, node: Any) -> type[msgspec.Struct] | None:
+    """The schema class a value of declared type ``tp`` is checked against."""
+    structs = [a for a in _members(tp) if _is_struct(a)]
+    if len(structs) == 1:
+        return structs[0]
+    tag = node.get("type") if isinstance(node, dict) else None
+    return next((s for s in structs if s.__struct_config__.tag == tag), None)
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _members(tp: Any) -> list[Any]:
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+    return [tp]
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)

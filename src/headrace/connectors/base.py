@@ -1,0 +1,59 @@
+"""The two small protocols every connector follows."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from headrace.record import FailedRecord, Record, ScoredBatch
+
+PartitionKey = tuple[str, int]
+
+
+class Source(ABC):
+    """Reads records in chunks and commits the positions the engine says are finished.
+
+    ``decoded`` is false for sources that deliver bytes (``Record.raw``) for the engine's
+    decoder, true for sources that build values themselves.
+    """
+
+    name: str = "source"
+    decoded: bool = False
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect, restore positions. Called once before :meth:`chunks`."""
+
+    @abstractmethod
+    def chunks(self) -> AsyncIterator[list[Record]]:
+        """Yield lists of records in read order; end when the source is exhausted."""
+
+    async def commit(self, positions: Mapping[PartitionKey, int]) -> None:  # noqa: B027
+        """Persist, per partition, the next position to read after a restart."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Release resources. Called once, after the last commit."""
+
+
+class Sink(ABC):
+    """Writes scored batches. ``write`` returning means the batch was accepted;
+    ``flush`` returning means everything accepted so far is durable, and only then does
+    the engine commit source positions."""
+
+    name: str = "sink"
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect, create tables. Called once before the first write."""
+
+    @abstractmethod
+    async def write(self, batch: ScoredBatch) -> None:
+        """Accept one batch of outputs."""
+
+    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
+        """Accept records that failed, when this sink is the dead-letter destination."""
+        raise NotImplementedError(f"the {type(self).__name__} cannot hold dead letters")
+
+    async def flush(self) -> None:  # noqa: B027
+        """Make every accepted write durable."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Flush and release resources."""

@@ -1,0 +1,173 @@
+"""A SQLite sink: one row per output, keyed by source position."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from headrace.connectors.base import Sink
+from headrace.record import FailedRecord, ScoredBatch
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_PREDICTIONS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    key TEXT,
+    prediction NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    event_time REAL,
+    processed_at REAL NOT NULL,
+    input TEXT,
+    PRIMARY KEY (topic, partition, "offset")
+)"""
+
+_FAILURES = """
+CREATE TABLE IF NOT EXISTS {table} (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    key TEXT,
+    stage TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    model_name TEXT,
+    model_version TEXT,
+    input TEXT,
+    raw TEXT,
+    PRIMARY KEY (topic, partition, "offset")
+)"""
+
+
+class SqliteSink(Sink):
+    """Writes outputs to a SQLite table, one transaction per batch.
+
+    ``mode="upsert"`` (the default) replaces a row with the same source position, so
+    records re-read after a crash overwrite their earlier outputs instead of duplicating
+    them. ``mode="insert"`` fails on such a duplicate. A scalar prediction is stored as a
+    number; other predictions, and inputs, as JSON text. All database work runs on one thread of its own, off the event loop.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        table: str = "predictions",
+        failures_table: str = "dead_letters",
+        mode: Literal["upsert", "insert"] = "upsert",
+        store_input: bool = True,
+        name: str = "sqlite",
+    ) -> None:
+        for t in (table, failures_table):
+            if not _IDENTIFIER.match(t):
+                raise ValueError(f"table name {t!r} is not a plain SQL identifier")
+        self.path = str(path)
+        self.table = table
+        self.failures_table = failures_table
+        self.mode = mode
+        self.store_input = store_input
+        self.name = name
+        self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"headrace-sqlite-{name}")
+        self._encode = msgspec.json.Encoder().encode
+        verb = "INSERT OR REPLACE" if mode == "upsert" else "INSERT"
+        self._insert = (
+            f'{verb} INTO {table} (topic, partition, "offset", key, prediction, model_name, '
+            "model_version, event_time, processed_at, input) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        )
+        self._insert_failure = (
+            f'{verb} INTO {failures_table} (topic, partition, "offset", key, stage, '
+            "error_type, error, model_name, model_version, input, raw) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+        )
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(_PREDICTIONS.format(table=self.table))
+        conn.execute(_FAILURES.format(table=self.failures_table))
+        self._conn = conn
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError(f"sink {self.name!r} is not open")
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(sql, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def write(self, batch: ScoredBatch) -> None:
+        if not len(batch):
+            return
+        enc = self._encode
+        name, version, at = batch.model.name, batch.model.version, batch.processed_at
+        keep_input = self.store_input
+        rows = [
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                None if r.key is None else str(r.key),
+                p if isinstance(p, int | float) else enc(p),
+                name,
+                version,
+                r.event_time,
+                at,
+                enc(r.value) if keep_input else None,
+            )
+            for r, p in zip(batch.records, batch.predictions, strict=True)
+        ]
+        await self._call(self._executemany, self._insert, rows)
+
+    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
+        if not failures:
+            return
+        enc = self._encode
+        rows = []
+        for f in failures:
+            r = f.record
+            rows.append(
+                (
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    None if r.key is None else str(r.key),
+                    f.stage,
+                    f.error_type,
+                    f.error,
+                    f.model.name if f.model else None,
+                    f.model.version if f.model else None,
+                    enc(r.value),
+                    r.raw.decode("utf-8", "replace") if r.raw is not None else None,
+                )
+            )
+        await self._call(self._executemany, self._insert_failure, rows)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._call(conn.close)
+        self._thread.shutdown(wait=True)

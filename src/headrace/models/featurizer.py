@@ -1,0 +1,123 @@
+"""Turning decoded JSON values into the numeric matrix a model takes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+class FeatureError(ValueError):
+    """One record's value cannot be turned into features."""
+
+
+class Featurizer:
+    """Maps named fields of each JSON object to one row of a float matrix.
+
+    ``fields`` are scalar fields, in order; ``vector`` names a field holding a list of
+    numbers, appended after them. Booleans count as 0 and 1; strings and nulls are not
+    numbers, and a value with one is rejected, as is NaN or infinity unless ``allow_nan``.
+
+    >>> f = Featurizer(fields=["a"], vector="v")
+    >>> x, failures = f.transform([{"a": 1, "v": [2.0, 3.0]}, {"a": "x", "v": [1, 2]}])
+    >>> x.tolist(), failures
+    ([[1.0, 2.0, 3.0]], [(1, "field 'a' must be a number, got str")])
+    """
+
+    def __init__(
+        self,
+        fields: Sequence[str] = (),
+        vector: str | None = None,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        allow_nan: bool = False,
+    ) -> None:
+        if not fields and vector is None:
+            raise ValueError("a featurizer needs fields, a vector field, or both")
+        self.fields = tuple(fields)
+        self.vector = vector
+        self.dtype = np.dtype(dtype)
+        self.allow_nan = allow_nan
+        self._width: int | None = len(self.fields) if vector is None else None
+
+    def transform(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """The feature matrix of the valid values, and (index, reason) for each invalid one."""
+        try:
+            x = self._fast(values)
+        except (KeyError, TypeError, ValueError, IndexError):
+            x = None
+        if x is not None:
+            if self.allow_nan:
+                return x, []
+            finite = np.isfinite(x).all(axis=1)
+            if finite.all():
+                return x, []
+            bad = np.flatnonzero(~finite).tolist()
+            return x[finite], [(i, "features contain NaN or infinity") for i in bad]
+        return self._slow(values)
+
+    def _fast(self, values: Sequence[Any]) -> np.ndarray | None:
+        fields, vector = self.fields, self.vector
+        if vector is None:
+            rows: list[Any] = [[v[f] for f in fields] for v in values]
+        elif not fields:
+            rows = [v[vector] for v in values]
+        else:
+            rows = [[*(v[f] for f in fields), *v[vector]] for v in values]
+        # Without a dtype, NumPy reveals strings, nulls and ragged rows (non-numeric kinds)
+        # instead of silently converting "1.5" to 1.5.
+        arr = np.array(rows)
+        if arr.ndim != 2 or arr.dtype.kind not in "fiu" or len(arr) != len(values):
+            return None
+        if self._width is None:
+            self._width = arr.shape[1]
+        elif arr.shape[1] != self._width:
+            return None
+        return arr.astype(self.dtype, copy=False)
+
+    def _slow(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        rows: list[list[float]] = []
+        failures: list[tuple[int, str]] = []
+        for i, value in enumerate(values):
+            try:
+                rows.append(self.row(value))
+            except FeatureError as exc:
+                failures.append((i, str(exc)))
+        width = self._width or 0
+        x = np.array(rows, dtype=self.dtype) if rows else np.empty((0, width), self.dtype)
+        return x, failures
+
+    def row(self, value: Any) -> list[float]:
+        """One value's features, or a :class:`FeatureError` saying what is wrong."""
+        if not isinstance(value, dict):
+            raise FeatureError(f"expected a JSON object, got {type(value).__name__}")
+        row = [self._number(value, f) for f in self.fields]
+        if self.vector is not None:
+            if self.vector not in value:
+                raise FeatureError(f"missing field {self.vector!r}")
+            vec = value[self.vector]
+            if not isinstance(vec, list):
+                raise FeatureError(
+                    f"field {self.vector!r} must be a list of numbers, got {type(vec).__name__}"
+                )
+            for j, item in enumerate(vec):
+                row.append(self._check(item, f"{self.vector}[{j}]"))
+        if self._width is not None and len(row) != self._width:
+            raise FeatureError(f"expected {self._width} features, got {len(row)}")
+        self._width = len(row)
+        return row
+
+    def _number(self, value: dict[str, Any], field: str) -> float:
+        if field not in value:
+            raise FeatureError(f"missing field {field!r}")
+        return self._check(value[field], field)
+
+    def _check(self, item: Any, where: str) -> float:
+        if not isinstance(item, int | float):
+            raise FeatureError(f"field {where!r} must be a number, got {type(item).__name__}")
+        if not self.allow_nan and not math.isfinite(item):
+            raise FeatureError(f"field {where!r} is NaN or infinity")
+        return float(item)

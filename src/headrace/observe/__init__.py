@@ -1,0 +1,1 @@
+"""Seeing what a pipeline does: counters, metrics, the HTTP endpoint."""

@@ -1,0 +1,73 @@
+"""A small HTTP server for /metrics and /health, on loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+_MAX_REQUEST = 8192
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` (Prometheus text format) and ``GET /health``.
+
+    ``/health`` answers 200 while ``healthy()`` is true and 503 otherwise. It binds
+    127.0.0.1 by default: exposing it on other interfaces is an explicit choice.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9108,
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.healthy = healthy
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.close()
+            return
+        parts = head[:_MAX_REQUEST].split(b"\r\n", 1)[0].split()
+        method = parts[0] if parts else b""
+        path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+        if method != b"GET":
+            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+        elif path == b"/metrics":
+            body = await asyncio.to_thread(generate_latest, self.registry)
+            status, ctype = "200 OK", CONTENT_TYPE_LATEST
+        elif path == b"/health":
+            ok = self.healthy()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            ctype, body = "application/json", b'{"status":"ok"}\n' if ok else b'{"status":"stopping"}\n'
+        else:
+            status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode() + body
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()

@@ -1,0 +1,311 @@
+"""The Python API: build a pipeline in code, or from a YAML configuration.
+
+>>> from headrace import Pipeline, CallableModel, GeneratorSource, NullSink
+>>> summary = (
+...     Pipeline("example")
+...     .source(GeneratorSource(rate=0, count=1000))
+...     .model(CallableModel(lambda xs: [len(x["features"]) for x in xs], name="width"))
+...     .sink(NullSink())
+...     .run(install_signal_handlers=False)
+... )
+>>> summary.records_out
+1000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from headrace import config as cfg
+from headrace.connectors.base import Sink, Source
+from headrace.connectors.files import JsonLinesSink, JsonLinesSource, NullSink, StdoutSink
+from headrace.connectors.generator import GeneratorSource
+from headrace.connectors.sqlite import SqliteSink
+from headrace.models.base import CallableModel, Model
+from headrace.models.featurizer import Featurizer
+from headrace.models.onnx import OnnxModel
+from headrace.models.sklearn import SklearnModel, load_skops
+from headrace.observe.http import MetricsServer
+from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.engine import Engine, EngineSettings, RunSummary, SinkBinding
+
+log = logging.getLogger("headrace")
+
+
+class Pipeline:
+    """Builds an :class:`~headrace.runtime.engine.Engine` step by step.
+
+    Each method returns the pipeline, so calls chain. ``run()`` runs it to completion in a
+    new event loop; ``await pipeline.run_async()`` inside one.
+    """
+
+    def __init__(self, name: str = "pipeline") -> None:
+        self.name = name
+        self._source: Source | None = None
+        self._model: Model | None = None
+        self._featurizer: Featurizer | None = None
+        self._decoder: JsonDecoder | None = None
+        self._sinks: list[SinkBinding] = []
+        self._dead_letter: Sink | None = None
+        self._settings = EngineSettings()
+        self._metrics_at: tuple[str, int] | None = None
+
+    def source(self, source: Source, *, decoder: JsonDecoder | None = None) -> Pipeline:
+        self._source = source
+        self._decoder = decoder
+        return self
+
+    def model(self, model: Model, *, featurizer: Featurizer | None = None) -> Pipeline:
+        self._model = model
+        self._featurizer = featurizer
+        return self
+
+    def sink(
+        self, sink: Sink, *, above: float | None = None, below: float | None = None
+    ) -> Pipeline:
+        """Add a sink; with ``above``/``below`` it takes only outputs past that threshold."""
+        keep = threshold(above, below) if above is not None or below is not None else None
+        self._sinks.append(SinkBinding(sink, keep))
+        return self
+
+    def dead_letter(self, sink: Sink) -> Pipeline:
+        """Where records that fail decoding, featurizing or the model go, with the error."""
+        self._dead_letter = sink
+        return self
+
+    def settings(self, settings: EngineSettings) -> Pipeline:
+        self._settings = settings
+        return self
+
+    def batching(
+        self, *, max_size: int = 256, max_wait: float = 0.01, max_concurrency: int = 2
+    ) -> Pipeline:
+        s = self._settings
+        self._settings = EngineSettings(
+            max_batch_size=max_size,
+            max_wait=max_wait,
+            max_concurrency=max_concurrency,
+            max_in_flight=s.max_in_flight,
+            commit_interval=s.commit_interval,
+            shutdown_timeout=s.shutdown_timeout,
+        )
+        return self
+
+    def metrics(self, *, port: int = 9108, host: str = "127.0.0.1") -> Pipeline:
+        """Serve /metrics and /health on ``host:port`` while running."""
+        self._metrics_at = (host, port)
+        return self
+
+    def build(self) -> Engine:
+        if self._source is None:
+            raise ValueError("the pipeline has no source: call .source(...)")
+        if self._model is None:
+            raise ValueError("the pipeline has no model: call .model(...)")
+        return Engine(
+            source=self._source,
+            model=self._model,
+            featurizer=self._featurizer,
+            decoder=self._decoder,
+            sinks=self._sinks,
+            dead_letter=self._dead_letter,
+            settings=self._settings,
+            name=self.name,
+        )
+
+    async def run_async(
+        self,
+        *,
+        install_signal_handlers: bool = True,
+        on_start: Callable[[Engine], Any] | None = None,
+    ) -> RunSummary:
+        engine = self.build()
+        return await run_engine(
+            engine,
+            metrics_at=self._metrics_at,
+            install_signal_handlers=install_signal_handlers,
+            on_start=on_start,
+        )
+
+    def run(self, *, install_signal_handlers: bool = True) -> RunSummary:
+        return asyncio.run(self.run_async(install_signal_handlers=install_signal_handlers))
+
+    # -- from configuration ------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: cfg.PipelineConfig) -> Pipeline:
+        """The pipeline a validated configuration describes (models are loaded here)."""
+        p = cls(config.name)
+        source, decoder = build_source(config.source)
+        p.source(source, decoder=decoder)
+        model, featurizer = build_model(config.model)
+        p.model(model, featurizer=featurizer)
+        for sink in config.sinks:
+            f = sink.filter
+            p.sink(build_sink(sink), above=f.above if f else None, below=f.below if f else None)
+        if config.dead_letter is not None:
+            p.dead_letter(build_sink(config.dead_letter))
+        b, r = config.batching, config.runtime
+        p.settings(
+            EngineSettings(
+                max_batch_size=b.max_size,
+                max_wait=b.max_wait_ms / 1000.0,
+                max_concurrency=b.max_concurrency,
+                max_in_flight=config.flow.max_in_flight,
+                commit_interval=r.commit_interval_ms / 1000.0,
+                shutdown_timeout=r.shutdown_timeout_s,
+            )
+        )
+        if config.metrics is not None:
+            p.metrics(port=config.metrics.port, host=config.metrics.host)
+        return p
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        return cls.from_config(cfg.load_config(path))
+
+
+async def run_engine(
+    engine: Engine,
+    *,
+    metrics_at: tuple[str, int] | None = None,
+    install_signal_handlers: bool = True,
+    on_start: Callable[[Engine], Any] | None = None,
+) -> RunSummary:
+    """Run an engine with its metrics endpoint and SIGTERM/SIGINT handling."""
+    loop = asyncio.get_running_loop()
+    server = None
+    if metrics_at is not None:
+        server = MetricsServer(
+            engine.metrics.registry,
+            host=metrics_at[0],
+            port=metrics_at[1],
+            healthy=lambda: engine.healthy,
+        )
+        await server.start()
+        log.info("metrics on http://%s:%d/metrics", server.host, server.port)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    if install_signal_handlers:
+        for sig in signals:
+            loop.add_signal_handler(sig, _on_signal, engine)
+    try:
+        if on_start is not None:
+            on_start(engine)
+        return await engine.run()
+    finally:
+        if install_signal_handlers:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if server is not None:
+            await server.stop()
+
+
+def _on_signal(engine: Engine) -> None:
+    if engine.stopping:
+        # A second signal: the user wants out now. Nothing uncommitted is lost; it is read
+        # again on the next start.
+        log.warning("second signal: exiting without finishing in-flight records")
+        os._exit(130)
+    engine.stop()
+
+
+def threshold(above: float | None, below: float | None) -> Callable[[Any], bool]:
+    """A predicate on scalar predictions: strictly above and/or strictly below."""
+    lo = float("-inf") if above is None else above
+    hi = float("inf") if below is None else below
+
+    def keep(prediction: Any) -> bool:
+        if isinstance(prediction, bool) or not isinstance(prediction, int | float):
+            raise TypeError(
+                "a sink filter compares scalar predictions, but the model returned "
+                f"{type(prediction).__name__}"
+            )
+        return lo < prediction < hi
+
+    return keep
+
+
+# -- building from configuration sections ----------------------------------------------
+
+
+def build_source(c: cfg.SourceConfig) -> tuple[Source, JsonDecoder | None]:
+    if isinstance(c, cfg.GeneratorSourceConfig):
+        source = GeneratorSource(
+            rate=c.rate,
+            count=c.count,
+            seconds=c.seconds,
+            entities=c.entities,
+            anomaly_rate=c.anomaly_rate,
+            seed=c.seed,
+            topic=c.topic,
+        )
+        return source, None
+    decoder = JsonDecoder(key_field=c.key_field, time_field=c.time_field, max_bytes=c.max_bytes)
+    return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
+
+
+def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
+    f = c.features
+    featurizer = (
+        Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
+    )
+    model: Model
+    if isinstance(c, cfg.OnnxModelConfig):
+        model = OnnxModel.from_file(
+            c.path,
+            sha256=c.sha256,
+            name=c.name,
+            version=c.version,
+            output=c.output,
+            threads=c.threads,
+        )
+    elif isinstance(c, cfg.SkopsModelConfig):
+        estimator = load_skops(c.path, sha256=c.sha256, trusted=c.trusted_types)
+        model = SklearnModel(
+            estimator, method=c.method, name=c.name, version=c.version, negate=c.negate
+        )
+    else:
+        model = _import_model(c)
+    return model, featurizer
+
+
+def _import_model(c: cfg.CallableModelConfig) -> Model:
+    module_name, _, attr = c.function.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise cfg.ConfigError(f"at model.function: cannot import {c.function!r}: {exc}") from exc
+    if hasattr(obj, "predict_batch"):
+        return CallableModel(obj.predict_batch, name=c.name, version=c.version)
+    if not callable(obj):
+        raise cfg.ConfigError(f"at model.function: {c.function!r} is not callable")
+    return CallableModel(obj, name=c.name, version=c.version)
+
+
+def build_sink(c: cfg.SinkConfig) -> Sink:
+    name = cfg.sink_name(c)
+    if isinstance(c, cfg.SqliteSinkConfig):
+        return SqliteSink(
+            c.path,
+            table=c.table,
+            failures_table=c.failures_table,
+            mode=c.mode,
+            store_input=c.store_input,
+            name=name,
+        )
+    if isinstance(c, cfg.JsonLinesSinkConfig):
+        return JsonLinesSink(c.path, fsync=c.fsync, name=name)
+    if isinstance(c, cfg.StdoutSinkConfig):
+        return StdoutSink(name=name)
+    return NullSink(name=name)
+
+
+__all__ = ["Pipeline", "run_engine", "threshold"]

@@ -1,0 +1,148 @@
+"""The unit of data that flows through a pipeline, and what comes out of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class Position(NamedTuple):
+    """Where a record came from: a topic (or stream, or file), a partition, an offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Record:
+    """One event as read from a source.
+
+    ``value`` is the decoded payload (``None`` until a decoder ran for sources that deliver
+    bytes), ``raw`` the bytes as they arrived (``None`` for sources that build values
+    directly), ``event_time`` seconds since the epoch.
+
+    >>> r = Record(key="pump-1", value={"t": 1.5}, event_time=10.0,
+    ...            topic="sensors", partition=0, offset=42)
+    >>> r.position
+    Position(topic='sensors', partition=0, offset=42)
+    """
+
+    # Slots and plain attributes: a record is created for every event, so it stays cheap.
+    __slots__ = ("event_time", "headers", "key", "offset", "partition", "raw", "topic", "value")
+
+    def __init__(
+        self,
+        key: Any,
+        value: Any,
+        event_time: float,
+        topic: str,
+        partition: int,
+        offset: int,
+        raw: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.event_time = event_time
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.raw = raw
+        self.headers = headers
+
+    @property
+    def position(self) -> Position:
+        return Position(self.topic, self.partition, self.offset)
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(key={self.key!r}, topic={self.topic!r}, partition={self.partition}, "
+            f"offset={self.offset}, event_time={self.event_time})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Which model produced an output."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """A batch of records with one prediction each, all from one model version.
+
+    Sinks receive these. Keeping the batch as one object, rather than one output object per
+    record, keeps the per-record cost of the engine low; :meth:`to_dicts` builds the
+    documented output shape for sinks that write JSON.
+    """
+
+    records: Sequence[Record]
+    predictions: Sequence[Any]
+    model: ModelRef
+    processed_at: float
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def select(self, keep: Sequence[bool]) -> ScoredBatch:
+        """The same batch holding only the records whose flag is true."""
+        return ScoredBatch(
+            [r for r, k in zip(self.records, keep, strict=True) if k],
+            [p for p, k in zip(self.predictions, keep, strict=True) if k],
+            self.model,
+            self.processed_at,
+        )
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """One output per record, in the shape every sink writes.
+
+        >>> b = ScoredBatch([Record("k", {"x": 1}, 5.0, "t", 0, 7)], [0.9],
+        ...                 ModelRef("m", "1"), 6.0)
+        >>> b.to_dicts()[0]["source"]
+        {'topic': 't', 'partition': 0, 'offset': 7}
+        """
+        model = {"name": self.model.name, "version": self.model.version}
+        processed_at = self.processed_at
+        return [
+            {
+                "key": r.key,
+                "input": r.value,
+                "prediction": p,
+                "model": model,
+                "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                "event_time": r.event_time,
+                "processed_at": processed_at,
+            }
+            for r, p in zip(self.records, self.predictions, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecord:
+    """A record that could not be scored, with why and where it failed."""
+
+    record: Record
+    stage: str
+    error: str
+    error_type: str
+    model: ModelRef | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "key": r.key,
+            "input": r.value,
+            "raw": r.raw.decode("utf-8", "replace") if r.raw is not None else None,
+            "stage": self.stage,
+            "error_type": self.error_type,
+            "error": self.error,
+            "model": (
+                {"name": self.model.name, "version": self.model.version} if self.model else None
+            ),
+            "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
+            "event_time": r.event_time,
+        }
+

@@ -1,0 +1,1 @@
+"""The engine and its parts: batcher, offset tracker, flow control, decoder."""

@@ -1,0 +1,267 @@
+"""Micro-batching: group items into batches that fire when full or when the oldest item is due.
+
+Two faces of one mechanism:
+
+* :class:`Batcher` feeds whole batches to a handler coroutine; the engine uses it for records.
+* :class:`MicroBatcher` gives applications ``await batcher.infer(x)``: each call waits for the
+  result of its own item while the batcher scores many items at once.
+
+A batch fires as soon as it holds ``max_size`` items, or ``max_wait`` seconds after its oldest
+item arrived, whichever comes first. There is no fixed sleep and no waiting for a next item
+to arrive. At most ``max_concurrency`` batches are handled at a time; while they run, the next
+batch keeps filling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Generic, TypeVar, cast
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherClosed(RuntimeError):
+    """Raised when items are given to a batcher that is closing or closed."""
+
+
+class OutputCountError(ValueError):
+    """A model returned a different number of outputs than it was given inputs."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"model returned {got} outputs for a batch of {expected} inputs")
+        self.expected = expected
+        self.got = got
+
+
+class Batcher(Generic[T]):
+    """Assembles items into batches and hands each batch to ``handle``.
+
+    ``handle`` runs as its own task, so batches overlap up to ``max_concurrency``. If
+    ``handle`` raises, :meth:`run` re-raises the first such error once the other in-flight
+    batches have finished: a handler error is a failure of the whole pipeline, so handlers
+    deal with per-item failures themselves.
+    """
+
+    def __init__(
+        self,
+        handle: Callable[[list[T]], Awaitable[None]],
+        *,
+        max_size: int,
+        max_wait: float,
+        max_concurrency: int = 1,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must not be negative, got {max_wait}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self._handle = handle
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self.max_concurrency = max_concurrency
+        self._buffer: list[T] = []
+        # (count, arrival time) per put(), so the oldest arrival is known after a partial take.
+        self._arrivals: deque[list[Any]] = deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._error: BaseException | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Items waiting for a batch."""
+        return len(self._buffer)
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def put(self, items: Sequence[T]) -> None:
+        """Add items; they arrived now. Never blocks: bound the input upstream."""
+        if self._closing:
+            raise BatcherClosed("the batcher is closing and takes no more items")
+        if not items:
+            return
+        was_empty = not self._buffer
+        self._buffer.extend(items)
+        self._arrivals.append([len(items), time.monotonic()])
+        # Wake the dispatcher only when its decision can change: a first item starts the
+        # clock, a full buffer fires at once.
+        if was_empty or len(self._buffer) >= self.max_size:
+            self._wake.set()
+
+    def close(self) -> None:
+        """Stop taking items; :meth:`run` flushes what is buffered and returns."""
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Dispatch batches until closed and drained. Re-raises a handler's error."""
+        try:
+            while self._error is None:
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                if batch is None:
+                    self._slots.release()
+                    break
+                task = asyncio.create_task(self._run_handler(batch))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        finally:
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
+
+    async def _run_handler(self, batch: list[T]) -> None:
+        try:
+            await self._handle(batch)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            self._wake.set()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._slots.release()
+
+    async def _next_batch(self) -> list[T] | None:
+        while self._error is None:
+            buffered = len(self._buffer)
+            if buffered >= self.max_size:
+                return self._take(self.max_size)
+            if buffered:
+                if self._closing:
+                    return self._take(buffered)
+                delay = self._arrivals[0][1] + self.max_wait - time.monotonic()
+                if delay <= 0:
+                    return self._take(buffered)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+            else:
+                if self._closing:
+                    return None
+                self._wake.clear()
+                await self._wake.wait()
+        return None
+
+    def _take(self, n: int) -> list[T]:
+        batch = self._buffer[:n]
+        del self._buffer[:n]
+        remaining = n
+        arrivals = self._arrivals
+        while remaining:
+            head = arrivals[0]
+            if head[0] <= remaining:
+                remaining -= head[0]
+                arrivals.popleft()
+            else:
+                head[0] -= remaining
+                remaining = 0
+        return batch
+
+
+PredictBatch = Callable[[list[T]], "Sequence[R] | Awaitable[Sequence[R]]"]
+
+
+class MicroBatcher(Generic[T, R]):
+    """Request-level batching for applications: ``await batcher.infer(x)``.
+
+    ``predict_batch`` takes a list of inputs and returns one output per input, in order. A
+    plain function runs in ``executor`` (the loop's default thread pool if ``None``), so the
+    event loop never blocks on the model; a coroutine function is awaited.
+
+    >>> import asyncio
+    >>> async def main():
+    ...     async with MicroBatcher(lambda xs: [x * 2 for x in xs], max_size=8,
+    ...                             max_wait=0.005) as batcher:
+    ...         return await asyncio.gather(*(batcher.infer(i) for i in range(5)))
+    >>> asyncio.run(main())
+    [0, 2, 4, 6, 8]
+
+    If ``predict_batch`` raises, or returns the wrong number of outputs, the callers whose
+    items were in that batch get the error; other batches are unaffected.
+    """
+
+    def __init__(
+        self,
+        predict_batch: Callable[[list[T]], Any],
+        *,
+        max_size: int = 64,
+        max_wait: float = 0.01,
+        max_concurrency: int = 1,
+        executor: Executor | None = None,
+    ) -> None:
+        self._predict = predict_batch
+        self._is_async = inspect.iscoroutinefunction(predict_batch)
+        self._executor = executor
+        self._batcher: Batcher[tuple[T, asyncio.Future[R]]] = Batcher(
+            self._score,
+            max_size=max_size,
+            max_wait=max_wait,
+            max_concurrency=max_concurrency,
+        )
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MicroBatcher[T, R]:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._batcher.run())
+
+    async def infer(self, item: T) -> R:
+        """Score one item as part of whichever batch it joins; returns its output."""
+        self.start()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._batcher.put([(item, future)])
+        return await future
+
+    async def infer_many(self, items: Sequence[T]) -> list[R]:
+        """Score several items; they may span batches. Returns outputs in input order."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in items]
+        self._batcher.put(list(zip(items, futures, strict=True)))
+        return list(await asyncio.gather(*futures))
+
+    async def aclose(self) -> None:
+        """Score everything already submitted, then stop."""
+        self._batcher.close()
+        if self._runner is not None:
+            await self._runner
+
+    async def _score(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        inputs = [item for item, _ in batch]
+        try:
+            if self._is_async:
+                outputs = await self._predict(inputs)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+            outputs = cast(Sequence[R], outputs)
+            if len(outputs) != len(inputs):
+                raise OutputCountError(len(inputs), len(outputs))
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), output in zip(batch, outputs, strict=True):
+            if not future.done():
+                future.set_result(output)

@@ -1,0 +1,98 @@
+"""Decoding raw bytes into values, keys and event times: the first stage after a source."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from headrace.record import FailedRecord, Record
+
+MAX_ERROR_CHARS = 500
+
+
+def failure(record: Record, stage: str, exc: BaseException | str) -> FailedRecord:
+    """A failed record with a bounded error message."""
+    if isinstance(exc, BaseException):
+        message, kind = str(exc), type(exc).__name__
+    else:
+        message, kind = exc, "ValidationError"
+    return FailedRecord(record, stage, message[:MAX_ERROR_CHARS], kind)
+
+
+class DecodeError(ValueError):
+    """A record's bytes are not a valid event."""
+
+
+class JsonDecoder:
+    """Decodes ``Record.raw`` as JSON and fills in ``value``, ``key`` and ``event_time``.
+
+    ``key_field`` names the field that keys a record (entity id); ``time_field`` the field
+    with its event time, as epoch seconds or an ISO 8601 string with a time zone. Without
+    ``time_field`` the event time stays what the source set (arrival time, or the Kafka
+    timestamp). ``max_bytes`` bounds the size of one message.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_field: str | None = None,
+        time_field: str | None = None,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self.key_field = key_field
+        self.time_field = time_field
+        self.max_bytes = max_bytes
+        self._decode = msgspec.json.Decoder().decode
+
+    def decode(self, records: Sequence[Record]) -> tuple[list[Record], list[FailedRecord]]:
+        """Decode in place; returns the records that decoded and those that failed."""
+        good: list[Record] = []
+        failed: list[FailedRecord] = []
+        decode, key_field, time_field = self._decode, self.key_field, self.time_field
+        limit = self.max_bytes
+        for r in records:
+            raw = r.raw
+            try:
+                if raw is None:
+                    raise DecodeError("record has no bytes to decode")
+                if len(raw) > limit:
+                    raise DecodeError(f"message of {len(raw)} bytes exceeds max_bytes={limit}")
+                value = decode(raw)
+                if key_field is not None or time_field is not None:
+                    if not isinstance(value, dict):
+                        raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
+                    if key_field is not None:
+                        r.key = value.get(key_field)
+                    if time_field is not None:
+                        r.event_time = event_time(value, time_field)
+                r.value = value
+            except (msgspec.DecodeError, DecodeError, RecursionError) as exc:
+                failed.append(failure(r, "decode", exc))
+                continue
+            good.append(r)
+        return good, failed
+
+
+def event_time(value: dict[str, Any], field: str) -> float:
+    """Epoch seconds from a number, or from an ISO 8601 string that names its time zone."""
+    if field not in value:
+        raise DecodeError(f"missing event-time field {field!r}")
+    t = value[field]
+    if isinstance(t, bool):
+        raise DecodeError(f"event-time field {field!r} must be a number or a string, got bool")
+    if isinstance(t, int | float):
+        return float(t)
+    if isinstance(t, str):
+        try:
+            parsed = dt.datetime.fromisoformat(t)
+        except ValueError as exc:
+            raise DecodeError(f"event-time field {field!r} is not ISO 8601: {t[:40]!r}") from exc
+        if parsed.tzinfo is None:
+            raise DecodeError(f"event-time field {field!r} has no time zone: {t[:40]!r}")
+        return parsed.timestamp()
+    raise DecodeError(
+        f"event-time field {field!r} must be a number or a string, got {type(t).__name__}"
+    )

@@ -1,0 +1,126 @@
+"""Which source positions are safe to commit.
+
+Records may reach their terminal state (written to every sink, dead-lettered, or shed and
+recorded) out of order. A partition's commit position is the offset of its first record that
+has not: everything below it is finished. Following Kafka, a commit position is the next
+offset to read, so committing it and restarting re-reads exactly the unfinished records.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from headrace.record import Record
+
+PartitionKey = tuple[str, int]
+
+
+class _Partition:
+    __slots__ = ("done", "last_tracked", "pending", "position")
+
+    def __init__(self, first_offset: int) -> None:
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.last_tracked = first_offset - 1
+        self.position = first_offset
+
+    def advance(self) -> None:
+        pending, done = self.pending, self.done
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        self.position = pending[0] if pending else self.last_tracked + 1
+
+
+class OffsetTrackerError(RuntimeError):
+    """The tracker was told something impossible: a sign of a bug upstream."""
+
+
+class OffsetTracker:
+    """Tracks records from read to terminal state, per (topic, partition).
+
+    >>> from headrace.record import Record
+    >>> t = OffsetTracker()
+    >>> rs = [Record(None, None, 0.0, "t", 0, o) for o in range(3)]
+    >>> t.track(rs)
+    >>> t.done([rs[2], rs[0]])  # out of order: offset 1 is still unfinished
+    >>> t.positions()
+    {('t', 0): 1}
+    >>> t.done([rs[1]])
+    >>> t.positions()
+    {('t', 0): 3}
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[PartitionKey, _Partition] = {}
+        self._committed: dict[PartitionKey, int] = {}
+
+    def track(self, records: Iterable[Record]) -> None:
+        """Register records in the order they were read. Offsets must increase per partition."""
+        parts = self._partitions
+        key: PartitionKey | None = None
+        part: _Partition | None = None
+        for r in records:
+            k = (r.topic, r.partition)
+            if k != key:
+                key = k
+                part = parts.get(k)
+                if part is None:
+                    part = parts[k] = _Partition(r.offset)
+            assert part is not None
+            if r.offset <= part.last_tracked:
+                raise OffsetTrackerError(
+                    f"offset {r.offset} of {k[0]}[{k[1]}] tracked after offset "
+                    f"{part.last_tracked}: offsets must increase within a partition"
+                )
+            part.last_tracked = r.offset
+            part.pending.append(r.offset)
+            if len(part.pending) == 1:
+                part.position = r.offset
+
+    def done(self, records: Iterable[Record]) -> None:
+        """Mark records as having reached a terminal state."""
+        parts = self._partitions
+        touched: set[_Partition] = set()
+        key: PartitionKey | None = None
+        part: _Partition | None = None
+        for r in records:
+            k = (r.topic, r.partition)
+            if k != key:
+                key = k
+                part = parts.get(k)
+                if part is None:
+                    raise OffsetTrackerError(f"{k[0]}[{k[1]}] offset {r.offset} was never tracked")
+                touched.add(part)
+            assert part is not None
+            if r.offset < part.position or r.offset > part.last_tracked:
+                raise OffsetTrackerError(
+                    f"{k[0]}[{k[1]}] offset {r.offset} is not in flight "
+                    f"(in flight: {part.position}..{part.last_tracked})"
+                )
+            part.done.add(r.offset)
+        for part in touched:
+            part.advance()
+
+    def positions(self) -> dict[PartitionKey, int]:
+        """The commit position of every tracked partition."""
+        return {k: p.position for k, p in self._partitions.items()}
+
+    def take_committable(self) -> dict[PartitionKey, int]:
+        """Positions that moved since the last call: what a commit needs to send."""
+        changed = {
+            k: p.position
+            for k, p in self._partitions.items()
+            if self._committed.get(k) != p.position
+        }
+        self._committed.update(changed)
+        return changed
+
+    def in_flight(self) -> int:
+        """Records tracked and not yet finished."""
+        return sum(len(p.pending) - len(p.done) for p in self._partitions.values())
+
+    def forget(self, topic: str, partition: int) -> None:
+        """Drop a partition (it was revoked, or the source rewound it)."""
+        self._partitions.pop((topic, partition), None)
+        self._committed.pop((topic, partition), None)
