@@ -87,9 +87,7 @@ class SkopsModelConfig(_Section, kw_only=True, tag="skops", tag_field="type"):
     version: str
     path: str
     sha256: Sha256
-    method: Literal["predict", "predict_proba", "decision_function", "score_samples"] = (
-        "predict"
-    )
+    method: Literal["predict", "predict_proba", "decision_function", "score_samples"] = "predict"
     negate: bool = False
     trusted_types: list[str] = msgspec.field(default_factory=list)
     features: FeaturesConfig | None = None
@@ -188,7 +186,9 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def interpolate(data: Any, env: Mapping[str, str], where: str = "") -> Any:
     """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed document."""
     if isinstance(data, dict):
-        return {k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+        return {
+            k: interpolate(v, env, f"{where}.{k}" if where else str(k)) for k, v in data.items()
+        }
     if isinstance(data, list):
         return [interpolate(v, env, f"{where}[{i}]") for i, v in enumerate(data)]
     if isinstance(data, str) and "${" in data:
@@ -213,7 +213,8 @@ def parse_config(
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
     try:
         data = interpolate(data, os.environ if env is None else env)
-        config = msgspec.convert(data, PipelineConfig)
+        # Lax conversion: a number that came in through ${VAR} arrives as a string.
+        config = msgspec.convert(data, PipelineConfig, strict=False)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     except msgspec.ValidationError as exc:
@@ -241,7 +242,7 @@ def check(config: PipelineConfig, origin: str) -> None:
     sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
     for i, sink in enumerate(sinks):
         where = f"sinks[{i}]" if i < len(config.sinks) else "dead_letter"
-        name = sink_name(sink)
+        name = sink_name(sink, dead_letter=where == "dead_letter")
         if name in names:
             raise ConfigError(
                 f"{origin}: at {where}: sink name {name!r} is used twice; give each sink a "
@@ -251,14 +252,19 @@ def check(config: PipelineConfig, origin: str) -> None:
         if sink.filter is not None and sink.filter.above is None and sink.filter.below is None:
             raise ConfigError(f"{origin}: at {where}.filter: give `above`, `below` or both")
     if config.dead_letter is not None and config.dead_letter.filter is not None:
-        raise ConfigError(f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure")
+        raise ConfigError(
+            f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
+        )
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
 
 
-def sink_name(sink: SinkConfig) -> str:
-    return sink.name or type(sink).__struct_config__.tag  # type: ignore[return-value]
+def sink_name(sink: SinkConfig, *, dead_letter: bool = False) -> str:
+    """A sink's name: its own, else ``dead_letter`` or its type."""
+    if sink.name:
+        return sink.name
+    return "dead_letter" if dead_letter else str(type(sink).__struct_config__.tag)
 
 
 # -- error messages --------------------------------------------------------------------
@@ -317,7 +323,7 @@ def _type_at(path: str, data: Any) -> tuple[Any, Any]:
 
 def _resolve(tp: Any, node: Any) -> type[msgspec.Struct] | None:
     """The schema class a value of declared type ``tp`` is checked against."""
-    structs = [a for a in _members(tp) if _is_struct(a)]
+    structs: list[type[msgspec.Struct]] = [a for a in _members(tp) if _is_struct(a)]
     if len(structs) == 1:
         return structs[0]
     tag = node.get("type") if isinstance(node, dict) else None

@@ -150,7 +150,7 @@ class Pipeline:
             f = sink.filter
             p.sink(build_sink(sink), above=f.above if f else None, below=f.below if f else None)
         if config.dead_letter is not None:
-            p.dead_letter(build_sink(config.dead_letter))
+            p.dead_letter(build_sink(config.dead_letter, dead_letter=True))
         b, r = config.batching, config.runtime
         p.settings(
             EngineSettings(
@@ -252,9 +252,7 @@ def build_source(c: cfg.SourceConfig) -> tuple[Source, JsonDecoder | None]:
 
 def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
     f = c.features
-    featurizer = (
-        Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
-    )
+    featurizer = Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
     model: Model
     if isinstance(c, cfg.OnnxModelConfig):
         model = OnnxModel.from_file(
@@ -290,8 +288,8 @@ def _import_model(c: cfg.CallableModelConfig) -> Model:
     return CallableModel(obj, name=c.name, version=c.version)
 
 
-def build_sink(c: cfg.SinkConfig) -> Sink:
-    name = cfg.sink_name(c)
+def build_sink(c: cfg.SinkConfig, *, dead_letter: bool = False) -> Sink:
+    name = cfg.sink_name(c, dead_letter=dead_letter)
     if isinstance(c, cfg.SqliteSinkConfig):
         return SqliteSink(
             c.path,

@@ -145,4 +145,3 @@ class FailedRecord:
             "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
             "event_time": r.event_time,
         }
-

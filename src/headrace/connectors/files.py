@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -17,6 +18,8 @@ from headrace.connectors.base import PartitionKey, Sink, Source
 from headrace.record import FailedRecord, Record, ScoredBatch
 
 _READ_HINT = 256 * 1024
+
+log = logging.getLogger("headrace")
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +55,7 @@ class JsonLinesSource(Source):
         if self.path == "-":
             self._file = sys.stdin.buffer
             return
-        self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        self._file = open(self.path, "rb")  # noqa: SIM115, ASYNC230 - closed in close(); fast
         if self.checkpoint is not None and self.checkpoint.exists():
             state = json.loads(self.checkpoint.read_text())
             line, byte = int(state["line"]), int(state["byte"])
@@ -129,7 +132,8 @@ class JsonLinesSink(Sink):
             self._file = sys.stdout.buffer
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            _drop_partial_last_line(self.path)
+            self._file = open(self.path, "ab")  # noqa: SIM115, ASYNC230 - closed in close(); fast
 
     def _write_lines(self, rows: list[dict[str, Any]]) -> None:
         if self._file is None:
@@ -158,6 +162,37 @@ class JsonLinesSink(Sink):
         if self._file is not sys.stdout.buffer:
             self._file.close()
         self._file = None
+
+
+def _drop_partial_last_line(path: str) -> None:
+    """Cut a line left half-written by a crash, so appends start on a line of their own.
+
+    Its record was never committed (commits follow flushes), so it will be written again.
+    """
+    try:
+        f = open(path, "r+b")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                break
+            end = start
+        else:
+            f.truncate(0)
+        log.warning("%s ended in a partial line (an earlier crash); it was removed", path)
 
 
 class StdoutSink(JsonLinesSink):

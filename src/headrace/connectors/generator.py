@@ -137,9 +137,7 @@ class GeneratorSource(Source):
             self.anomalies += anomalies
             first = self.emitted
             self.emitted += n
-            yield [
-                Record(e["entity_id"], e, ts, topic, 0, first + i) for i, e in enumerate(events)
-            ]
+            yield [Record(e["entity_id"], e, ts, topic, 0, first + i) for i, e in enumerate(events)]
             if not self.rate:
                 # Unpaced: let the rest of the pipeline run between chunks.
                 await asyncio.sleep(0)

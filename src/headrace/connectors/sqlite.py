@@ -55,7 +55,8 @@ class SqliteSink(Sink):
     ``mode="upsert"`` (the default) replaces a row with the same source position, so
     records re-read after a crash overwrite their earlier outputs instead of duplicating
     them. ``mode="insert"`` fails on such a duplicate. A scalar prediction is stored as a
-    number; other predictions, and inputs, as JSON text. All database work runs on one thread of its own, off the event loop.
+    number; other predictions, and inputs, as JSON text. All database work runs on one
+    thread of its own, off the event loop.
     """
 
     def __init__(

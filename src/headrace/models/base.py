@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,6 +42,10 @@ class CallableModel:
         self._fn = fn
         self.name = name
         self.version = version
+        if inspect.iscoroutinefunction(fn):
+            # Expose the coroutine function itself, so the engine awaits it on the loop
+            # instead of calling it in a thread.
+            self.predict_batch = fn  # type: ignore[method-assign,assignment]
 
     def predict_batch(self, inputs: Any) -> Any:
         return self._fn(inputs)

@@ -61,12 +61,16 @@ class MetricsServer:
         elif path == b"/health":
             ok = self.healthy()
             status = "200 OK" if ok else "503 Service Unavailable"
-            ctype, body = "application/json", b'{"status":"ok"}\n' if ok else b'{"status":"stopping"}\n'
+            ctype, body = (
+                "application/json",
+                b'{"status":"ok"}\n' if ok else b'{"status":"stopping"}\n',
+            )
         else:
             status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode() + body
+            "Connection: close\r\n\r\n".encode()
+            + body
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()

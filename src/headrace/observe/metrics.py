@@ -56,9 +56,7 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.records_in = Counter(
-            "headrace_records_in", "Records read from the source", registry=r
-        )
+        self.records_in = Counter("headrace_records_in", "Records read from the source", registry=r)
         self.records_out = Counter(
             "headrace_records_out", "Records scored and written to every sink", registry=r
         )

@@ -1,0 +1,102 @@
+"""The live progress line and the end-of-run summary, for people at a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from headrace.runtime.engine import Engine, RunSummary
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+
+
+class LiveLine:
+    """Redraws one line with throughput, latency, batch size and alerts while a pipeline
+    runs. ``alerts`` names the sink whose writes count as alerts. Off a terminal (a CI log,
+    a pipe) it prints a plain line every ``plain_every`` seconds instead."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        console: Console,
+        *,
+        alerts: str = "alerts",
+        every: float = 0.25,
+        plain_every: float = 2.0,
+    ) -> None:
+        self.engine = engine
+        self.console = console
+        self.alerts = alerts
+        self.every = every if console.is_terminal else plain_every
+        self._task: asyncio.Task[None] | None = None
+        self._last = (time.monotonic(), 0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def render(self) -> Text:
+        s = self.engine.stats
+        now = time.monotonic()
+        then, before = self._last
+        rate = (s.records_out - before) / (now - then) if now > then else 0.0
+        self._last = (now, s.records_out)
+        line = (
+            f"{s.records_out:>10,} scored  {rate:>9,.0f} rec/s  "
+            f"latency p50 {_ms(s.latency.percentile(50))}  p99 {_ms(s.latency.percentile(99))}  "
+            f"batch {s.mean_batch_size:5.1f}  alerts {s.written.get(self.alerts, 0):,}"
+        )
+        if s.records_failed:
+            line += f"  dead letters {s.records_failed:,}"
+        return Text(line)
+
+    async def _loop(self) -> None:
+        if not self.console.is_terminal:
+            while True:
+                await asyncio.sleep(self.every)
+                self.console.print(self.render())
+        with Live(self.render(), console=self.console, auto_refresh=False) as live:
+            try:
+                while True:
+                    await asyncio.sleep(self.every)
+                    live.update(self.render(), refresh=True)
+            finally:
+                live.update(self.render(), refresh=True)
+
+
+def summary_table(summary: RunSummary, *, title: str = "Summary") -> Table:
+    """The end-of-run figures as a table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("records read", f"{summary.records_in:,}"),
+        ("records scored", f"{summary.records_out:,}"),
+        ("dead letters", f"{summary.records_failed:,}"),
+        ("elapsed", f"{summary.elapsed:.1f} s"),
+        ("throughput", f"{summary.records_per_second:,.0f} records/s"),
+        ("latency p50", _ms(summary.latency_p50)),
+        ("latency p99", _ms(summary.latency_p99)),
+        ("mean batch size", f"{summary.mean_batch_size:.1f}"),
+        ("batches", f"{summary.batches:,}"),
+    ]
+    rows += [(f"written to {name}", f"{n:,}") for name, n in summary.written.items()]
+    if summary.stopped:
+        rows.append(("stopped", "by request (graceful)"))
+    for what, value in rows:
+        table.add_row(what, value)
+    return table

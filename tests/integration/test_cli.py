@@ -1,0 +1,175 @@
+"""The `headrace` command as a user runs it: validate, run, signals."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+from cli_helpers import HEADRACE, pipeline_yaml
+
+SQLITE_SINK = """  - type: sqlite
+    path: {db}"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HEADRACE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_validate_accepts_a_good_file_and_names_what_it_runs(
+    tmp_path: Path, events_file: Path
+) -> None:
+    config = pipeline_yaml(tmp_path, events_file, "  - type: stdout")
+    result = run_cli("validate", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout and "slow version 3" in result.stdout
+
+
+def test_validate_rejects_an_unknown_key_with_exit_2(tmp_path: Path, events_file: Path) -> None:
+    config = pipeline_yaml(tmp_path, events_file, "  - type: stdout\n    colour: blue")
+    result = run_cli("validate", str(config))
+    assert result.returncode == 2
+    assert "sinks[0]" in result.stderr and "colour" in result.stderr
+
+
+def test_validate_does_not_print_secret_values(tmp_path: Path, events_file: Path) -> None:
+    config = pipeline_yaml(tmp_path, events_file, "  - type: jsonl\n    path: ${SECRET_PATH}")
+    env = {"SECRET_PATH": str(tmp_path / "hunter2-secret.jsonl")}
+    import os
+
+    result = run_cli("validate", str(config), env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_run_scores_a_file_to_stdout(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(events_file.read_text().splitlines(keepends=True)[:300]))
+    config = pipeline_yaml(tmp_path, small, "  - type: stdout")
+    result = run_cli("run", str(config), "--no-progress", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    outputs = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
+    assert [o["source"]["offset"] for o in outputs] == list(range(300))
+    assert outputs[0]["key"] == outputs[0]["input"]["entity_id"]
+    assert outputs[0]["model"] == {"name": "slow", "version": "3"}
+
+
+def test_malformed_lines_go_to_the_dead_letter_file(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    events = tmp_path / "mixed.jsonl"
+    events.write_bytes(
+        b'{"entity_id": "a", "ts": 1.0, "features": [1, 2]}\n'
+        b"{not json\n"
+        b'{"entity_id": "b", "ts": 2.0, "features": [3, 4]}\n'
+        b"\xff\xfe\n"
+        b'{"entity_id": "c", "ts": "yesterday", "features": [5, 6]}\n'
+    )
+    dlq = tmp_path / "dlq.jsonl"
+    out = tmp_path / "out.jsonl"
+    config = pipeline_yaml(
+        tmp_path,
+        events,
+        f"  - type: jsonl\n    path: {out}",
+        extra=f"dead_letter:\n  type: jsonl\n  path: {dlq}",
+    )
+    result = run_cli("run", str(config), "--no-progress", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert [o["key"] for o in map(msgspec.json.decode, out.read_bytes().splitlines())] == [
+        "a",
+        "b",
+    ]
+    dead = [msgspec.json.decode(line) for line in dlq.read_bytes().splitlines()]
+    assert [d["source"]["offset"] for d in dead] == [1, 3, 4]
+    assert {d["stage"] for d in dead} == {"decode"}
+
+
+def test_sigterm_stops_gracefully_and_a_restart_resumes_without_duplicates(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """SIGTERM: finish in-flight batches, flush, commit, exit 0. The restart reads on from
+    the checkpoint: every event is output exactly once across both runs."""
+    out = tmp_path / "out.jsonl"
+    config = pipeline_yaml(tmp_path, events_file, f"  - type: jsonl\n    path: {out}")
+    cmd = [*HEADRACE, "run", str(config), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_lines(out, 2000, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr.decode()
+    first_run = len(out.read_bytes().splitlines())
+    assert 2000 <= first_run < 20_000, "the run should have been stopped part-way"
+
+    result = run_cli("run", str(config), "--no-progress", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    ids = Counter(
+        msgspec.json.decode(line)["input"]["id"] for line in out.read_bytes().splitlines()
+    )
+    assert set(ids) == set(range(20_000)), "missing records"
+    assert max(ids.values()) == 1, "duplicated records"
+
+
+def test_sigkill_then_restart_loses_nothing(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """SIGKILL at an arbitrary point: at-least-once. The SQLite sink's upsert by source
+    position then leaves exactly one row per event."""
+    db = tmp_path / "out.db"
+    config = pipeline_yaml(tmp_path, events_file, SQLITE_SINK.format(db=db))
+    for threshold in (3000, 9000):
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress"],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_rows(db, threshold, proc)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    result = run_cli("run", str(config), "--no-progress", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute('SELECT COUNT(*), COUNT(DISTINCT "offset") FROM predictions').fetchone()
+        ids = {r[0] for r in conn.execute("SELECT json_extract(input, '$.id') FROM predictions")}
+    assert rows == (20_000, 20_000)
+    assert ids == set(range(20_000))
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the pipeline exited early"
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {n} lines")
+
+
+def _wait_for_rows(db: Path, n: int, proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the pipeline exited early"
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] >= n:
+                        return
+            except sqlite3.OperationalError:
+                pass  # table not created yet
+        time.sleep(0.02)
+    raise AssertionError(f"{db} did not reach {n} rows")
