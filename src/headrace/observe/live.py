@@ -16,7 +16,15 @@ from headrace.runtime.engine import Engine, RunSummary
 
 
 def _ms(seconds: float) -> str:
-    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+    """A latency in the unit a person reads best (replayed history can be days old)."""
+    if math.isnan(seconds):
+        return "-"
+    if abs(seconds) < 1:
+        return f"{seconds * 1000:.1f} ms"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if abs(seconds) >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.2f} s"
 
 
 class LiveLine:
