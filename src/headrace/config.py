@@ -296,6 +296,13 @@ def explain(message: str, data: Any) -> str:
         tp, _ = _type_at(path[: -len(".type")], data)
         tags = [str(a.__struct_config__.tag) for a in _members(tp) if _is_struct(a)]
         return f"at {where}: {msg}; expected one of: {', '.join(tags)}"
+    if msg.startswith("Invalid enum value"):
+        tp, _ = _type_at(path, data)
+        allowed = [repr(a) for m in _members(tp) for a in typing.get_args(m)]
+        if allowed:
+            return f"at {where}: {msg}; expected one of: {', '.join(allowed)}"
+    if path.endswith(".type") and msg.endswith("got `NoneType`"):
+        return f'at {where}: {msg}; YAML reads a bare null as nothing: write type: "null"'
     return f"at {where}: {msg}"
 
 

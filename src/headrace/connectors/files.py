@@ -59,6 +59,13 @@ class JsonLinesSource(Source):
         if self.checkpoint is not None and self.checkpoint.exists():
             state = json.loads(self.checkpoint.read_text())
             line, byte = int(state["line"]), int(state["byte"])
+            stored = state.get("path")
+            if stored is not None and stored != os.path.abspath(self.path):
+                raise CheckpointError(
+                    f"{self.checkpoint}: the checkpoint belongs to {stored}, not to "
+                    f"{os.path.abspath(self.path)}. Point `checkpoint` at a file of its own, "
+                    "or delete it to read from the start."
+                )
             size = os.fstat(self._file.fileno()).st_size
             if byte > size:
                 raise CheckpointError(
@@ -106,8 +113,16 @@ class JsonLinesSource(Source):
             line, byte = self._end_line, self._end_byte
         for done in [k for k in self._starts if k < line]:
             del self._starts[done]
+        await asyncio.to_thread(self._store, line, byte)
+
+    def _store(self, line: int, byte: int) -> None:
+        assert self.checkpoint is not None
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        tmp.write_text(json.dumps({"line": line, "byte": byte, "path": self.path}))
+        state = {"line": line, "byte": byte, "path": os.path.abspath(self.path)}
+        with open(tmp, "w") as f:
+            f.write(json.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint)
 
     async def close(self) -> None:

@@ -80,7 +80,7 @@ class SqliteSink(Sink):
         self.name = name
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"headrace-sqlite-{name}")
-        self._encode = msgspec.json.Encoder().encode
+        self._encoder = msgspec.json.Encoder()
         verb = "INSERT OR REPLACE" if mode == "upsert" else "INSERT"
         self._insert = (
             f'{verb} INTO {table} (topic, partition, "offset", key, prediction, model_name, '
@@ -91,6 +91,12 @@ class SqliteSink(Sink):
             "error_type, error, model_name, model_version, input, raw) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
+
+    def _encode(self, value: Any) -> str:
+        """JSON as TEXT. msgspec returns bytes, which SQLite would store as a BLOB: readers
+        would get bytes, and SQLite's JSON functions reject a BLOB (or, from 3.45, read it
+        as JSONB)."""
+        return self._encoder.encode(value).decode()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

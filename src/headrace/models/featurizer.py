@@ -42,6 +42,8 @@ class Featurizer:
         self.dtype = np.dtype(dtype)
         self.allow_nan = allow_nan
         self._width: int | None = len(self.fields) if vector is None else None
+        # Larger finite floats become infinity in the matrix.
+        self._max = float(np.finfo(self.dtype).max) if self.dtype.kind == "f" else math.inf
 
     def transform(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """The feature matrix of the valid values, and (index, reason) for each invalid one."""
@@ -118,6 +120,13 @@ class Featurizer:
     def _check(self, item: Any, where: str) -> float:
         if not isinstance(item, int | float):
             raise FeatureError(f"field {where!r} must be a number, got {type(item).__name__}")
-        if not self.allow_nan and not math.isfinite(item):
-            raise FeatureError(f"field {where!r} is NaN or infinity")
-        return float(item)
+        try:
+            number = float(item)
+        except OverflowError:  # a JSON integer has no size limit
+            raise FeatureError(f"field {where!r} is too large for a float") from None
+        if not self.allow_nan:
+            if not math.isfinite(number):
+                raise FeatureError(f"field {where!r} is NaN or infinity")
+            if abs(number) > self._max:
+                raise FeatureError(f"field {where!r} is too large for {self.dtype.name}")
+        return number

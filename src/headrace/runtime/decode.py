@@ -64,12 +64,16 @@ class JsonDecoder:
                 if key_field is not None or time_field is not None:
                     if not isinstance(value, dict):
                         raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
-                    if key_field is not None:
-                        r.key = value.get(key_field)
-                    if time_field is not None:
-                        r.event_time = event_time(value, time_field)
+                    # Both are read before either is set: a failure leaves the record as is.
+                    key = value.get(key_field) if key_field is not None else r.key
+                    when = event_time(value, time_field) if time_field is not None else None
+                    r.key = key
+                    if when is not None:
+                        r.event_time = when
                 r.value = value
-            except (msgspec.DecodeError, DecodeError, RecursionError) as exc:
+            # msgspec raises UnicodeDecodeError (not its DecodeError) for invalid UTF-8 in a
+            # string; one bad message must fail alone, never the whole chunk.
+            except (msgspec.DecodeError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
                 failed.append(failure(r, "decode", exc))
                 continue
             good.append(r)
@@ -84,7 +88,10 @@ def event_time(value: dict[str, Any], field: str) -> float:
     if isinstance(t, bool):
         raise DecodeError(f"event-time field {field!r} must be a number or a string, got bool")
     if isinstance(t, int | float):
-        return float(t)
+        try:
+            return float(t)
+        except OverflowError:  # a JSON integer has no size limit
+            raise DecodeError(f"event-time field {field!r} is out of range") from None
     if isinstance(t, str):
         try:
             parsed = dt.datetime.fromisoformat(t)

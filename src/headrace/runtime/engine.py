@@ -330,7 +330,7 @@ class Engine:
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.observe(elapsed)
         self.stats.inference_seconds += elapsed
-        predictions = out.tolist() if isinstance(out, np.ndarray) else list(out)
+        predictions = out.tolist() if isinstance(out, np.ndarray) else [_plain(p) for p in out]
         if len(predictions) != n:
             raise OutputCountError(n, len(predictions))
         return predictions
@@ -412,6 +412,13 @@ class Engine:
         except Exception as exc:
             log.error("final commit failed, positions stay where they were: %s", exc)
             self._fatal = self._fatal or exc
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and arrays as the Python values every sink can encode."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return value
 
 
 def _model_failure(record: Record, exc: BaseException, ref: ModelRef) -> FailedRecord:

@@ -1,0 +1,539 @@
+"""The pipeline configuration: schema validation, messages that name the key, interpolation."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headrace.config import (
+    ConfigError,
+    GeneratorSourceConfig,
+    JsonLinesSinkConfig,
+    JsonLinesSourceConfig,
+    NullSinkConfig,
+    OnnxModelConfig,
+    SkopsModelConfig,
+    SqliteSinkConfig,
+    load_config,
+    parse_config,
+)
+
+SHA = "0123456789abcdef" * 4
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE: dict[str, Any] = {
+    "source": {"type": "jsonl", "path": "in.jsonl"},
+    "model": {
+        "type": "onnx",
+        "name": "m",
+        "version": "1",
+        "path": "m.onnx",
+        "sha256": SHA,
+        "features": {"vector": "features"},
+    },
+    "sinks": [{"type": "sqlite", "path": "out.db"}],
+}
+
+FULL_YAML = f"""
+name: sensors
+source:
+  type: generator
+  rate: 500
+  count: 1000
+  entities: 10
+  anomaly_rate: 0.05
+  seed: 3
+model:
+  type: skops
+  name: iforest
+  version: "2"
+  path: model.skops
+  sha256: {SHA}
+  method: score_samples
+  negate: true
+  trusted_types: [sklearn.tree._tree.Tree]
+  features:
+    fields: [value]
+    vector: features
+sinks:
+  - type: sqlite
+    name: db
+    path: out.db
+    mode: insert
+  - type: jsonl
+    name: alerts
+    path: alerts.jsonl
+    filter:
+      above: 0.5
+  - type: "null"
+dead_letter:
+  type: jsonl
+  name: dlq
+  path: dead.jsonl
+batching:
+  max_size: 64
+  max_wait_ms: 5
+  max_concurrency: 4
+flow:
+  max_in_flight: 100
+runtime:
+  commit_interval_ms: 250
+  shutdown_timeout_s: 5
+metrics:
+  port: 9200
+"""
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    """A fresh copy of the minimal valid document, with top-level sections replaced."""
+    data = copy.deepcopy(BASE)
+    data.update(copy.deepcopy(changes))
+    return data
+
+
+def error_of(data: Any, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env=env or {})
+    return str(info.value)
+
+
+def expected_keys(message: str) -> list[str]:
+    m = re.search(r"expected one of: (.*)$", message)
+    assert m is not None, message
+    return [k.strip() for k in m.group(1).split(",")]
+
+
+# -- valid documents -------------------------------------------------------------------
+
+
+def test_minimal_config_parses_with_defaults() -> None:
+    """The smallest valid document gives the documented defaults."""
+    cfg = parse_config(config(), env={})
+    assert isinstance(cfg.source, JsonLinesSourceConfig)
+    assert cfg.source.path == "in.jsonl"
+    assert isinstance(cfg.model, OnnxModelConfig)
+    assert cfg.model.features is not None and cfg.model.features.vector == "features"
+    assert [type(s) for s in cfg.sinks] == [SqliteSinkConfig]
+    assert cfg.sinks[0].mode == "upsert"
+    assert cfg.batching.max_size == 256
+    assert cfg.flow.max_in_flight == 10_000
+    assert cfg.dead_letter is None and cfg.metrics is None
+
+
+def test_full_yaml_config_loads(tmp_path: Path) -> None:
+    """Every section, written as YAML, reaches the typed config."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(FULL_YAML)
+    cfg = load_config(path, env={})
+    assert cfg.name == "sensors"
+    assert isinstance(cfg.source, GeneratorSourceConfig)
+    assert (cfg.source.rate, cfg.source.count, cfg.source.anomaly_rate) == (500.0, 1000, 0.05)
+    assert isinstance(cfg.model, SkopsModelConfig)
+    assert cfg.model.method == "score_samples" and cfg.model.negate is True
+    assert cfg.model.trusted_types == ["sklearn.tree._tree.Tree"]
+    assert [type(s) for s in cfg.sinks] == [SqliteSinkConfig, JsonLinesSinkConfig, NullSinkConfig]
+    assert cfg.sinks[1].filter is not None and cfg.sinks[1].filter.above == 0.5
+    assert isinstance(cfg.dead_letter, JsonLinesSinkConfig) and cfg.dead_letter.name == "dlq"
+    assert (cfg.batching.max_size, cfg.batching.max_concurrency) == (64, 4)
+    assert cfg.runtime.commit_interval_ms == 250
+    assert cfg.metrics is not None and cfg.metrics.port == 9200
+
+
+def test_uppercase_sha256_is_accepted() -> None:
+    """A digest copied in upper case is still a valid sha256."""
+    data = config()
+    data["model"]["sha256"] = SHA.upper()
+    assert parse_config(data, env={}).model.sha256 == SHA.upper()
+
+
+# -- unknown keys and types --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "path", "keys"),
+    [
+        (
+            (),
+            "top level",
+            "batching dead_letter flow metrics model name runtime sinks source",
+        ),
+        (("source",), "source", "checkpoint key_field max_bytes path time_field"),
+        (
+            ("sinks", 0),
+            "sinks[0]",
+            "failures_table filter mode name path store_input table",
+        ),
+        (("model", "features"), "model.features", "allow_nan fields vector"),
+        (("model",), "model", "features name output path sha256 threads version"),
+    ],
+)
+def test_unknown_key_names_its_path_and_the_expected_keys(
+    where: tuple[Any, ...], path: str, keys: str
+) -> None:
+    """A typo anywhere is reported at its path, with the keys that section accepts."""
+    data = config()
+    node: Any = data
+    for seg in where:
+        node = node[seg]
+    node["bogus_key"] = 1
+    message = error_of(data)
+    assert f"at {path}: unknown key 'bogus_key'" in message
+    assert expected_keys(message) == keys.split()
+
+
+def test_unknown_key_in_a_nested_filter_and_dead_letter() -> None:
+    """Sections reached through unions (a sink's filter, the dead-letter sink) are resolved
+    by their type tag to list the right keys."""
+    data = config(sinks=[{"type": "jsonl", "path": "a", "filter": {"above": 1, "abvoe": 2}}])
+    message = error_of(data)
+    assert "at sinks[0].filter: unknown key 'abvoe'" in message
+    assert expected_keys(message) == ["above", "below"]
+
+    data = config(dead_letter={"type": "jsonl", "path": "dl", "fsnyc": True})
+    message = error_of(data)
+    assert "at dead_letter: unknown key 'fsnyc'" in message
+    assert expected_keys(message) == ["filter", "fsync", "name", "path"]
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "path", "types"),
+    [
+        ("source", {"type": "kafka", "topic": "x"}, "source.type", {"generator", "jsonl"}),
+        ("sinks", [{"type": "kafka"}], "sinks[0].type", {"sqlite", "jsonl", "stdout", "null"}),
+        ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable"}),
+        ("dead_letter", {"type": "s3"}, "dead_letter.type", {"sqlite", "jsonl", "stdout", "null"}),
+    ],
+)
+def test_unknown_type_lists_the_valid_types(
+    section: str, value: Any, path: str, types: set[str]
+) -> None:
+    """An unknown `type` names the bad value and every type that section supports."""
+    message = error_of(config(**{section: value}))
+    assert f"at {path}:" in message
+    bad = value[0]["type"] if isinstance(value, list) else value["type"]
+    assert repr(bad) in message
+    assert set(expected_keys(message)) == types
+
+
+def test_missing_type_lists_the_valid_types() -> None:
+    """A section without its `type` says so and lists the choices."""
+    message = error_of(config(source={"path": "in.jsonl"}))
+    assert "at source: missing required key 'type'" in message
+    assert set(expected_keys(message)) == {"generator", "jsonl"}
+
+
+# -- missing keys, wrong types, ranges ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "key"),
+    [
+        ({"source": {"type": "jsonl"}}, "source", "path"),
+        ({"sinks": [{"type": "sqlite"}]}, "sinks[0]", "path"),
+        (
+            {"model": {"type": "onnx", "name": "m", "version": "1", "path": "m.onnx"}},
+            "model",
+            "sha256",
+        ),
+        (
+            {"model": {"type": "callable", "name": "m", "version": "1"}},
+            "model",
+            "function",
+        ),
+    ],
+)
+def test_missing_required_key_is_named(change: dict[str, Any], path: str, key: str) -> None:
+    """A missing required key is named, with the section it belongs in."""
+    assert f"at {path}: missing required key {key!r}" in error_of(config(**change))
+
+
+@pytest.mark.parametrize("section", ["source", "model", "sinks"])
+def test_missing_top_level_section_is_named(section: str) -> None:
+    """Leaving out a required section names it at the top level."""
+    data = config()
+    del data[section]
+    assert f"at top level: missing required key {section!r}" in error_of(data)
+
+
+def test_empty_sinks_list_is_rejected() -> None:
+    """A pipeline that writes nowhere is a mistake."""
+    message = error_of(config(sinks=[]))
+    assert "at sinks:" in message and "length >= 1" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "expectation"),
+    [
+        ({"batching": {"max_size": 0}}, "batching.max_size", ">= 1"),
+        ({"batching": {"max_size": -5}}, "batching.max_size", ">= 1"),
+        ({"batching": {"max_wait_ms": -1}}, "batching.max_wait_ms", ">= 0"),
+        (
+            {"source": {"type": "generator", "anomaly_rate": 2}},
+            "source.anomaly_rate",
+            "<= 1",
+        ),
+        ({"source": {"type": "generator", "rate": -1}}, "source.rate", ">= 0"),
+        ({"source": {"type": "generator", "seconds": 0}}, "source.seconds", "> 0"),
+        ({"source": {"type": "generator", "count": 0}}, "source.count", ">= 1"),
+        ({"metrics": {"port": 70000}}, "metrics.port", "<= 65535"),
+        ({"runtime": {"commit_interval_ms": 0}}, "runtime.commit_interval_ms", "> 0"),
+        ({"flow": {"max_in_flight": 0}}, "flow.max_in_flight", ">= 1"),
+    ],
+)
+def test_out_of_range_number_names_key_and_bound(
+    change: dict[str, Any], path: str, expectation: str
+) -> None:
+    """A number outside its range names the key and the bound it broke."""
+    message = error_of(config(**change))
+    assert f"at {path}:" in message
+    assert expectation in message
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "expectation"),
+    [
+        ({"batching": {"max_size": "big"}}, "batching.max_size", "Expected `int`"),
+        ({"batching": {"max_size": [1]}}, "batching.max_size", "Expected `int`"),
+        ({"source": {"type": "jsonl", "path": 5}}, "source.path", "Expected `str`"),
+        ({"source": {"type": "generator", "rate": "fast"}}, "source.rate", "Expected `float`"),
+        ({"source": "in.jsonl"}, "source", "Expected `object`"),
+        ({"sinks": {"type": "null"}}, "sinks", "Expected `array`"),
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(
+    change: dict[str, Any], path: str, expectation: str
+) -> None:
+    """A value of the wrong type names the key and the type it should have."""
+    message = error_of(config(**change))
+    assert f"at {path}:" in message
+    assert expectation in message
+
+
+def test_wrong_type_in_features_fields() -> None:
+    """`fields` must be a list of names, not one name."""
+    data = config()
+    data["model"]["features"] = {"fields": "value"}
+    message = error_of(data)
+    assert "at model.features.fields:" in message and "Expected `array`" in message
+
+
+def test_invalid_literal_value_is_named() -> None:
+    """An enumerated option outside its values (sink mode, skops method) names the key."""
+    message = error_of(config(sinks=[{"type": "sqlite", "path": "x", "mode": "merge"}]))
+    assert "at sinks[0].mode:" in message and "'merge'" in message
+    data = config()
+    data["model"].update(type="skops", method="transform")
+    message = error_of(data)
+    assert "at model.method:" in message and "'transform'" in message
+
+
+@pytest.mark.parametrize("digest", ["abc", SHA[:-1], SHA + "0", "g" * 64, SHA[:-1] + " "])
+def test_sha256_must_be_64_hex_characters(digest: str) -> None:
+    """A truncated, padded or non-hex digest is rejected at model.sha256."""
+    data = config()
+    data["model"]["sha256"] = digest
+    message = error_of(data)
+    assert "at model.sha256:" in message
+    assert "{64}" in message
+
+
+def test_callable_function_must_be_module_colon_name() -> None:
+    """A callable model's `function` must look like `module:name`."""
+    data = config(model={"type": "callable", "name": "m", "version": "1", "function": "nope"})
+    assert "at model.function:" in error_of(data)
+    data["model"]["function"] = "pkg.mod:score"
+    assert parse_config(data, env={}).model.function == "pkg.mod:score"  # type: ignore[union-attr]
+
+
+def test_non_mapping_document_is_rejected() -> None:
+    """A document that is not a mapping of sections says what it got."""
+    with pytest.raises(ConfigError, match=r"expected a mapping of sections, got list"):
+        parse_config([1, 2], env={})
+
+
+# -- cross-key rules -----------------------------------------------------------------------
+
+
+def test_duplicate_default_sink_names_are_rejected() -> None:
+    """Two unnamed sinks of the same type share a default name; the second is reported."""
+    message = error_of(
+        config(sinks=[{"type": "jsonl", "path": "a"}, {"type": "jsonl", "path": "b"}])
+    )
+    assert "at sinks[1]:" in message and "'jsonl' is used twice" in message
+
+
+def test_duplicate_explicit_sink_names_are_rejected() -> None:
+    """Explicit names must differ too, including the dead-letter sink's."""
+    sinks = [{"type": "null", "name": "out"}, {"type": "stdout", "name": "out"}]
+    assert "'out' is used twice" in error_of(config(sinks=sinks))
+    message = error_of(
+        config(
+            sinks=[{"type": "null", "name": "out"}],
+            dead_letter={"type": "jsonl", "path": "dl", "name": "out"},
+        )
+    )
+    assert "at dead_letter:" in message and "'out' is used twice" in message
+
+
+def test_distinct_sink_names_are_accepted() -> None:
+    """Sinks of one type with distinct names are fine."""
+    sinks = [{"type": "jsonl", "path": "a", "name": "a"}, {"type": "jsonl", "path": "b"}]
+    cfg = parse_config(config(sinks=sinks), env={})
+    assert [s.name for s in cfg.sinks] == ["a", None]
+
+
+def test_filter_needs_above_or_below() -> None:
+    """An empty filter is a mistake; one bound is enough."""
+    message = error_of(config(sinks=[{"type": "null", "filter": {}}]))
+    assert "at sinks[0].filter: give `above`, `below` or both" in message
+    cfg = parse_config(config(sinks=[{"type": "null", "filter": {"below": -1}}]), env={})
+    assert cfg.sinks[0].filter is not None and cfg.sinks[0].filter.below == -1
+
+
+def test_dead_letter_sink_takes_no_filter() -> None:
+    """A dead-letter sink must take every failure, so a filter there is rejected."""
+    message = error_of(config(dead_letter={"type": "null", "name": "dl", "filter": {"above": 0}}))
+    assert "at dead_letter.filter:" in message
+
+
+def test_features_need_fields_or_vector() -> None:
+    """An empty features section would feed the model nothing."""
+    data = config()
+    data["model"]["features"] = {"allow_nan": True}
+    assert "at model.features: give `fields`, `vector` or both" in error_of(data)
+
+
+# -- interpolation -------------------------------------------------------------------------
+
+
+def test_variables_are_interpolated_from_env() -> None:
+    """${VAR} is replaced, several times in one string and inside list items."""
+    data = config(sinks=[{"type": "sqlite", "path": "${DIR}/${NAME}.db"}])
+    data["model"]["sha256"] = "${SHA}"
+    cfg = parse_config(data, env={"DIR": "/data", "NAME": "preds", "SHA": SHA})
+    assert cfg.sinks[0].path == "/data/preds.db"  # type: ignore[union-attr]
+    assert cfg.model.sha256 == SHA
+
+
+def test_default_is_used_only_when_variable_is_unset() -> None:
+    """${VAR:-default} falls back to the default, and a set variable wins over it."""
+    data = config(source={"type": "jsonl", "path": "${IN:-events.jsonl}"})
+    assert parse_config(data, env={}).source.path == "events.jsonl"  # type: ignore[union-attr]
+    cfg = parse_config(data, env={"IN": "other.jsonl"})
+    assert cfg.source.path == "other.jsonl"  # type: ignore[union-attr]
+    data = config(source={"type": "jsonl", "path": "${IN:-}"})
+    assert parse_config(data, env={}).source.path == ""  # type: ignore[union-attr]
+
+
+def test_numbers_can_come_from_variables() -> None:
+    """A per-run number arrives through ${VAR} as a string and still validates as a number."""
+    data = config(
+        source={"type": "generator", "rate": "${RATE:-250.5}", "count": "${N}"},
+        batching={"max_size": "${BATCH}"},
+    )
+    cfg = parse_config(data, env={"N": "10", "BATCH": "32"})
+    assert isinstance(cfg.source, GeneratorSourceConfig)
+    assert (cfg.source.rate, cfg.source.count, cfg.batching.max_size) == (250.5, 10, 32)
+    assert "at batching.max_size:" in error_of(data, env={"N": "10", "BATCH": "0"})
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"source": {"type": "jsonl", "path": "${INPUT}"}}, "source.path"),
+        ({"sinks": [{"type": "null"}, {"type": "jsonl", "path": "x/${INPUT}"}]}, "sinks[1].path"),
+        ({"batching": {"max_size": "${INPUT}"}}, "batching.max_size"),
+    ],
+)
+def test_unset_variable_names_the_variable_and_key(change: dict[str, Any], path: str) -> None:
+    """An unset variable without a default is an error at the key that uses it."""
+    message = error_of(config(**change))
+    assert f"at {path}: environment variable INPUT is not set" in message
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit env, os.environ supplies the variables."""
+    monkeypatch.setenv("HEADRACE_TEST_INPUT", "from-env.jsonl")
+    cfg = parse_config(config(source={"type": "jsonl", "path": "${HEADRACE_TEST_INPUT}"}))
+    assert cfg.source.path == "from-env.jsonl"  # type: ignore[union-attr]
+    monkeypatch.delenv("HEADRACE_TEST_INPUT")
+    with pytest.raises(ConfigError, match="HEADRACE_TEST_INPUT is not set"):
+        parse_config(config(source={"type": "jsonl", "path": "${HEADRACE_TEST_INPUT}"}))
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def test_load_config_missing_file_names_the_file(tmp_path: Path) -> None:
+    """A missing file is a ConfigError that names it, not an OSError."""
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "cannot read" in str(info.value)
+
+
+def test_load_config_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    """Broken YAML is a ConfigError that names the file."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("source: [unclosed\nmodel: {")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "not valid YAML" in str(info.value)
+
+
+def test_unquoted_null_type_names_the_key(tmp_path: Path) -> None:
+    """YAML reads `type: null` as no value; the error still points at the sink's type."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(FULL_YAML.replace('type: "null"', "type: null"))
+    with pytest.raises(ConfigError, match=re.escape("at sinks[2].type:")):
+        load_config(path, env={})
+
+
+def test_load_config_empty_file_is_rejected(tmp_path: Path) -> None:
+    """An empty file parses to nothing, which is not a pipeline."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(path)
+
+
+def test_load_config_errors_are_prefixed_with_the_file(tmp_path: Path) -> None:
+    """Schema and variable errors from a file say which file they are in."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(FULL_YAML.replace("max_size: 64", "max_size: 0"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}: at batching.max_size:")
+    path.write_text(FULL_YAML.replace("path: out.db", "path: ${OUT_DIR}/out.db"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value).startswith(f"{path}: at sinks[0].path: environment variable OUT_DIR")
+
+
+def shipped_configs() -> list[Path]:
+    """Example pipelines under examples/ and those packaged with headrace (the demo)."""
+    found = {
+        p
+        for base in (ROOT / "examples", ROOT / "src" / "headrace")
+        for pattern in ("*.yaml", "*.yml")
+        for p in base.rglob(pattern)
+    }
+    return sorted(found)
+
+
+@pytest.mark.parametrize(
+    "path", shipped_configs() or [None], ids=lambda p: str(p.relative_to(ROOT)) if p else "none"
+)
+def test_shipped_example_configs_validate(path: Path | None) -> None:
+    """Every shipped example validates; variables without a default get a placeholder that
+    fits any field they are used in (a 64-digit string)."""
+    if path is None:
+        pytest.skip("no example configs shipped yet")
+    text = path.read_text()
+    required = {m.group(1) for m in re.finditer(r"\$\{(\w+)\}", text)}
+    env = dict.fromkeys(required, "0" * 64)
+    load_config(path, env=env)
