@@ -59,7 +59,19 @@ class JsonLinesSourceConfig(_Section, kw_only=True, tag="jsonl", tag_field="type
     max_bytes: Positive = 1 << 20
 
 
-SourceConfig = GeneratorSourceConfig | JsonLinesSourceConfig
+class KafkaSourceConfig(_Section, kw_only=True, tag="kafka", tag_field="type"):
+    """A Kafka topic (or several) read as a member of a consumer group. The connection is
+    the top-level ``kafka`` section."""
+
+    group_id: str
+    topics: list[str] = msgspec.field(default_factory=list)
+    key_field: str | None = None
+    time_field: str | None = None
+    max_bytes: Positive = 1 << 20
+    max_records: Positive = 1000
+
+
+SourceConfig = GeneratorSourceConfig | JsonLinesSourceConfig | KafkaSourceConfig
 
 # -- models ----------------------------------------------------------------------------
 
@@ -115,6 +127,9 @@ class FilterConfig(_Section, kw_only=True):
     below: float | None = None
 
 
+_TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+
+
 class _SinkSection(_Section, kw_only=True):
     name: str | None = None
     filter: FilterConfig | None = None
@@ -133,6 +148,19 @@ class JsonLinesSinkConfig(_SinkSection, kw_only=True, tag="jsonl", tag_field="ty
     fsync: bool = False
 
 
+class KafkaSinkConfig(_SinkSection, kw_only=True, tag="kafka", tag_field="type"):
+    topic: str
+
+
+class PostgresSinkConfig(_SinkSection, kw_only=True, tag="postgres", tag_field="type"):
+    dsn: str
+    table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "predictions"
+    failures_table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "dead_letters"
+    offsets_table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "headrace_offsets"
+    mode: Literal["upsert", "insert"] = "upsert"
+    store_input: bool = True
+
+
 class StdoutSinkConfig(_SinkSection, kw_only=True, tag="stdout", tag_field="type"):
     pass
 
@@ -141,7 +169,14 @@ class NullSinkConfig(_SinkSection, kw_only=True, tag="null", tag_field="type"):
     pass
 
 
-SinkConfig = SqliteSinkConfig | JsonLinesSinkConfig | StdoutSinkConfig | NullSinkConfig
+SinkConfig = (
+    SqliteSinkConfig
+    | JsonLinesSinkConfig
+    | KafkaSinkConfig
+    | PostgresSinkConfig
+    | StdoutSinkConfig
+    | NullSinkConfig
+)
 
 # -- the rest --------------------------------------------------------------------------
 
@@ -166,6 +201,21 @@ class MetricsConfig(_Section, kw_only=True):
     host: str = "127.0.0.1"
 
 
+KafkaValue = str | int | float | bool
+
+
+class KafkaConfig(_Section, kw_only=True):
+    """The Kafka connection every Kafka source and sink of the pipeline uses."""
+
+    bootstrap_servers: str | None = None
+    preset: Literal["eventhubs"] | None = None
+    connection_string_env: str | None = None
+    settings: dict[str, KafkaValue] = msgspec.field(default_factory=dict)
+    consumer: dict[str, KafkaValue] = msgspec.field(default_factory=dict)
+    producer: dict[str, KafkaValue] = msgspec.field(default_factory=dict)
+    transactional_id: str | None = None
+
+
 class PipelineConfig(_Section, kw_only=True):
     source: SourceConfig
     model: ModelConfig
@@ -176,6 +226,8 @@ class PipelineConfig(_Section, kw_only=True):
     flow: FlowConfig = msgspec.field(default_factory=FlowConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     metrics: MetricsConfig | None = None
+    kafka: KafkaConfig | None = None
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -255,9 +307,63 @@ def check(config: PipelineConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
         )
+    _check_kafka(config, origin)
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
+
+
+def _check_kafka(config: PipelineConfig, origin: str) -> None:
+    sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
+    uses_kafka = isinstance(config.source, KafkaSourceConfig) or any(
+        isinstance(s, KafkaSinkConfig) for s in sinks
+    )
+    k = config.kafka
+    if uses_kafka:
+        if k is None:
+            raise ConfigError(
+                f"{origin}: at kafka: a Kafka source or sink needs the `kafka` section "
+                "(bootstrap_servers, or preset: eventhubs with connection_string_env)"
+            )
+        if k.preset == "eventhubs":
+            if not k.connection_string_env:
+                raise ConfigError(
+                    f"{origin}: at kafka.connection_string_env: preset eventhubs reads the "
+                    "connection string from this environment variable; name it"
+                )
+        elif not k.bootstrap_servers:
+            raise ConfigError(f"{origin}: at kafka.bootstrap_servers: missing")
+    src = config.source
+    if isinstance(src, KafkaSourceConfig) and not src.topics and (k is None or k.preset is None):
+        raise ConfigError(f"{origin}: at source.topics: name at least one topic")
+    if config.delivery != "exactly-once":
+        return
+    if not isinstance(src, KafkaSourceConfig):
+        raise ConfigError(
+            f"{origin}: at delivery: exactly-once needs a Kafka source (its offsets are "
+            "committed in the sink's transaction)"
+        )
+    kafka_sinks = [s for s in sinks if isinstance(s, KafkaSinkConfig)]
+    pg_sinks = [s for s in config.sinks if isinstance(s, PostgresSinkConfig)]
+    all_kafka = len(kafka_sinks) == len(sinks)
+    one_pg = (
+        len(config.sinks) == 1
+        and len(pg_sinks) == 1
+        and (
+            config.dead_letter is None
+            or (
+                isinstance(config.dead_letter, PostgresSinkConfig)
+                and config.dead_letter.dsn == pg_sinks[0].dsn
+            )
+        )
+    )
+    if not (all_kafka or one_pg):
+        raise ConfigError(
+            f"{origin}: at delivery: exactly-once needs every sink (and the dead_letter) to "
+            "be Kafka, committed in one Kafka transaction, or one postgres sink (with, if "
+            "any, a postgres dead_letter on the same dsn), committed in one database "
+            "transaction"
+        )
 
 
 def sink_name(sink: SinkConfig, *, dead_letter: bool = False) -> str:

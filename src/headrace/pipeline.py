@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import dataclasses
 import logging
 import os
 import signal
@@ -25,15 +25,11 @@ from typing import Any
 
 from headrace import config as cfg
 from headrace.connectors.base import Sink, Source
-from headrace.connectors.files import JsonLinesSink, JsonLinesSource, NullSink, StdoutSink
-from headrace.connectors.generator import GeneratorSource
-from headrace.connectors.sqlite import SqliteSink
-from headrace.models.base import CallableModel, Model
+from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
-from headrace.models.onnx import OnnxModel
-from headrace.models.sklearn import SklearnModel, load_skops
 from headrace.observe.http import MetricsServer
 from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.delivery import Delivery
 from headrace.runtime.engine import Engine, EngineSettings, RunSummary, SinkBinding
 
 log = logging.getLogger("headrace")
@@ -56,6 +52,7 @@ class Pipeline:
         self._dead_letter: Sink | None = None
         self._settings = EngineSettings()
         self._metrics_at: tuple[str, int] | None = None
+        self._delivery: Delivery | None = None
 
     def source(self, source: Source, *, decoder: JsonDecoder | None = None) -> Pipeline:
         self._source = source
@@ -80,6 +77,11 @@ class Pipeline:
         self._dead_letter = sink
         return self
 
+    def delivery(self, delivery: Delivery) -> Pipeline:
+        """How positions are committed; at-least-once unless told otherwise."""
+        self._delivery = delivery
+        return self
+
     def settings(self, settings: EngineSettings) -> Pipeline:
         self._settings = settings
         return self
@@ -87,14 +89,11 @@ class Pipeline:
     def batching(
         self, *, max_size: int = 256, max_wait: float = 0.01, max_concurrency: int = 2
     ) -> Pipeline:
-        s = self._settings
-        self._settings = EngineSettings(
+        self._settings = dataclasses.replace(
+            self._settings,
             max_batch_size=max_size,
             max_wait=max_wait,
             max_concurrency=max_concurrency,
-            max_in_flight=s.max_in_flight,
-            commit_interval=s.commit_interval,
-            shutdown_timeout=s.shutdown_timeout,
         )
         return self
 
@@ -116,6 +115,7 @@ class Pipeline:
             sinks=self._sinks,
             dead_letter=self._dead_letter,
             settings=self._settings,
+            delivery=self._delivery,
             name=self.name,
         )
 
@@ -141,30 +141,9 @@ class Pipeline:
     @classmethod
     def from_config(cls, config: cfg.PipelineConfig) -> Pipeline:
         """The pipeline a validated configuration describes (models are loaded here)."""
-        p = cls(config.name)
-        source, decoder = build_source(config.source)
-        p.source(source, decoder=decoder)
-        model, featurizer = build_model(config.model)
-        p.model(model, featurizer=featurizer)
-        for sink in config.sinks:
-            f = sink.filter
-            p.sink(build_sink(sink), above=f.above if f else None, below=f.below if f else None)
-        if config.dead_letter is not None:
-            p.dead_letter(build_sink(config.dead_letter, dead_letter=True))
-        b, r = config.batching, config.runtime
-        p.settings(
-            EngineSettings(
-                max_batch_size=b.max_size,
-                max_wait=b.max_wait_ms / 1000.0,
-                max_concurrency=b.max_concurrency,
-                max_in_flight=config.flow.max_in_flight,
-                commit_interval=r.commit_interval_ms / 1000.0,
-                shutdown_timeout=r.shutdown_timeout_s,
-            )
-        )
-        if config.metrics is not None:
-            p.metrics(port=config.metrics.port, host=config.metrics.host)
-        return p
+        from headrace.build import configure
+
+        return configure(cls(config.name), config)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
@@ -229,81 +208,6 @@ def threshold(above: float | None, below: float | None) -> Callable[[Any], bool]
         return lo < prediction < hi
 
     return keep
-
-
-# -- building from configuration sections ----------------------------------------------
-
-
-def build_source(c: cfg.SourceConfig) -> tuple[Source, JsonDecoder | None]:
-    if isinstance(c, cfg.GeneratorSourceConfig):
-        source = GeneratorSource(
-            rate=c.rate,
-            count=c.count,
-            seconds=c.seconds,
-            entities=c.entities,
-            anomaly_rate=c.anomaly_rate,
-            seed=c.seed,
-            topic=c.topic,
-        )
-        return source, None
-    decoder = JsonDecoder(key_field=c.key_field, time_field=c.time_field, max_bytes=c.max_bytes)
-    return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
-
-
-def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
-    f = c.features
-    featurizer = Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
-    model: Model
-    if isinstance(c, cfg.OnnxModelConfig):
-        model = OnnxModel.from_file(
-            c.path,
-            sha256=c.sha256,
-            name=c.name,
-            version=c.version,
-            output=c.output,
-            threads=c.threads,
-        )
-    elif isinstance(c, cfg.SkopsModelConfig):
-        estimator = load_skops(c.path, sha256=c.sha256, trusted=c.trusted_types)
-        model = SklearnModel(
-            estimator, method=c.method, name=c.name, version=c.version, negate=c.negate
-        )
-    else:
-        model = _import_model(c)
-    return model, featurizer
-
-
-def _import_model(c: cfg.CallableModelConfig) -> Model:
-    module_name, _, attr = c.function.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise cfg.ConfigError(f"at model.function: cannot import {c.function!r}: {exc}") from exc
-    if hasattr(obj, "predict_batch"):
-        return CallableModel(obj.predict_batch, name=c.name, version=c.version)
-    if not callable(obj):
-        raise cfg.ConfigError(f"at model.function: {c.function!r} is not callable")
-    return CallableModel(obj, name=c.name, version=c.version)
-
-
-def build_sink(c: cfg.SinkConfig, *, dead_letter: bool = False) -> Sink:
-    name = cfg.sink_name(c, dead_letter=dead_letter)
-    if isinstance(c, cfg.SqliteSinkConfig):
-        return SqliteSink(
-            c.path,
-            table=c.table,
-            failures_table=c.failures_table,
-            mode=c.mode,
-            store_input=c.store_input,
-            name=name,
-        )
-    if isinstance(c, cfg.JsonLinesSinkConfig):
-        return JsonLinesSink(c.path, fsync=c.fsync, name=name)
-    if isinstance(c, cfg.StdoutSinkConfig):
-        return StdoutSink(name=name)
-    return NullSink(name=name)
 
 
 __all__ = ["Pipeline", "run_engine", "threshold"]

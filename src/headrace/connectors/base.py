@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol
 
 from headrace.record import FailedRecord, Record, ScoredBatch
 
 PartitionKey = tuple[str, int]
+
+
+class RebalanceListener(Protocol):
+    """What a source that shares partitions with other workers tells the engine."""
+
+    async def partitions_assigned(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int] | None:
+        """New partitions; returns positions to start from where the engine keeps them
+        (exactly-once into a database), else ``None`` for the source's committed ones."""
+
+    async def partitions_revoked(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int]:
+        """Partitions going to another worker: returns the positions to commit for them,
+        once their records in flight are finished."""
 
 
 class Source(ABC):
@@ -19,6 +36,9 @@ class Source(ABC):
 
     name: str = "source"
     decoded: bool = False
+
+    def bind(self, listener: RebalanceListener) -> None:  # noqa: B027 - optional hook
+        """Called by the engine before :meth:`open`, for sources whose partitions move."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, restore positions. Called once before :meth:`chunks`."""

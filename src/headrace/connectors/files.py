@@ -40,6 +40,7 @@ class JsonLinesSource(Source):
     ) -> None:
         self.path = str(path)
         self.topic = self.path
+        self._abspath = os.path.abspath(self.path)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.path == "-" and self.checkpoint is not None:
             raise ValueError("standard input cannot resume: a checkpoint needs a file")
@@ -60,10 +61,10 @@ class JsonLinesSource(Source):
             state = json.loads(self.checkpoint.read_text())
             line, byte = int(state["line"]), int(state["byte"])
             stored = state.get("path")
-            if stored is not None and stored != os.path.abspath(self.path):
+            if stored is not None and stored != self._abspath:
                 raise CheckpointError(
                     f"{self.checkpoint}: the checkpoint belongs to {stored}, not to "
-                    f"{os.path.abspath(self.path)}. Point `checkpoint` at a file of its own, "
+                    f"{self._abspath}. Point `checkpoint` at a file of its own, "
                     "or delete it to read from the start."
                 )
             size = os.fstat(self._file.fileno()).st_size
@@ -118,7 +119,7 @@ class JsonLinesSource(Source):
     def _store(self, line: int, byte: int) -> None:
         assert self.checkpoint is not None
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        state = {"line": line, "byte": byte, "path": os.path.abspath(self.path)}
+        state = {"line": line, "byte": byte, "path": self._abspath}
         with open(tmp, "w") as f:
             f.write(json.dumps(state))
             f.flush()

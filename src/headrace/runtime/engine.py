@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from headrace.observe.stats import EngineStats
 from headrace.record import FailedRecord, ModelRef, Record, ScoredBatch
 from headrace.runtime.batcher import Batcher, OutputCountError
 from headrace.runtime.decode import JsonDecoder, failure
+from headrace.runtime.delivery import AtLeastOnce, Delivery
 from headrace.runtime.flow import InFlightLimit
 from headrace.runtime.offsets import OffsetTracker
 
@@ -47,6 +48,7 @@ class EngineSettings:
     max_in_flight: int = 10_000
     commit_interval: float = 1.0
     shutdown_timeout: float = 30.0
+    revoke_timeout: float = 60.0
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Engine:
         dead_letter: Sink | None = None,
         settings: EngineSettings | None = None,
         metrics: PipelineMetrics | None = None,
+        delivery: Delivery | None = None,
         name: str = "pipeline",
     ) -> None:
         if not sinks:
@@ -119,11 +122,13 @@ class Engine:
         self.sinks = [s if isinstance(s, SinkBinding) else SinkBinding(s) for s in sinks]
         self.dead_letter = dead_letter
         self.settings = settings or EngineSettings()
+        self.delivery = delivery or AtLeastOnce()
         self.metrics = metrics or PipelineMetrics()
         self.stats = EngineStats(written={b.name: 0 for b in self.sinks})
         self.tracker = OffsetTracker()
         self.flow = InFlightLimit(self.settings.max_in_flight)
         self._model_is_async = inspect.iscoroutinefunction(model.predict_batch)
+        self._decode = None if source.decoded else self.decoder.decode
         self._executor: ThreadPoolExecutor | None = None
         self._reader: asyncio.Task[None] | None = None
         self._write_turn: asyncio.Future[None] | None = None
@@ -131,6 +136,7 @@ class Engine:
         self._running = False
         self._fatal: BaseException | None = None
         self._committed: dict[PartitionKey, int] = {}
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -164,6 +170,7 @@ class Engine:
             for sink in self._all_sinks():
                 await sink.open()
                 opened.append(sink)
+            self.source.bind(self)
             await self.source.open()
             opened.append(self.source)
             self._running = True
@@ -251,7 +258,6 @@ class Engine:
     # -- reading -----------------------------------------------------------------------
 
     async def _read(self, batcher: Batcher[Record]) -> None:
-        decode = None if self.source.decoded else self.decoder.decode
         flow, tracker, stats = self.flow, self.tracker, self.stats
         records_in = self.metrics.records_in
         async for chunk in self.source.chunks():
@@ -260,10 +266,6 @@ class Engine:
             tracker.track(chunk)
             stats.records_in += n
             records_in.inc(n)
-            if decode is not None:
-                chunk, failed = decode(chunk)
-                if failed:
-                    await self._dead_letter(failed)
             batcher.put(chunk)
 
     # -- scoring -----------------------------------------------------------------------
@@ -277,12 +279,16 @@ class Engine:
             model = self.model  # one model for the whole batch, whatever happens meanwhile
             ref = model_ref(model)
             failed: list[FailedRecord] = []
+            if self._decode is not None:
+                # Decoding here rather than at read time keeps every write, dead letters
+                # included, in batch order: what a transaction around writes needs.
+                records, failed = self._decode(records)
             inputs: Any
             if self.featurizer is not None:
                 inputs, bad = self.featurizer.transform([r.value for r in records])
                 if bad:
                     skip = {i for i, _ in bad}
-                    failed = [failure(records[i], "featurize", msg) for i, msg in bad]
+                    failed += [failure(records[i], "featurize", msg) for i, msg in bad]
                     records = [r for i, r in enumerate(records) if i not in skip]
             else:
                 inputs = [r.value for r in records]
@@ -381,6 +387,8 @@ class Engine:
             self.metrics.records_out.inc(scored)
             self.metrics.batch_size.observe(scored)
         self.metrics.in_flight.set(self.flow.count)
+        if self._waiters:
+            self._wake_waiters()
 
     # -- committing --------------------------------------------------------------------
 
@@ -395,14 +403,81 @@ class Engine:
                 return
 
     async def _commit(self) -> None:
+        if not self.delivery.exactly_once:
+            await self._commit_positions()
+            return
+        # Take a turn in the write order: every batch before has written, none after may
+        # write until the transaction holding these positions has committed.
+        loop = asyncio.get_running_loop()
+        previous, mine = self._write_turn, loop.create_future()
+        self._write_turn = mine
+        try:
+            if previous is not None:
+                await previous
+            await self._commit_positions()
+        finally:
+            mine.set_result(None)
+
+    async def _commit_positions(self) -> None:
         positions = self.tracker.take_committable()
         if not positions:
             return
-        # Sinks first: a position is committed only for outputs that are durable.
-        for sink in self._all_sinks():
-            await sink.flush()
-        await self.source.commit(positions)
+        # The delivery flushes sinks first: a position is committed only for outputs
+        # that are durable.
+        await self.delivery.commit(positions, self._all_sinks(), self.source)
         self._committed.update(positions)
+
+    # -- partitions moving between workers -----------------------------------------------
+
+    async def partitions_assigned(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int] | None:
+        return await self.delivery.start_positions(partitions)
+
+    async def partitions_revoked(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int]:
+        """Finish the revoked partitions' records in flight, then hand back their
+        positions to commit. Past ``revoke_timeout`` the pipeline stops instead, and those
+        records are not committed: the next owner reads them again."""
+        timeout = self.settings.revoke_timeout
+        try:
+            await self._until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
+        except TimeoutError:
+            raise PipelineError(
+                f"records of revoked partitions were not finished within revoke_timeout="
+                f"{timeout}s; stopping without committing them"
+            ) from None
+        positions: dict[PartitionKey, int] = {}
+        if self.delivery.exactly_once:
+            await self._commit()  # the transaction takes the revoked partitions' offsets
+        else:
+            for sink in self._all_sinks():
+                await sink.flush()
+            current = self.tracker.positions()
+            positions = {k: current[k] for k in partitions if k in current}
+        for topic, partition in partitions:
+            self.tracker.forget(topic, partition)
+        self._committed.update(positions)
+        return positions
+
+    async def _until(self, condition: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
+        if condition():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (condition, future)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _wake_waiters(self) -> None:
+        for condition, future in list(self._waiters):
+            if not future.done() and condition():
+                future.set_result(None)
 
     async def _final_commit(self, opened: Sequence[Sink | Source]) -> None:
         if self.source not in opened:

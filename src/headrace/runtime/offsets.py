@@ -17,19 +17,19 @@ PartitionKey = tuple[str, int]
 
 
 class _Partition:
-    __slots__ = ("done", "last_tracked", "pending", "position")
+    __slots__ = ("last_tracked", "order", "position", "unfinished")
 
     def __init__(self, first_offset: int) -> None:
-        self.pending: deque[int] = deque()
-        self.done: set[int] = set()
+        self.order: deque[int] = deque()  # tracked offsets, oldest first
+        self.unfinished: set[int] = set()
         self.last_tracked = first_offset - 1
         self.position = first_offset
 
     def advance(self) -> None:
-        pending, done = self.pending, self.done
-        while pending and pending[0] in done:
-            done.discard(pending.popleft())
-        self.position = pending[0] if pending else self.last_tracked + 1
+        order, unfinished = self.order, self.unfinished
+        while order and order[0] not in unfinished:
+            order.popleft()
+        self.position = order[0] if order else self.last_tracked + 1
 
 
 class OffsetTrackerError(RuntimeError):
@@ -74,8 +74,9 @@ class OffsetTracker:
                     f"{part.last_tracked}: offsets must increase within a partition"
                 )
             part.last_tracked = r.offset
-            part.pending.append(r.offset)
-            if len(part.pending) == 1:
+            part.order.append(r.offset)
+            part.unfinished.add(r.offset)
+            if len(part.order) == 1:
                 part.position = r.offset
 
     def done(self, records: Iterable[Record]) -> None:
@@ -93,12 +94,13 @@ class OffsetTracker:
                     raise OffsetTrackerError(f"{k[0]}[{k[1]}] offset {r.offset} was never tracked")
                 touched.add(part)
             assert part is not None
-            if r.offset < part.position or r.offset > part.last_tracked:
+            try:
+                part.unfinished.remove(r.offset)
+            except KeyError:
                 raise OffsetTrackerError(
-                    f"{k[0]}[{k[1]}] offset {r.offset} is not in flight "
-                    f"(in flight: {part.position}..{part.last_tracked})"
-                )
-            part.done.add(r.offset)
+                    f"{k[0]}[{k[1]}] offset {r.offset} is not in flight: never tracked, or "
+                    "already done"
+                ) from None
         for part in touched:
             part.advance()
 
@@ -116,9 +118,14 @@ class OffsetTracker:
         self._committed.update(changed)
         return changed
 
+    def unfinished(self, partitions: Iterable[PartitionKey]) -> int:
+        """Records tracked and not yet finished in the given partitions."""
+        parts = self._partitions
+        return sum(len(parts[k].unfinished) for k in partitions if k in parts)
+
     def in_flight(self) -> int:
         """Records tracked and not yet finished."""
-        return sum(len(p.pending) - len(p.done) for p in self._partitions.values())
+        return sum(len(p.unfinished) for p in self._partitions.values())
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop a partition (it was revoked, or the source rewound it)."""

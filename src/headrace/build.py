@@ -1,0 +1,256 @@
+"""From a validated configuration to the objects of a pipeline: sources, models, sinks,
+and the delivery guarantee that ties them together."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from headrace import config as cfg
+from headrace.connectors.base import Sink, Source
+from headrace.connectors.files import JsonLinesSink, JsonLinesSource, NullSink, StdoutSink
+from headrace.connectors.generator import GeneratorSource
+from headrace.connectors.sqlite import SqliteSink
+from headrace.models.base import CallableModel, Model
+from headrace.models.featurizer import Featurizer
+from headrace.models.onnx import OnnxModel
+from headrace.models.sklearn import SklearnModel, load_skops
+from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.delivery import Delivery, KafkaTransactions, PostgresTransactions
+from headrace.runtime.engine import EngineSettings
+
+if TYPE_CHECKING:
+    from headrace.connectors.kafka import KafkaProducer
+    from headrace.pipeline import Pipeline
+
+
+def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
+    """Fill ``p`` with what ``config`` describes (loading the model on the way)."""
+    kafka = KafkaParts(config)
+    source, decoder = build_source(config.source, kafka)
+    p.source(source, decoder=decoder)
+    model, featurizer = build_model(config.model)
+    p.model(model, featurizer=featurizer)
+    transactional = _pg_transactional(config)
+    dead = config.dead_letter
+    # Exactly-once into PostgreSQL: dead letters share the sink's connection and
+    # transaction, so they commit with the outputs.
+    shared_dead = transactional and isinstance(dead, cfg.PostgresSinkConfig)
+    built: list[Sink] = []
+    for sink in config.sinks:
+        if shared_dead and isinstance(sink, cfg.PostgresSinkConfig):
+            assert isinstance(dead, cfg.PostgresSinkConfig)
+            sink = msgspec.structs.replace(sink, failures_table=dead.failures_table)
+        f = sink.filter
+        built.append(build_sink(sink, kafka, transactional=transactional))
+        p.sink(built[-1], above=f.above if f else None, below=f.below if f else None)
+    if dead is not None:
+        p.dead_letter(built[0] if shared_dead else build_sink(dead, kafka, dead_letter=True))
+    delivery = build_delivery(config, source, built, kafka)
+    if delivery is not None:
+        p.delivery(delivery)
+    b, r = config.batching, config.runtime
+    p.settings(
+        EngineSettings(
+            max_batch_size=b.max_size,
+            max_wait=b.max_wait_ms / 1000.0,
+            max_concurrency=b.max_concurrency,
+            max_in_flight=config.flow.max_in_flight,
+            commit_interval=r.commit_interval_ms / 1000.0,
+            shutdown_timeout=r.shutdown_timeout_s,
+        )
+    )
+    if config.metrics is not None:
+        p.metrics(port=config.metrics.port, host=config.metrics.host)
+    return p
+
+
+class KafkaParts:
+    """The Kafka connection settings of a pipeline, and its one producer."""
+
+    def __init__(self, config: cfg.PipelineConfig) -> None:
+        self.config = config.kafka
+        self.exactly_once = config.delivery == "exactly-once"
+        self.pipeline = config.name
+        src = config.source
+        # Whose offsets a database keeps, in exactly-once mode.
+        self.group = src.group_id if isinstance(src, cfg.KafkaSourceConfig) else config.name
+        self.entity_path: str | None = None
+        self._base: dict[str, Any] | None = None
+        self._producer: KafkaProducer | None = None
+
+    def base(self) -> dict[str, Any]:
+        if self._base is None:
+            k = self.config
+            assert k is not None, "checked by the configuration rules"
+            base: dict[str, Any] = {}
+            if k.preset == "eventhubs":
+                from headrace.connectors.eventhubs import eventhubs_settings
+
+                assert k.connection_string_env is not None
+                secret = os.environ.get(k.connection_string_env)
+                if not secret:
+                    raise cfg.ConfigError(
+                        f"at kafka.connection_string_env: environment variable "
+                        f"{k.connection_string_env} is not set"
+                    )
+                base, self.entity_path = eventhubs_settings(secret)
+            if k.bootstrap_servers:
+                base["bootstrap.servers"] = k.bootstrap_servers
+            base.update(k.settings)
+            self._base = base
+        return self._base
+
+    def consumer_settings(self) -> dict[str, Any]:
+        assert self.config is not None
+        return {**self.base(), **self.config.consumer}
+
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            from headrace.connectors.kafka import KafkaProducer
+
+            assert self.config is not None
+            txn = None
+            if self.exactly_once:
+                txn = self.config.transactional_id or (
+                    f"headrace-{self.pipeline}-{socket.gethostname()}-{os.getpid()}"
+                )
+            self._producer = KafkaProducer(
+                {**self.base(), **self.config.producer}, transactional_id=txn
+            )
+        return self._producer
+
+    @property
+    def has_producer(self) -> bool:
+        return self._producer is not None
+
+
+def build_source(c: cfg.SourceConfig, kafka: KafkaParts) -> tuple[Source, JsonDecoder | None]:
+    if isinstance(c, cfg.GeneratorSourceConfig):
+        source = GeneratorSource(
+            rate=c.rate,
+            count=c.count,
+            seconds=c.seconds,
+            entities=c.entities,
+            anomaly_rate=c.anomaly_rate,
+            seed=c.seed,
+            topic=c.topic,
+        )
+        return source, None
+    decoder = JsonDecoder(key_field=c.key_field, time_field=c.time_field, max_bytes=c.max_bytes)
+    if isinstance(c, cfg.KafkaSourceConfig):
+        from headrace.connectors.kafka import KafkaSource
+
+        settings = kafka.consumer_settings()
+        topics = c.topics or ([kafka.entity_path] if kafka.entity_path else [])
+        if not topics:
+            raise cfg.ConfigError(
+                "at source.topics: name a topic (the connection string has no EntityPath)"
+            )
+        return (
+            KafkaSource(topics, group_id=c.group_id, settings=settings, max_records=c.max_records),
+            decoder,
+        )
+    return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
+
+
+def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
+    f = c.features
+    featurizer = Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
+    model: Model
+    if isinstance(c, cfg.OnnxModelConfig):
+        model = OnnxModel.from_file(
+            c.path,
+            sha256=c.sha256,
+            name=c.name,
+            version=c.version,
+            output=c.output,
+            threads=c.threads,
+        )
+    elif isinstance(c, cfg.SkopsModelConfig):
+        estimator = load_skops(c.path, sha256=c.sha256, trusted=c.trusted_types)
+        model = SklearnModel(
+            estimator, method=c.method, name=c.name, version=c.version, negate=c.negate
+        )
+    else:
+        model = _import_model(c)
+    return model, featurizer
+
+
+def _import_model(c: cfg.CallableModelConfig) -> Model:
+    module_name, _, attr = c.function.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise cfg.ConfigError(f"at model.function: cannot import {c.function!r}: {exc}") from exc
+    if hasattr(obj, "predict_batch"):
+        return CallableModel(obj.predict_batch, name=c.name, version=c.version)
+    if not callable(obj):
+        raise cfg.ConfigError(f"at model.function: {c.function!r} is not callable")
+    return CallableModel(obj, name=c.name, version=c.version)
+
+
+def build_sink(
+    c: cfg.SinkConfig,
+    kafka: KafkaParts,
+    *,
+    dead_letter: bool = False,
+    transactional: bool = False,
+) -> Sink:
+    name = cfg.sink_name(c, dead_letter=dead_letter)
+    if isinstance(c, cfg.SqliteSinkConfig):
+        return SqliteSink(
+            c.path,
+            table=c.table,
+            failures_table=c.failures_table,
+            mode=c.mode,
+            store_input=c.store_input,
+            name=name,
+        )
+    if isinstance(c, cfg.JsonLinesSinkConfig):
+        return JsonLinesSink(c.path, fsync=c.fsync, name=name)
+    if isinstance(c, cfg.KafkaSinkConfig):
+        from headrace.connectors.kafka import KafkaSink
+
+        return KafkaSink(c.topic, producer=kafka.producer(), name=name)
+    if isinstance(c, cfg.PostgresSinkConfig):
+        from headrace.connectors.postgres import PostgresSink
+
+        return PostgresSink(
+            c.dsn,
+            table=c.table,
+            failures_table=c.failures_table,
+            offsets_table=c.offsets_table,
+            mode=c.mode,
+            store_input=c.store_input,
+            transactional=transactional,
+            consumer_group=kafka.group,
+            name=name,
+        )
+    if isinstance(c, cfg.StdoutSinkConfig):
+        return StdoutSink(name=name)
+    return NullSink(name=name)
+
+
+def build_delivery(
+    config: cfg.PipelineConfig, source: Source, sinks: list[Sink], kafka: KafkaParts
+) -> Delivery | None:
+    if config.delivery != "exactly-once":
+        return None
+    from headrace.connectors.kafka import KafkaSource
+    from headrace.connectors.postgres import PostgresSink
+
+    assert isinstance(source, KafkaSource), "checked by the configuration rules"
+    if isinstance(sinks[0], PostgresSink):
+        return PostgresTransactions(sinks[0])
+    return KafkaTransactions(kafka.producer(), source)
+
+
+def _pg_transactional(config: cfg.PipelineConfig) -> bool:
+    return config.delivery == "exactly-once" and isinstance(config.sinks[0], cfg.PostgresSinkConfig)

@@ -1,0 +1,416 @@
+"""Kafka (and Kafka-protocol services: Redpanda, Azure Event Hubs) on confluent-kafka.
+
+The consumer never commits by itself: the engine commits explicit offsets, per partition,
+only for records that reached a terminal state. Rebalances are cooperative; on revocation
+the engine finishes (or gives up on) the revoked partitions' records before they are
+committed, never after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from headrace.connectors.base import PartitionKey, RebalanceListener, Sink, Source
+from headrace.record import FailedRecord, Record, ScoredBatch
+
+log = logging.getLogger("headrace.kafka")
+
+Settings = dict[str, Any]
+
+# Settings the engine depends on: offsets are committed explicitly, after terminal state.
+_CONSUMER_REQUIRED: Settings = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+_CONSUMER_DEFAULTS: Settings = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": False,
+}
+_PRODUCER_DEFAULTS: Settings = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    # Java clients' partitioner: the same key lands on the same partition whoever produces.
+    "partitioner": "murmur2_random",
+}
+
+SECRET_KEYS = ("password", "secret", "sasl.jaas", "ssl.key", "token")
+
+
+def redacted(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings safe to log: values of secret-looking keys are masked."""
+    return {
+        k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else v) for k, v in settings.items()
+    }
+
+
+class KafkaFatalError(RuntimeError):
+    """An error the Kafka client cannot recover from (fenced, authorisation, config)."""
+
+
+class KafkaSource(Source):
+    """Consumes ``topics`` as a member of consumer group ``group_id``.
+
+    Records keep the Kafka key (as text), headers and timestamp (as event time, unless the
+    decoder takes it from a field). ``settings`` pass through to librdkafka; the source
+    only insists on manual offset commits.
+    """
+
+    decoded = False
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        settings: Mapping[str, Any] | None = None,
+        max_records: int = 1000,
+        poll_timeout: float = 0.1,
+        name: str = "kafka",
+    ) -> None:
+        if not topics:
+            raise ValueError("a Kafka source needs at least one topic")
+        self.topics = list(topics)
+        self.group_id = group_id
+        self.settings: Settings = {
+            **_CONSUMER_DEFAULTS,
+            **(settings or {}),
+            **_CONSUMER_REQUIRED,
+            "group.id": group_id,
+        }
+        self.max_records = max_records
+        self.poll_timeout = poll_timeout
+        self.name = name
+        self.consumer: Any = None
+        self._listener: RebalanceListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One thread polls (rebalance callbacks run in it); another commits, so a commit
+        # never waits behind a poll.
+        self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-poll")
+        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-commit")
+        self._fatal: BaseException | None = None
+        self._cooperative = "cooperative" in str(
+            self.settings.get("partition.assignment.strategy", "")
+        )
+
+    def bind(self, listener: RebalanceListener) -> None:
+        self._listener = listener
+
+    async def open(self) -> None:
+        from confluent_kafka import Consumer
+
+        self._loop = asyncio.get_running_loop()
+        config = {**self.settings, "error_cb": self._on_error, "logger": log}
+        self.consumer = Consumer(config)
+        self.consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("kafka source %s: group %s, topics %s", self.name, self.group_id, self.topics)
+
+    async def chunks(self) -> AsyncIterator[list[Record]]:
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
+
+        loop = asyncio.get_running_loop()
+        consumer = self.consumer
+        while True:
+            messages = await loop.run_in_executor(
+                self._poll_thread, consumer.consume, self.max_records, self.poll_timeout
+            )
+            if self._fatal is not None:
+                raise self._fatal
+            if not messages:
+                continue
+            now = time.time()
+            chunk: list[Record] = []
+            for m in messages:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.fatal():
+                        raise KafkaFatalError(f"kafka consumer: {err.str()}")
+                    log.warning("kafka %s[%s]: %s", m.topic(), m.partition(), err.str())
+                    continue
+                kind, ts = m.timestamp()
+                key = m.key()
+                chunk.append(
+                    Record(
+                        key.decode("utf-8", "replace") if key is not None else None,
+                        None,
+                        ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now,
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.value(),
+                        m.headers(),
+                    )
+                )
+            if chunk:
+                yield chunk
+
+    async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
+        if not positions:
+            return
+        offsets = _topic_partitions(positions)
+        await asyncio.get_running_loop().run_in_executor(self._commit_thread, self._commit, offsets)
+
+    def _commit(self, offsets: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() in _NOTHING_TO_COMMIT:
+                return
+            raise
+
+    def group_metadata(self) -> Any:
+        """For ``send_offsets_to_transaction``: who commits, in which generation."""
+        return self.consumer.consumer_group_metadata()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            # close() leaves the group; its revoke callback runs in the poll thread.
+            await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
+        self._poll_thread.shutdown(wait=True)
+        self._commit_thread.shutdown(wait=True)
+
+    # -- callbacks, in the poll thread ---------------------------------------------------
+
+    def _call_listener(self, coro: Any) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("kafka %s: assigned %s", self.name, _fmt(keys))
+        starts: Mapping[PartitionKey, int] | None = None
+        if self._listener is not None:
+            try:
+                starts = self._call_listener(self._listener.partitions_assigned(keys))
+            except Exception as exc:
+                self._fatal = exc
+        if starts:
+            for p in partitions:
+                if (p.topic, p.partition) in starts:
+                    p.offset = starts[(p.topic, p.partition)]
+        # Assigning explicitly (the client would otherwise do it) carries the offsets.
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.info("kafka %s: revoking %s", self.name, _fmt(keys))
+        if self._listener is not None and self._fatal is None:
+            try:
+                positions = self._call_listener(self._listener.partitions_revoked(keys))
+                if positions:
+                    self._commit(_topic_partitions(positions))
+            except Exception as exc:
+                # Not committed: the next owner reads these records again.
+                log.error("kafka %s: revocation of %s failed: %s", self.name, _fmt(keys), exc)
+                self._fatal = exc
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._fatal = KafkaFatalError(
+            f"kafka {self.name}: partitions {_fmt(keys)} were lost (the group moved on, e.g. "
+            "after a session timeout); stopping without committing them. A restart resumes "
+            "from the last commit."
+        )
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
+        else:
+            log.warning("kafka consumer: %s", err.str())
+
+
+class KafkaProducer:
+    """One producer per worker, shared by every Kafka sink (and, in exactly-once mode,
+    owning the transaction). Never closed before the pipeline ends."""
+
+    def __init__(self, settings: Mapping[str, Any], *, transactional_id: str | None = None):
+        self.settings: Settings = {**_PRODUCER_DEFAULTS, **settings}
+        if transactional_id is not None:
+            self.settings["transactional.id"] = transactional_id
+        self.transactional = transactional_id is not None
+        self.producer: Any = None
+        self.errors: list[str] = []
+        self._users = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-produce")
+
+    async def open(self) -> None:
+        self._users += 1
+        if self.producer is not None:
+            return
+        from confluent_kafka import Producer
+
+        config = {**self.settings, "error_cb": self._on_error, "logger": log}
+        self.producer = Producer(config)
+        if self.transactional:
+            await self.run(self.producer.init_transactions, 30)
+            self.producer.begin_transaction()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> None:
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=self.on_delivery)
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                producer.poll(0.05)
+
+    async def flush(self) -> None:
+        """Wait until every message produced so far is acknowledged; raise if any failed."""
+        producer = self.producer
+        if producer is None:
+            return
+        while await self.run(producer.flush, 1.0):
+            pass
+        if self.errors:
+            first, n = self.errors[0], len(self.errors)
+            self.errors.clear()
+            raise KafkaFatalError(f"{n} Kafka deliveries failed, the first: {first}")
+
+    async def commit_transaction(self, positions: Mapping[PartitionKey, int], source: Any) -> None:
+        """Commit outputs and consumed offsets atomically, then open the next transaction."""
+        from confluent_kafka import KafkaException
+
+        producer = self.producer
+        await self.flush()
+        try:
+            if positions:
+                await self.run(
+                    producer.send_offsets_to_transaction,
+                    _topic_partitions(positions),
+                    source.group_metadata(),
+                    30,
+                )
+            await self.run(producer.commit_transaction, 30)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.txn_requires_abort():
+                await self.run(producer.abort_transaction, 30)
+                raise KafkaFatalError(
+                    f"the transaction was aborted ({err.str()}); its records were not "
+                    "committed and are read again after a restart"
+                ) from exc
+            raise KafkaFatalError(f"kafka transaction: {err.str()}") from exc
+        producer.begin_transaction()
+
+    async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self.producer is None:
+            return
+        producer, self.producer = self.producer, None
+        if self.transactional:
+            # Whatever was not committed is aborted: its input was not committed either.
+            await self.run(producer.abort_transaction, 30)
+        else:
+            await self.run(producer.flush, 30)
+        self._thread.shutdown(wait=True)
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            self.errors.append(f"fatal: {err.str()}")
+        log.warning("kafka producer: %s", err.str())
+
+
+class KafkaSink(Sink):
+    """Produces each output as JSON to ``topic``, keyed by the record's key, with the model
+    version and source position also in headers. ``write`` queues; ``flush`` waits for the
+    broker's acknowledgements, and only then does the engine commit."""
+
+    def __init__(self, topic: str, *, producer: KafkaProducer, name: str = "kafka") -> None:
+        self.topic = topic
+        self.producer = producer
+        self.name = name
+        self._encode = msgspec.json.Encoder().encode
+
+    async def open(self) -> None:
+        await self.producer.open()
+
+    async def write(self, batch: ScoredBatch) -> None:
+        encode, produce, topic = self._encode, self.producer.produce, self.topic
+        headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
+        for out, r in zip(batch.to_dicts(), batch.records, strict=True):
+            key = r.key
+            produce(topic, encode(out), None if key is None else str(key).encode(), headers)
+        self.producer.producer.poll(0)
+
+    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
+        """Dead letters keep the original bytes, so they can be replayed; the error and
+        the source position travel in headers."""
+        produce, topic = self.producer.produce, self.topic
+        for f in failures:
+            r = f.record
+            raw = r.raw if r.raw is not None else self._encode(r.value)
+            headers = [
+                ("headrace-stage", f.stage.encode()),
+                ("headrace-error-type", f.error_type.encode()),
+                ("headrace-error", f.error.encode("utf-8", "replace")),
+                ("headrace-source-topic", r.topic.encode()),
+                ("headrace-source-partition", str(r.partition).encode()),
+                ("headrace-source-offset", str(r.offset).encode()),
+            ]
+            if f.model is not None:
+                headers.append(("headrace-model", f"{f.model.name}@{f.model.version}".encode()))
+            key = r.key
+            produce(topic, raw, None if key is None else str(key).encode(), headers)
+        self.producer.producer.poll(0)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+    async def close(self) -> None:
+        await self.producer.close()
+
+
+_NOTHING_TO_COMMIT: set[int] = set()
+
+
+def _init_codes() -> None:
+    try:
+        from confluent_kafka import KafkaError
+    except ImportError:  # the kafka extra is not installed; the source cannot be used
+        return
+    _NOTHING_TO_COMMIT.add(KafkaError._NO_OFFSET)
+
+
+_init_codes()
+
+
+def _topic_partitions(positions: Mapping[PartitionKey, int]) -> list[Any]:
+    from confluent_kafka import TopicPartition
+
+    return [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
+
+
+def _fmt(keys: Sequence[PartitionKey]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing"

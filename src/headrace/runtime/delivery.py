@@ -1,0 +1,90 @@
+"""Delivery guarantees: how finished positions and outputs are made durable together."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from headrace.connectors.base import PartitionKey, Sink, Source
+
+if TYPE_CHECKING:
+    from headrace.connectors.kafka import KafkaProducer, KafkaSource
+    from headrace.connectors.postgres import PostgresSink
+
+log = logging.getLogger("headrace")
+
+
+class Delivery(ABC):
+    """Commits positions whose records reached a terminal state."""
+
+    #: Whether a commit must hold back writes: outputs and positions go in one transaction,
+    #: so no output may join it unless its position does too.
+    exactly_once: bool = False
+    name: str = "at-least-once"
+
+    @abstractmethod
+    async def commit(
+        self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
+    ) -> None: ...
+
+    async def start_positions(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int] | None:
+        """Where newly assigned partitions start, if this delivery keeps positions itself."""
+        return None
+
+
+class AtLeastOnce(Delivery):
+    """Flush every sink, then commit to the source. A crash re-reads what was written since
+    the last commit: nothing is lost, and duplicates are bounded by one commit interval."""
+
+    async def commit(
+        self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
+    ) -> None:
+        for sink in sinks:
+            await sink.flush()
+        await source.commit(positions)
+
+
+class KafkaTransactions(Delivery):
+    """Kafka to Kafka: outputs and consumed offsets commit in one Kafka transaction."""
+
+    exactly_once = True
+    name = "exactly-once (Kafka transactions)"
+
+    def __init__(self, producer: KafkaProducer, source: KafkaSource) -> None:
+        self.producer = producer
+        self.source = source
+
+    async def commit(
+        self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
+    ) -> None:
+        await self.producer.commit_transaction(positions, self.source)
+
+
+class PostgresTransactions(Delivery):
+    """Kafka to PostgreSQL: consumed offsets are stored in the same database transaction as
+    the outputs, and partitions start from the stored offsets when assigned."""
+
+    exactly_once = True
+    name = "exactly-once (PostgreSQL transactions)"
+
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink = sink
+
+    async def commit(
+        self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
+    ) -> None:
+        await self.sink.commit_transaction(positions)
+        try:
+            # Also to the source, for lag monitoring only: the database's copy is the truth.
+            await source.commit(positions)
+        except Exception as exc:
+            log.warning("committing positions to the source as well failed: %s", exc)
+
+    async def start_positions(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int] | None:
+        return await self.sink.stored_positions(partitions)
