@@ -21,6 +21,7 @@ from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.observe.live import LiveLine, summary_table
 from headrace.pipeline import Pipeline
 from headrace.runtime.engine import Engine, PipelineError
+from headrace.tools.commands import register as register_tools
 
 app = typer.Typer(
     help="Headrace: streaming inference — score every event as it flows.",
@@ -153,6 +154,9 @@ def demo(
     except PipelineError as exc:
         err.print(f"[red]pipeline stopped[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_PIPELINE) from None
+
+
+register_tools(app)
 
 
 def main() -> None:

@@ -192,7 +192,7 @@ class FlowConfig(_Section, kw_only=True):
 
 
 class RuntimeConfig(_Section, kw_only=True):
-    commit_interval_ms: Annotated[float, msgspec.Meta(gt=0)] = 1000.0
+    commit_interval_ms: NonNegative = 1000.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 

@@ -159,7 +159,7 @@ def test_uppercase_sha256_is_accepted() -> None:
         (
             (),
             "top level",
-            "batching dead_letter flow metrics model name runtime sinks source",
+            "batching dead_letter delivery flow kafka metrics model name runtime sinks source",
         ),
         (("source",), "source", "checkpoint key_field max_bytes path time_field"),
         (
@@ -199,13 +199,21 @@ def test_unknown_key_in_a_nested_filter_and_dead_letter() -> None:
     assert expected_keys(message) == ["filter", "fsync", "name", "path"]
 
 
+SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null"}
+
+
 @pytest.mark.parametrize(
     ("section", "value", "path", "types"),
     [
-        ("source", {"type": "kafka", "topic": "x"}, "source.type", {"generator", "jsonl"}),
-        ("sinks", [{"type": "kafka"}], "sinks[0].type", {"sqlite", "jsonl", "stdout", "null"}),
+        (
+            "source",
+            {"type": "kinesis", "topic": "x"},
+            "source.type",
+            {"generator", "jsonl", "kafka"},
+        ),
+        ("sinks", [{"type": "s3"}], "sinks[0].type", SINK_TYPES),
         ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable"}),
-        ("dead_letter", {"type": "s3"}, "dead_letter.type", {"sqlite", "jsonl", "stdout", "null"}),
+        ("dead_letter", {"type": "s3"}, "dead_letter.type", SINK_TYPES),
     ],
 )
 def test_unknown_type_lists_the_valid_types(
@@ -223,7 +231,7 @@ def test_missing_type_lists_the_valid_types() -> None:
     """A section without its `type` says so and lists the choices."""
     message = error_of(config(source={"path": "in.jsonl"}))
     assert "at source: missing required key 'type'" in message
-    assert set(expected_keys(message)) == {"generator", "jsonl"}
+    assert set(expected_keys(message)) == {"generator", "jsonl", "kafka"}
 
 
 # -- missing keys, wrong types, ranges ----------------------------------------------------
@@ -280,7 +288,7 @@ def test_empty_sinks_list_is_rejected() -> None:
         ({"source": {"type": "generator", "seconds": 0}}, "source.seconds", "> 0"),
         ({"source": {"type": "generator", "count": 0}}, "source.count", ">= 1"),
         ({"metrics": {"port": 70000}}, "metrics.port", "<= 65535"),
-        ({"runtime": {"commit_interval_ms": 0}}, "runtime.commit_interval_ms", "> 0"),
+        ({"runtime": {"commit_interval_ms": -1}}, "runtime.commit_interval_ms", ">= 0"),
         ({"flow": {"max_in_flight": 0}}, "flow.max_in_flight", ">= 1"),
     ],
 )

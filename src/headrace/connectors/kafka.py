@@ -89,10 +89,9 @@ class KafkaSource(Source):
         self.consumer: Any = None
         self._listener: RebalanceListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One thread polls (rebalance callbacks run in it); another commits, so a commit
-        # never waits behind a poll.
+        # One thread for every consumer call: polls (rebalance callbacks run in them) and
+        # commits take turns, so a commit never races a revocation.
         self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-poll")
-        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-commit")
         self._fatal: BaseException | None = None
         self._cooperative = "cooperative" in str(
             self.settings.get("partition.assignment.strategy", "")
@@ -154,10 +153,27 @@ class KafkaSource(Source):
                 yield chunk
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        if not positions:
-            return
-        offsets = _topic_partitions(positions)
-        await asyncio.get_running_loop().run_in_executor(self._commit_thread, self._commit, offsets)
+        """Commit in the poll thread, between two polls: never while a rebalance callback
+        runs, and after any revocation that came first, so the partitions still assigned
+        when it runs are the only ones committed (a revoked partition's next owner may
+        already have moved its offset on)."""
+        if positions:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._poll_thread, self._commit_assigned, dict(positions))
+
+    def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit without waiting, for lag monitoring where the truth is kept elsewhere."""
+        if positions and self.consumer is not None:
+            try:
+                self.consumer.commit(offsets=_topic_partitions(positions), asynchronous=True)
+            except Exception as exc:  # informational only
+                log.debug("kafka %s: mirror commit failed: %s", self.name, exc)
+
+    def _commit_assigned(self, positions: dict[PartitionKey, int]) -> None:
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        mine = {k: v for k, v in positions.items() if k in assigned}
+        if mine:
+            self._commit(_topic_partitions(mine))
 
     def _commit(self, offsets: list[Any]) -> None:
         from confluent_kafka import KafkaException
@@ -180,7 +196,6 @@ class KafkaSource(Source):
             # close() leaves the group; its revoke callback runs in the poll thread.
             await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
         self._poll_thread.shutdown(wait=True)
-        self._commit_thread.shutdown(wait=True)
 
     # -- callbacks, in the poll thread ---------------------------------------------------
 

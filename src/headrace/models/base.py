@@ -42,7 +42,9 @@ class CallableModel:
         self._fn = fn
         self.name = name
         self.version = version
-        if inspect.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004
+        ):
             # Expose the coroutine function itself, so the engine awaits it on the loop
             # instead of calling it in a thread.
             self.predict_batch = fn  # type: ignore[method-assign,assignment]

@@ -175,6 +175,13 @@ class Batcher(Generic[T]):
 PredictBatch = Callable[[list[T]], "Sequence[R] | Awaitable[Sequence[R]]"]
 
 
+def is_async_callable(fn: Any) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what is checked
+    )
+
+
 class MicroBatcher(Generic[T, R]):
     """Request-level batching for applications: ``await batcher.infer(x)``.
 
@@ -204,7 +211,7 @@ class MicroBatcher(Generic[T, R]):
         executor: Executor | None = None,
     ) -> None:
         self._predict = predict_batch
-        self._is_async = inspect.iscoroutinefunction(predict_batch)
+        self._is_async = is_async_callable(predict_batch)
         self._executor = executor
         self._batcher: Batcher[tuple[T, asyncio.Future[R]]] = Batcher(
             self._score,
@@ -254,6 +261,8 @@ class MicroBatcher(Generic[T, R]):
             else:
                 loop = asyncio.get_running_loop()
                 outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+                if inspect.isawaitable(outputs):  # a plain function that returned a coroutine
+                    outputs = await outputs
             outputs = cast(Sequence[R], outputs)
             if len(outputs) != len(inputs):
                 raise OutputCountError(len(inputs), len(outputs))

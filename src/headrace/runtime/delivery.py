@@ -78,11 +78,11 @@ class PostgresTransactions(Delivery):
         self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
     ) -> None:
         await self.sink.commit_transaction(positions)
-        try:
-            # Also to the source, for lag monitoring only: the database's copy is the truth.
-            await source.commit(positions)
-        except Exception as exc:
-            log.warning("committing positions to the source as well failed: %s", exc)
+        # Also to Kafka, without waiting, for lag monitoring only: the database's copy is
+        # the truth, and waiting could block on a rebalance in progress.
+        mirror = getattr(source, "mirror_commit", None)
+        if mirror is not None:
+            mirror(positions)
 
     async def start_positions(
         self, partitions: Sequence[PartitionKey]

@@ -25,7 +25,7 @@ from headrace.models.featurizer import Featurizer
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
 from headrace.record import FailedRecord, ModelRef, Record, ScoredBatch
-from headrace.runtime.batcher import Batcher, OutputCountError
+from headrace.runtime.batcher import Batcher, OutputCountError, is_async_callable
 from headrace.runtime.decode import JsonDecoder, failure
 from headrace.runtime.delivery import AtLeastOnce, Delivery
 from headrace.runtime.flow import InFlightLimit
@@ -127,7 +127,7 @@ class Engine:
         self.stats = EngineStats(written={b.name: 0 for b in self.sinks})
         self.tracker = OffsetTracker()
         self.flow = InFlightLimit(self.settings.max_in_flight)
-        self._model_is_async = inspect.iscoroutinefunction(model.predict_batch)
+        self._model_is_async = is_async_callable(model.predict_batch)
         self._decode = None if source.decoded else self.decoder.decode
         self._executor: ThreadPoolExecutor | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -137,6 +137,9 @@ class Engine:
         self._fatal: BaseException | None = None
         self._committed: dict[PartitionKey, int] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._finished = asyncio.Event()
+        self._committer_stop = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class Engine:
             batches = asyncio.create_task(batcher.run(), name="headrace-batcher")
             self._reader = asyncio.create_task(self._read(batcher), name="headrace-reader")
             committer = asyncio.create_task(self._commit_every(settings.commit_interval))
+            self._committer_stop.clear()
             await asyncio.wait({self._reader, batches}, return_when=asyncio.FIRST_COMPLETED)
             if batches.done() and not self._reader.done():
                 self._reader.cancel()
@@ -205,9 +209,14 @@ class Engine:
         finally:
             self._running = False
             if committer is not None:
-                committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # Let a commit in progress finish (cancelling it could leave a transaction
+                # half done); the final commit follows.
+                self._committer_stop.set()
+                self._finished.set()
+                try:
                     await committer
+                except Exception as exc:
+                    self._fatal = self._fatal or exc
             await self._final_commit(opened)
             for part in reversed(opened):
                 try:
@@ -307,6 +316,7 @@ class Engine:
                 await self._dead_letter(failed)
         except BaseException as exc:
             self._fatal = self._fatal or exc
+            self._wake_waiters()
             raise
         finally:
             mine.set_result(None)
@@ -333,6 +343,8 @@ class Engine:
         else:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self._executor, model.predict_batch, inputs)
+            if inspect.isawaitable(out):  # a plain function that returned a coroutine
+                out = await out
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.observe(elapsed)
         self.stats.inference_seconds += elapsed
@@ -387,14 +399,26 @@ class Engine:
             self.metrics.records_out.inc(scored)
             self.metrics.batch_size.observe(scored)
         self.metrics.in_flight.set(self.flow.count)
+        self._finished.set()
         if self._waiters:
             self._wake_waiters()
 
     # -- committing --------------------------------------------------------------------
 
     async def _commit_every(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
+        """Commit every ``interval`` seconds; with 0, as soon as anything finished (one
+        commit at a time: what finishes during a commit goes into the next)."""
+        stop = self._committer_stop
+        while not stop.is_set():
+            if interval > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+            else:
+                await self._finished.wait()
+                self._finished.clear()
+            if stop.is_set():
+                return
             try:
                 await self._commit()
             except Exception as exc:
@@ -419,13 +443,16 @@ class Engine:
             mine.set_result(None)
 
     async def _commit_positions(self) -> None:
-        positions = self.tracker.take_committable()
-        if not positions:
-            return
-        # The delivery flushes sinks first: a position is committed only for outputs
-        # that are durable.
-        await self.delivery.commit(positions, self._all_sinks(), self.source)
-        self._committed.update(positions)
+        # One commit at a time: a slower, older commit must not land after a newer one.
+        async with self._commit_lock:
+            positions = self.tracker.committable()
+            if not positions:
+                return
+            # The delivery flushes sinks first: a position is committed only for outputs
+            # that are durable. Marked only once done: an interrupted commit is retried.
+            await self.delivery.commit(positions, self._all_sinks(), self.source)
+            self.tracker.mark_committed(positions)
+            self._committed.update(positions)
 
     # -- partitions moving between workers -----------------------------------------------
 
@@ -440,6 +467,11 @@ class Engine:
         """Finish the revoked partitions' records in flight, then hand back their
         positions to commit. Past ``revoke_timeout`` the pipeline stops instead, and those
         records are not committed: the next owner reads them again."""
+        if self._fatal is not None or not self._running:
+            # Nothing more will finish: give the partitions up without committing them.
+            for topic, partition in partitions:
+                self.tracker.forget(topic, partition)
+            return {}
         timeout = self.settings.revoke_timeout
         try:
             await self._until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
@@ -452,6 +484,8 @@ class Engine:
         if self.delivery.exactly_once:
             await self._commit()  # the transaction takes the revoked partitions' offsets
         else:
+            # The source commits these itself, in its rebalance callback: a commit sent
+            # through the usual path would wait for the rebalance to end.
             for sink in self._all_sinks():
                 await sink.flush()
             current = self.tracker.positions()
@@ -475,8 +509,13 @@ class Engine:
                 self._waiters.remove(entry)
 
     def _wake_waiters(self) -> None:
+        fatal = self._fatal
         for condition, future in list(self._waiters):
-            if not future.done() and condition():
+            if future.done():
+                continue
+            if fatal is not None:
+                future.set_exception(PipelineError(f"the pipeline failed: {fatal}"))
+            elif condition():
                 future.set_result(None)
 
     async def _final_commit(self, opened: Sequence[Sink | Source]) -> None:

@@ -108,14 +108,23 @@ class OffsetTracker:
         """The commit position of every tracked partition."""
         return {k: p.position for k, p in self._partitions.items()}
 
-    def take_committable(self) -> dict[PartitionKey, int]:
-        """Positions that moved since the last call: what a commit needs to send."""
-        changed = {
-            k: p.position
-            for k, p in self._partitions.items()
-            if self._committed.get(k) != p.position
+    def committable(self) -> dict[PartitionKey, int]:
+        """Positions that moved since they were last marked committed."""
+        committed = self._committed
+        return {
+            k: p.position for k, p in self._partitions.items() if committed.get(k) != p.position
         }
-        self._committed.update(changed)
+
+    def mark_committed(self, positions: dict[PartitionKey, int]) -> None:
+        """Record that ``positions`` were committed (call it only once they were)."""
+        for k, position in positions.items():
+            if k in self._partitions:
+                self._committed[k] = position
+
+    def take_committable(self) -> dict[PartitionKey, int]:
+        """:meth:`committable`, marked committed at once."""
+        changed = self.committable()
+        self.mark_committed(changed)
         return changed
 
     def unfinished(self, partitions: Iterable[PartitionKey]) -> int:

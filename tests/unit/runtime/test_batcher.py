@@ -358,13 +358,15 @@ class Boom(Exception):
     """A handler failure."""
 
 
-async def test_handler_error_makes_run_reraise_without_close() -> None:
-    """A failing handler fails the pipeline: run() re-raises it, without waiting for close()."""
+@pytest.mark.parametrize("max_concurrency", [1, 2])
+async def test_handler_error_makes_run_reraise_without_close(max_concurrency: int) -> None:
+    """A failing handler fails the pipeline: run() re-raises it without waiting for close(),
+    also when the dispatcher is idle on an empty buffer (a free slot) at that moment."""
 
     async def handle(batch: list[int]) -> None:
         raise Boom(batch)
 
-    batcher = Batcher(handle, max_size=4, max_wait=0.0)
+    batcher = Batcher(handle, max_size=4, max_wait=0.0, max_concurrency=max_concurrency)
     runner = asyncio.create_task(batcher.run())
     batcher.put([1, 2])
     with pytest.raises(Boom) as caught:

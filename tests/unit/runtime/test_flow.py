@@ -37,11 +37,13 @@ async def let_loop_run(rounds: int = 5) -> None:
 
 
 def test_limit_must_be_positive() -> None:
+    """A limit that could never admit anything is refused up front."""
     with pytest.raises(ValueError):
         InFlightLimit(0)
 
 
 async def test_acquire_within_the_limit_does_not_block() -> None:
+    """Chunks that fit together are admitted at once, up to exactly the limit."""
     limit = InFlightLimit(10)
     async with asyncio.timeout(5):
         await limit.acquire(3)
@@ -124,6 +126,7 @@ async def test_cancelled_waiter_takes_no_credits() -> None:
 
 
 async def test_peak_tracks_the_highest_count() -> None:
+    """peak is the high-water mark of the count, oversized chunks included."""
     limit = InFlightLimit(100)
     assert limit.peak == 0
     await limit.acquire(4)

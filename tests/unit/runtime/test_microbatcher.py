@@ -410,14 +410,17 @@ def test_max_concurrency_bounds_model_calls_running_at_once(
             predict, max_size=max_size, max_wait=0.0, max_concurrency=max_concurrency
         ) as batcher:
             pending = asyncio.create_task(batcher.infer_many(list(range(n))))
-            await wait_for(lambda: active >= max_concurrency)
-            assert active == max_concurrency
-            gate.set()
+            try:
+                await wait_for(lambda: active >= max_concurrency)
+                active_when_blocked = active
+            finally:
+                gate.set()  # a failure below must not leave the model blocked
             results = await pending
         assert results == [score(x) for x in range(n)]
-        return results, peak
+        return active_when_blocked, peak
 
-    _, peak = run(main())
+    active_when_blocked, peak = run(main())
+    assert active_when_blocked == max_concurrency
     assert peak == max_concurrency
 
 
@@ -517,3 +520,15 @@ async def test_throughput_is_not_capped_by_max_wait() -> None:
 
     assert sum(len(b) for b in model.batches) == clients * per_client
     assert rate > 5_000, f"{rate:.0f} requests/s (the seed's cap: {cap:.0f}/s)"
+
+
+async def test_an_object_with_an_async_call_is_awaited() -> None:
+    """A model object whose __call__ is a coroutine function is awaited, not run in a
+    thread (where it would return an unawaited coroutine)."""
+
+    class Doubler:
+        async def __call__(self, xs: list[int]) -> list[int]:
+            return [x * 2 for x in xs]
+
+    async with MicroBatcher(Doubler(), max_size=4, max_wait=0) as batcher:
+        assert await batcher.infer(21) == 42

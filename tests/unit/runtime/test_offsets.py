@@ -15,6 +15,7 @@ Key = tuple[str, int]
 
 
 def rec(offset: int, partition: int = 0, topic: str = "t") -> Record:
+    """A record at ``topic[partition]@offset``; only its position matters here."""
     return Record(None, None, 0.0, topic, partition, offset)
 
 
@@ -185,6 +186,7 @@ def test_same_offset_in_another_partition_is_fine() -> None:
 
 
 def test_done_for_an_untracked_partition_raises() -> None:
+    """Finishing a record of a partition that was never tracked is a bug upstream."""
     tracker = OffsetTracker()
     tracker.track(recs([0, 1], partition=0))
     with pytest.raises(OffsetTrackerError):
@@ -235,6 +237,7 @@ def test_forget_drops_a_partition_and_allows_a_rewind() -> None:
 
     tracker.forget("t", 0)
     assert tracker.positions() == {("t", 1): 7}
+    assert tracker.take_committable() == {}  # nothing to commit for a revoked partition
     assert tracker.in_flight() == 1
     with pytest.raises(OffsetTrackerError):
         tracker.done([rec(2, 0)])
@@ -246,6 +249,7 @@ def test_forget_drops_a_partition_and_allows_a_rewind() -> None:
 
 
 def test_in_flight_counts_tracked_unfinished_records() -> None:
+    """in_flight() counts tracked, unfinished records across partitions."""
     tracker = OffsetTracker()
     assert tracker.in_flight() == 0
     a, b = recs([0, 1, 2], 0), recs([4, 8], 1)
