@@ -363,12 +363,30 @@ def _take(
         assert partition is not None and offset is not None
         into.add(topic, partition, offset)
         return
+    headers = dict(m.headers() or ())
+    if _DLQ_TOPIC in headers:
+        # A Kafka dead letter: the value is the original message, so it can be replayed;
+        # its position travels in headers.
+        try:
+            into.add(
+                headers[_DLQ_TOPIC].decode(),
+                int(headers[_DLQ_PARTITION]),
+                int(headers[_DLQ_OFFSET]),
+            )
+        except (KeyError, ValueError, UnicodeDecodeError):
+            into.unreadable += 1
+        return
     try:
         s = decode(m.value() or b"").source
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         into.unreadable += 1
         return
     into.add(s.topic, s.partition, s.offset)
+
+
+_DLQ_TOPIC = "headrace-source-topic"
+_DLQ_PARTITION = "headrace-source-partition"
+_DLQ_OFFSET = "headrace-source-offset"
 
 
 def _behind(

@@ -56,3 +56,46 @@ def test_50k_records_4_partitions_arrive_once_in_key_order(
 
     per_partition = Counter(msgspec.json.decode(v)["source"]["partition"] for v in reader.values)
     assert committed(tansu.bootstrap, "scorers", "events", 4) == dict(per_partition)
+
+
+def test_malformed_input_is_dead_lettered_to_kafka_and_the_audit_holds(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    """5% malformed records (bad JSON, bad UTF-8, wrong types, deep nesting, NaN) go to
+    the dead-letter topic with their original bytes and their position in headers; the
+    audit accounts for every input."""
+    from headrace.tools.audit import audit
+    from headrace.tools.loadgen import produce_events
+
+    n = 4000
+    for topic in ("events", "predictions", "dead-letters"):
+        tansu.create_topic(topic, 4)
+    summary = produce_events(tansu.bootstrap, "events", count=n, malformed=0.05, progress=False)
+    assert summary.malformed == 200
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks=KAFKA_SINK,
+        extra="dead_letter:\n  type: kafka\n  topic: dead-letters",
+    )
+    worker = Worker(config, models_env(tmp_path), tmp_path / "worker.log").start()
+    dead = TopicReader(tansu.bootstrap, "dead-letters", 4)
+    outputs = TopicReader(tansu.bootstrap, "predictions", 4)
+    try:
+        wait_until(lambda: dead.read() >= 200, 90, "dead letters", (worker,))
+        wait_until(lambda: outputs.read() >= n - 200, 90, "outputs", (worker,))
+        report = audit(
+            tansu.bootstrap,
+            "events",
+            output_topic="predictions",
+            dead_letter_topic="dead-letters",
+            idle_timeout=0.5,
+        )
+        assert worker.terminate() == 0, worker.tail()
+    finally:
+        worker.stop()
+        dead.close()
+        outputs.close()
+    assert report.holds("exactly-once"), report
+    assert report.dead_letter_count == 200
+    assert report.output_count == n - 200
