@@ -11,6 +11,12 @@ from typing import Any, Literal
 import msgspec
 
 from headrace.connectors.base import PartitionKey, Sink
+from headrace.connectors.rows import (
+    FAILURE_COLUMNS,
+    PREDICTION_COLUMNS,
+    failure_rows,
+    prediction_rows,
+)
 from headrace.record import FailedRecord, ScoredBatch
 
 log = logging.getLogger("headrace.postgres")
@@ -103,10 +109,7 @@ class PostgresSink(Sink):
             if mode == "upsert"
             else ""
         )
-        cols = (
-            "key, prediction, model_name, model_version, event_time, processed_at, input",
-            "key, stage, error_type, error, model_name, model_version, input, raw",
-        )
+        cols = (PREDICTION_COLUMNS, FAILURE_COLUMNS)
         self._insert = (
             f'INSERT INTO {table} (topic, partition, "offset", {cols[0]}) '
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -144,52 +147,26 @@ class PostgresSink(Sink):
         if not self.transactional:
             await conn.commit()
 
+    def _json(self, value: Any) -> str:
+        return self._encode(value).decode()
+
     async def write(self, batch: ScoredBatch) -> None:
-        if not len(batch):
-            return
-        enc = self._encode
-        name, version, at = batch.model.name, batch.model.version, batch.processed_at
-        keep_input = self.store_input
-        rows = [
-            (
-                r.topic,
-                r.partition,
-                r.offset,
-                None if r.key is None else str(r.key),
-                enc(p).decode(),
-                name,
-                version,
-                r.event_time,
-                at,
-                enc(r.value).decode() if keep_input else None,
+        if len(batch):
+            rows = prediction_rows(
+                batch, prediction=self._json, value=self._json if self.store_input else None
             )
-            for r, p in zip(batch.records, batch.predictions, strict=True)
-        ]
-        await self._executemany(self._insert, rows)
+            await self._executemany(self._insert, rows)
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
-        if not failures:
-            return
-        enc = self._encode
-        rows = []
-        for f in failures:
-            r = f.record
-            rows.append(
-                (
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    None if r.key is None else str(r.key),
-                    f.stage,
-                    f.error_type,
-                    f.error.replace("\x00", "\\0"),
-                    f.model.name if f.model else None,
-                    f.model.version if f.model else None,
-                    enc(r.value).decode() if r.value is not None else None,
-                    r.raw,
-                )
+        if failures:
+            # PostgreSQL text cannot hold NUL characters; the raw bytes go to bytea as is.
+            rows = failure_rows(
+                failures,
+                value=self._json,
+                raw=bytes,
+                text=lambda e: e.replace("\x00", "\\0"),
             )
-        await self._executemany(self._insert_failure, rows)
+            await self._executemany(self._insert_failure, rows)
 
     async def commit_transaction(self, positions: Mapping[PartitionKey, int]) -> None:
         """Store ``positions`` and commit them with every write since the last commit."""

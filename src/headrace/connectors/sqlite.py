@@ -13,6 +13,12 @@ from typing import Any, Literal
 import msgspec
 
 from headrace.connectors.base import Sink
+from headrace.connectors.rows import (
+    FAILURE_COLUMNS,
+    PREDICTION_COLUMNS,
+    failure_rows,
+    prediction_rows,
+)
 from headrace.record import FailedRecord, ScoredBatch
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -83,12 +89,11 @@ class SqliteSink(Sink):
         self._encoder = msgspec.json.Encoder()
         verb = "INSERT OR REPLACE" if mode == "upsert" else "INSERT"
         self._insert = (
-            f'{verb} INTO {table} (topic, partition, "offset", key, prediction, model_name, '
-            "model_version, event_time, processed_at, input) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            f'{verb} INTO {table} (topic, partition, "offset", {PREDICTION_COLUMNS}) '
+            "VALUES (?,?,?,?,?,?,?,?,?,?)"
         )
         self._insert_failure = (
-            f'{verb} INTO {failures_table} (topic, partition, "offset", key, stage, '
-            "error_type, error, model_name, model_version, input, raw) "
+            f'{verb} INTO {failures_table} (topic, partition, "offset", {FAILURE_COLUMNS}) '
             "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
 
@@ -130,48 +135,19 @@ class SqliteSink(Sink):
         if not len(batch):
             return
         enc = self._encode
-        name, version, at = batch.model.name, batch.model.version, batch.processed_at
-        keep_input = self.store_input
-        rows = [
-            (
-                r.topic,
-                r.partition,
-                r.offset,
-                None if r.key is None else str(r.key),
-                p if isinstance(p, int | float) else enc(p),
-                name,
-                version,
-                r.event_time,
-                at,
-                enc(r.value) if keep_input else None,
-            )
-            for r, p in zip(batch.records, batch.predictions, strict=True)
-        ]
+        rows = prediction_rows(
+            batch,
+            prediction=lambda p: p if isinstance(p, int | float) else enc(p),
+            value=enc if self.store_input else None,
+        )
         await self._call(self._executemany, self._insert, rows)
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
-        if not failures:
-            return
-        enc = self._encode
-        rows = []
-        for f in failures:
-            r = f.record
-            rows.append(
-                (
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    None if r.key is None else str(r.key),
-                    f.stage,
-                    f.error_type,
-                    f.error,
-                    f.model.name if f.model else None,
-                    f.model.version if f.model else None,
-                    enc(r.value),
-                    r.raw.decode("utf-8", "replace") if r.raw is not None else None,
-                )
+        if failures:
+            rows = failure_rows(
+                failures, value=self._encode, raw=lambda b: b.decode("utf-8", "replace")
             )
-        await self._call(self._executemany, self._insert_failure, rows)
+            await self._call(self._executemany, self._insert_failure, rows)
 
     async def close(self) -> None:
         if self._conn is not None:

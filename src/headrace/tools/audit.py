@@ -369,9 +369,9 @@ def _take(
         # its position travels in headers.
         try:
             into.add(
-                headers[_DLQ_TOPIC].decode(),
-                int(headers[_DLQ_PARTITION]),
-                int(headers[_DLQ_OFFSET]),
+                _header_text(headers, _DLQ_TOPIC),
+                int(_header_text(headers, _DLQ_PARTITION)),
+                int(_header_text(headers, _DLQ_OFFSET)),
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             into.unreadable += 1
@@ -382,6 +382,13 @@ def _take(
         into.unreadable += 1
         return
     into.add(s.topic, s.partition, s.offset)
+
+
+def _header_text(headers: Mapping[str, str | bytes | None], name: str) -> str:
+    value = headers[name]
+    if value is None:
+        raise KeyError(name)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 _DLQ_TOPIC = "headrace-source-topic"

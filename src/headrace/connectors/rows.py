@@ -1,0 +1,62 @@
+"""The row layout every table sink shares: one row per output, one per dead letter, keyed
+by source position. Each sink says only how it encodes values for its database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from headrace.record import FailedRecord, ScoredBatch
+
+PREDICTION_COLUMNS = "key, prediction, model_name, model_version, event_time, processed_at, input"
+FAILURE_COLUMNS = "key, stage, error_type, error, model_name, model_version, input, raw"
+
+Encode = Callable[[Any], Any]
+
+
+def prediction_rows(
+    batch: ScoredBatch, *, prediction: Encode, value: Encode | None
+) -> list[tuple[Any, ...]]:
+    """``(topic, partition, offset, *PREDICTION_COLUMNS)`` per output; ``value`` encodes
+    the input, or ``None`` to leave inputs out."""
+    name, version, at = batch.model.name, batch.model.version, batch.processed_at
+    return [
+        (
+            r.topic,
+            r.partition,
+            r.offset,
+            None if r.key is None else str(r.key),
+            prediction(p),
+            name,
+            version,
+            r.event_time,
+            at,
+            value(r.value) if value is not None else None,
+        )
+        for r, p in zip(batch.records, batch.predictions, strict=True)
+    ]
+
+
+def failure_rows(
+    failures: Sequence[FailedRecord], *, value: Encode, raw: Encode, text: Encode = str
+) -> list[tuple[Any, ...]]:
+    """``(topic, partition, offset, *FAILURE_COLUMNS)`` per dead letter."""
+    rows = []
+    for f in failures:
+        r = f.record
+        rows.append(
+            (
+                r.topic,
+                r.partition,
+                r.offset,
+                None if r.key is None else str(r.key),
+                f.stage,
+                f.error_type,
+                text(f.error),
+                f.model.name if f.model else None,
+                f.model.version if f.model else None,
+                None if r.value is None else value(r.value),
+                None if r.raw is None else raw(r.raw),
+            )
+        )
+    return rows
