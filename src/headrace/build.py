@@ -142,6 +142,24 @@ def build_source(c: cfg.SourceConfig, kafka: KafkaParts) -> tuple[Source, JsonDe
         )
         return source, None
     decoder = JsonDecoder(key_field=c.key_field, time_field=c.time_field, max_bytes=c.max_bytes)
+    if isinstance(c, cfg.MqttSourceConfig):
+        from headrace.connectors.mqtt import MqttSource
+
+        mqtt = MqttSource(
+            c.topics,
+            client_id=c.client_id,
+            host=c.host,
+            port=c.port,
+            qos=c.qos,
+            protocol=c.protocol,
+            session_expiry_s=c.session_expiry_s,
+            max_inflight=c.max_inflight,
+            keepalive_s=c.keepalive_s,
+            username=c.username,
+            password=c.password,
+            max_records=c.max_records,
+        )
+        return mqtt, decoder
     if isinstance(c, cfg.KafkaSourceConfig):
         from headrace.connectors.kafka import KafkaSource
 

@@ -71,7 +71,47 @@ class KafkaSourceConfig(_Section, kw_only=True, tag="kafka", tag_field="type"):
     max_records: Positive = 1000
 
 
-SourceConfig = GeneratorSourceConfig | JsonLinesSourceConfig | KafkaSourceConfig
+class MqttSourceConfig(_Section, kw_only=True, tag="mqtt", tag_field="type"):
+    """MQTT topic filters read in a persistent session (``client_id`` names it); a message
+    is acknowledged only once it reached a terminal state. See docs/mqtt.md."""
+
+    topics: Annotated[list[str], msgspec.Meta(min_length=1)]
+    client_id: Annotated[str, msgspec.Meta(min_length=1)]
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    qos: Literal[0, 1, 2] = 1
+    protocol: Literal[5, "3.1.1"] = 5
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)] = 86_400
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 1000
+    keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 30
+    username: str | None = None
+    password: str | None = None
+    key_field: str | None = None
+    time_field: str | None = None
+    max_bytes: Positive = 1 << 20
+    max_records: Positive = 500
+
+    def __post_init__(self) -> None:
+        from headrace.connectors.mqtt import topic_filter_problem
+
+        for t in self.topics:
+            problem = topic_filter_problem(t)
+            if problem is not None:
+                raise ValueError(f"topic filter {t!r}: {problem}")
+        if self.qos == 2:
+            raise ValueError(
+                "qos 2 is refused: the client confirms a QoS 2 message on receipt and keeps it "
+                "only in memory, so a crash loses it; use 1 (at-least-once) or 0"
+            )
+
+    def __repr__(self) -> str:
+        fields = msgspec.structs.asdict(self)
+        if fields["password"] is not None:
+            fields["password"] = "***"
+        return f"MqttSourceConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+SourceConfig = GeneratorSourceConfig | JsonLinesSourceConfig | KafkaSourceConfig | MqttSourceConfig
 
 # -- models ----------------------------------------------------------------------------
 

@@ -209,7 +209,7 @@ SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null"}
             "source",
             {"type": "kinesis", "topic": "x"},
             "source.type",
-            {"generator", "jsonl", "kafka"},
+            {"generator", "jsonl", "kafka", "mqtt"},
         ),
         ("sinks", [{"type": "s3"}], "sinks[0].type", SINK_TYPES),
         ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable"}),
@@ -231,7 +231,7 @@ def test_missing_type_lists_the_valid_types() -> None:
     """A section without its `type` says so and lists the choices."""
     message = error_of(config(source={"path": "in.jsonl"}))
     assert "at source: missing required key 'type'" in message
-    assert set(expected_keys(message)) == {"generator", "jsonl", "kafka"}
+    assert set(expected_keys(message)) == {"generator", "jsonl", "kafka", "mqtt"}
 
 
 # -- missing keys, wrong types, ranges ----------------------------------------------------
