@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
     """Fill ``p`` with what ``config`` describes (loading the model on the way)."""
     kafka = KafkaParts(config)
-    source, decoder = build_source(config.source, kafka)
+    source, decoder = build_source(config.source, kafka, config.batching.max_wait_ms / 1000.0)
     p.source(source, decoder=decoder)
     model, featurizer = build_model(config.model)
     p.model(model, featurizer=featurizer)
@@ -129,7 +129,9 @@ class KafkaParts:
         return self._producer is not None
 
 
-def build_source(c: cfg.SourceConfig, kafka: KafkaParts) -> tuple[Source, JsonDecoder | None]:
+def build_source(
+    c: cfg.SourceConfig, kafka: KafkaParts, max_wait: float | None = None
+) -> tuple[Source, JsonDecoder | None]:
     if isinstance(c, cfg.GeneratorSourceConfig):
         source = GeneratorSource(
             rate=c.rate,
@@ -169,10 +171,17 @@ def build_source(c: cfg.SourceConfig, kafka: KafkaParts) -> tuple[Source, JsonDe
             raise cfg.ConfigError(
                 "at source.topics: name a topic (the connection string has no EntityPath)"
             )
-        return (
-            KafkaSource(topics, group_id=c.group_id, settings=settings, max_records=c.max_records),
-            decoder,
+        # A poll returns when max_records arrived or the timeout passed: past the batcher's
+        # max_wait, the wait would only add latency.
+        wait = max_wait if max_wait is not None else 0.1
+        kafka_source = KafkaSource(
+            topics,
+            group_id=c.group_id,
+            settings=settings,
+            max_records=c.max_records,
+            poll_timeout=min(0.1, max(0.001, wait)),
         )
+        return kafka_source, decoder
     return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
 
 

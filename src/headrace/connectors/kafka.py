@@ -93,6 +93,7 @@ class KafkaSource(Source):
         # commits take turns, so a commit never races a revocation.
         self._poll_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-poll")
         self._fatal: BaseException | None = None
+        self._group_metadata: Any = None
         self._cooperative = "cooperative" in str(
             self.settings.get("partition.assignment.strategy", "")
         )
@@ -187,8 +188,12 @@ class KafkaSource(Source):
             raise
 
     def group_metadata(self) -> Any:
-        """For ``send_offsets_to_transaction``: who commits, in which generation."""
-        return self.consumer.consumer_group_metadata()
+        """For ``send_offsets_to_transaction``: who commits, in which generation. Taken in
+        the rebalance callbacks (the generation changes only there): asked for on the event
+        loop, it would wait for the poll in progress."""
+        if self._group_metadata is None:
+            self._group_metadata = self.consumer.consumer_group_metadata()
+        return self._group_metadata
 
     async def close(self) -> None:
         if self.consumer is not None:
@@ -221,6 +226,7 @@ class KafkaSource(Source):
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        self._group_metadata = consumer.consumer_group_metadata()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
@@ -238,6 +244,7 @@ class KafkaSource(Source):
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
+        self._group_metadata = consumer.consumer_group_metadata()
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
