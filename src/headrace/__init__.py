@@ -15,6 +15,9 @@ from headrace.connectors import (
     SqliteSink,
     StdoutSink,
 )
+from headrace.connectors.kafka import KafkaProducer, KafkaSink, KafkaSource
+from headrace.connectors.mqtt import MqttSource
+from headrace.connectors.postgres import PostgresSink
 from headrace.models import (
     CallableModel,
     Featurizer,
@@ -29,15 +32,23 @@ from headrace.pipeline import Pipeline
 from headrace.record import FailedRecord, ModelRef, Position, Record, ScoredBatch
 from headrace.runtime.batcher import Batcher, MicroBatcher, OutputCountError
 from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.delivery import (
+    AtLeastOnce,
+    Delivery,
+    KafkaTransactions,
+    PostgresTransactions,
+)
 from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
 from headrace.runtime.offsets import OffsetTracker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtLeastOnce",
     "Batcher",
     "CallableModel",
     "ConfigError",
+    "Delivery",
     "Engine",
     "EngineSettings",
     "FailedRecord",
@@ -46,10 +57,15 @@ __all__ = [
     "JsonDecoder",
     "JsonLinesSink",
     "JsonLinesSource",
+    "KafkaProducer",
+    "KafkaSink",
+    "KafkaSource",
+    "KafkaTransactions",
     "MicroBatcher",
     "Model",
     "ModelLoadError",
     "ModelRef",
+    "MqttSource",
     "NullSink",
     "OffsetTracker",
     "OnnxModel",
@@ -58,6 +74,8 @@ __all__ = [
     "PipelineConfig",
     "PipelineError",
     "Position",
+    "PostgresSink",
+    "PostgresTransactions",
     "Record",
     "RunSummary",
     "ScoredBatch",
