@@ -124,10 +124,6 @@ class KafkaParts:
             )
         return self._producer
 
-    @property
-    def has_producer(self) -> bool:
-        return self._producer is not None
-
 
 def build_source(
     c: cfg.SourceConfig, kafka: KafkaParts, max_wait: float | None = None

@@ -99,4 +99,8 @@ sinks: [{type: stdout}]
     engine = pipeline.build()
     assert engine.source.topics == ["telemetry"]  # type: ignore[attr-defined]
     assert SECRET not in caplog.text
-    assert SECRET not in repr(engine.source.__dict__.get("name"))
+    # The preset was applied (the secret reached the client settings), and what the
+    # connector would log of them masks it.
+    settings = engine.source.settings  # type: ignore[attr-defined]
+    assert settings["sasl.password"] == CONN
+    assert SECRET not in repr(redacted(settings))

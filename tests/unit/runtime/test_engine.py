@@ -321,3 +321,29 @@ async def test_model_runs_on_an_executor_thread() -> None:
 
     await engine(ListSource([records(10)]), MemorySink(), CallableModel(where, name="w")).run()
     assert threads and all(t.startswith("headrace-infer") for t in threads)
+
+
+async def test_a_failed_dead_letter_write_stops_before_committing_the_record() -> None:
+    """A record is never both unwritten and committed: when the dead-letter sink fails,
+    the pipeline stops and the position stays below the record it could not set aside."""
+
+    class BrokenDeadLetters(MemorySink):
+        async def write_failures(self, failures: Any) -> None:
+            raise OSError("dead-letter store unavailable")
+
+    def fails_on_30(xs: list[dict[str, Any]]) -> list[float]:
+        if any(x["id"] == 30 for x in xs):
+            raise ValueError("poison")
+        return [0.0] * len(xs)
+
+    source = ListSource([records(100)])
+    eng = engine(
+        source,
+        MemorySink(),
+        CallableModel(fails_on_30, name="m"),
+        dead_letter=BrokenDeadLetters("dlq"),
+        max_batch_size=10,
+    )
+    with pytest.raises(PipelineError, match="dead-letter store unavailable"):
+        await eng.run()
+    assert source.committed.get(("t", 0), 0) <= 30
