@@ -22,6 +22,8 @@ from headrace.models.sklearn import SklearnModel, load_skops
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery, KafkaTransactions, PostgresTransactions
 from headrace.runtime.engine import EngineSettings
+from headrace.runtime.priority import Priorities, ShedPolicy
+from headrace.runtime.scoring import FailurePolicy
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka import KafkaProducer
@@ -53,15 +55,34 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
     delivery = build_delivery(config, source, built, kafka)
     if delivery is not None:
         p.delivery(delivery)
-    b, r = config.batching, config.runtime
+    b, r, flow = config.batching, config.runtime, config.flow
     p.settings(
         EngineSettings(
             max_batch_size=b.max_size,
             max_wait=b.max_wait_ms / 1000.0,
             max_concurrency=b.max_concurrency,
-            max_in_flight=config.flow.max_in_flight,
+            max_in_flight=flow.max_in_flight,
+            max_in_flight_bytes=flow.max_in_flight_bytes,
+            resume_at=flow.resume_at,
             commit_interval=r.commit_interval_ms / 1000.0,
             shutdown_timeout=r.shutdown_timeout_s,
+        )
+    )
+    priorities = build_priorities(config.priority)
+    if priorities is not None:
+        p.priorities(priorities)
+    if config.shedding is not None:
+        p.shedding(
+            build_shed_policy(config.shedding, priorities),
+            build_sink(config.shedding.destination, kafka, shed=True),
+        )
+    fc = config.failures
+    p.failures(
+        FailurePolicy(
+            retries=fc.retries,
+            backoff=fc.backoff_ms / 1000.0,
+            max_backoff=fc.max_backoff_ms / 1000.0,
+            timeout=fc.model_timeout_ms / 1000.0 if fc.model_timeout_ms is not None else None,
         )
     )
     if config.metrics is not None:
@@ -80,6 +101,7 @@ class KafkaParts:
         # Whose offsets a database keeps, in exactly-once mode.
         self.group = src.group_id if isinstance(src, cfg.KafkaSourceConfig) else config.name
         self.entity_path: str | None = None
+        self.flow_bytes = config.flow.max_in_flight_bytes
         self._base: dict[str, Any] | None = None
         self._producer: KafkaProducer | None = None
 
@@ -107,7 +129,13 @@ class KafkaParts:
 
     def consumer_settings(self) -> dict[str, Any]:
         assert self.config is not None
-        return {**self.base(), **self.config.consumer}
+        prefetch: dict[str, Any] = {}
+        if self.flow_bytes is not None:
+            # librdkafka prefetches up to 64 MiB by default, outside the in-flight bound:
+            # keep it to a quarter of the byte bound (1 to 64 MiB) unless told otherwise.
+            kbytes = min(65536, max(1024, self.flow_bytes // 4 // 1024))
+            prefetch["queued.max.messages.kbytes"] = kbytes
+        return {**prefetch, **self.base(), **self.config.consumer}
 
     def producer(self) -> KafkaProducer:
         if self._producer is None:
@@ -224,9 +252,10 @@ def build_sink(
     kafka: KafkaParts,
     *,
     dead_letter: bool = False,
+    shed: bool = False,
     transactional: bool = False,
 ) -> Sink:
-    name = cfg.sink_name(c, dead_letter=dead_letter)
+    name = cfg.sink_name(c, dead_letter=dead_letter, shed=shed)
     if isinstance(c, cfg.SqliteSinkConfig):
         return SqliteSink(
             c.path,
@@ -259,6 +288,24 @@ def build_sink(
     if isinstance(c, cfg.StdoutSinkConfig):
         return StdoutSink(name=name)
     return NullSink(name=name)
+
+
+def build_priorities(c: cfg.PriorityConfig | None) -> Priorities | None:
+    if c is None:
+        return None
+    return Priorities(c.field, c.levels, c.default or "")
+
+
+def build_shed_policy(c: cfg.SheddingConfig, priorities: Priorities | None) -> ShedPolicy:
+    """Which lanes may be shed: the named levels, by default the lowest; without
+    priorities, the one lane (numbered 1 so that it is not the never-shed first)."""
+    if priorities is None:
+        lanes = frozenset({1})
+    elif c.priorities is None:
+        lanes = frozenset({len(priorities.levels) - 1})
+    else:
+        lanes = frozenset(priorities.levels.index(level) for level in c.priorities)
+    return ShedPolicy(lanes, in_flight_above=c.in_flight_above, max_event_age=c.max_event_age_s)
 
 
 def build_delivery(

@@ -228,7 +228,40 @@ class BatchingConfig(_Section, kw_only=True):
 
 
 class FlowConfig(_Section, kw_only=True):
+    """Bounds on work between source and sinks; reading pauses at either bound."""
+
     max_in_flight: Positive = 10_000
+    max_in_flight_bytes: Positive | None = 64 << 20
+    resume_at: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.5
+
+
+class PriorityConfig(_Section, kw_only=True):
+    """A field that orders batch assembly: records of the first level are scored first."""
+
+    field: str = "priority"
+    levels: Annotated[list[str], msgspec.Meta(min_length=2)] = msgspec.field(
+        default_factory=lambda: ["high", "normal", "low"]
+    )
+    default: str | None = None
+
+
+class SheddingConfig(_Section, kw_only=True):
+    """When records may be set aside unscored. Every shed record goes to ``destination``."""
+
+    destination: SinkConfig
+    in_flight_above: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
+    max_event_age_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    priorities: list[str] | None = None
+
+
+class FailuresConfig(_Section, kw_only=True):
+    """Retries of records the model fails on, the model call timeout, and the backoff of
+    the circuit breaker that holds the stream while the model is down."""
+
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+    backoff_ms: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_backoff_ms: Annotated[float, msgspec.Meta(gt=0)] = 5000.0
+    model_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 class RuntimeConfig(_Section, kw_only=True):
@@ -264,6 +297,9 @@ class PipelineConfig(_Section, kw_only=True):
     dead_letter: SinkConfig | None = None
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
     flow: FlowConfig = msgspec.field(default_factory=FlowConfig)
+    priority: PriorityConfig | None = None
+    shedding: SheddingConfig | None = None
+    failures: FailuresConfig = msgspec.field(default_factory=FailuresConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     metrics: MetricsConfig | None = None
     kafka: KafkaConfig | None = None
@@ -332,9 +368,13 @@ def check(config: PipelineConfig, origin: str) -> None:
     """Rules that span keys, which a schema alone cannot say."""
     names: set[str] = set()
     sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
-    for i, sink in enumerate(sinks):
-        where = f"sinks[{i}]" if i < len(config.sinks) else "dead_letter"
-        name = sink_name(sink, dead_letter=where == "dead_letter")
+    wheres = [f"sinks[{i}]" for i in range(len(config.sinks))]
+    wheres += ["dead_letter"] if config.dead_letter else []
+    if config.shedding is not None:
+        sinks.append(config.shedding.destination)
+        wheres.append("shedding.destination")
+    for sink, where in zip(sinks, wheres, strict=True):
+        name = sink_name(sink, dead_letter=where == "dead_letter", shed=where.startswith("shed"))
         if name in names:
             raise ConfigError(
                 f"{origin}: at {where}: sink name {name!r} is used twice; give each sink a "
@@ -347,14 +387,62 @@ def check(config: PipelineConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
         )
+    _check_priorities(config, origin)
+    f = config.failures
+    if f.max_backoff_ms < f.backoff_ms:
+        raise ConfigError(
+            f"{origin}: at failures.max_backoff_ms: {f.max_backoff_ms} is below "
+            f"backoff_ms={f.backoff_ms}"
+        )
     _check_kafka(config, origin)
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
 
 
+def _check_priorities(config: PipelineConfig, origin: str) -> None:
+    p, shedding = config.priority, config.shedding
+    if p is not None:
+        if len(set(p.levels)) != len(p.levels):
+            raise ConfigError(f"{origin}: at priority.levels: a level is named twice")
+        if p.default is not None and p.default not in p.levels:
+            raise ConfigError(
+                f"{origin}: at priority.default: {p.default!r} is not one of the levels {p.levels}"
+            )
+    if shedding is None:
+        return
+    if shedding.in_flight_above is None and shedding.max_event_age_s is None:
+        raise ConfigError(
+            f"{origin}: at shedding: give in_flight_above, max_event_age_s or both (when to shed)"
+        )
+    if shedding.destination.filter is not None:
+        raise ConfigError(
+            f"{origin}: at shedding.destination.filter: the shed destination takes every "
+            "shed record"
+        )
+    if shedding.priorities is None:
+        return
+    if p is None:
+        raise ConfigError(
+            f"{origin}: at shedding.priorities: there are no priority levels; add a "
+            "`priority` section, or leave this out to let every record be shed"
+        )
+    for level in shedding.priorities:
+        if level not in p.levels:
+            raise ConfigError(
+                f"{origin}: at shedding.priorities: {level!r} is not one of the levels {p.levels}"
+            )
+    if p.levels[0] in shedding.priorities:
+        raise ConfigError(
+            f"{origin}: at shedding.priorities: {p.levels[0]!r} is the highest priority, "
+            "which is never shed"
+        )
+
+
 def _check_kafka(config: PipelineConfig, origin: str) -> None:
     sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
+    if config.shedding is not None:
+        sinks.append(config.shedding.destination)
     uses_kafka = isinstance(config.source, KafkaSourceConfig) or any(
         isinstance(s, KafkaSinkConfig) for s in sinks
     )
@@ -389,6 +477,7 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
     one_pg = (
         len(config.sinks) == 1
         and len(pg_sinks) == 1
+        and config.shedding is None
         and (
             config.dead_letter is None
             or (
@@ -399,18 +488,20 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
     )
     if not (all_kafka or one_pg):
         raise ConfigError(
-            f"{origin}: at delivery: exactly-once needs every sink (and the dead_letter) to "
-            "be Kafka, committed in one Kafka transaction, or one postgres sink (with, if "
-            "any, a postgres dead_letter on the same dsn), committed in one database "
-            "transaction"
+            f"{origin}: at delivery: exactly-once needs every sink (and the dead_letter and "
+            "shed destination) to be Kafka, committed in one Kafka transaction, or one "
+            "postgres sink (with, if any, a postgres dead_letter on the same dsn, and no "
+            "shedding), committed in one database transaction"
         )
 
 
-def sink_name(sink: SinkConfig, *, dead_letter: bool = False) -> str:
-    """A sink's name: its own, else ``dead_letter`` or its type."""
+def sink_name(sink: SinkConfig, *, dead_letter: bool = False, shed: bool = False) -> str:
+    """A sink's name: its own, else ``dead_letter``, ``shed`` or its type."""
     if sink.name:
         return sink.name
-    return "dead_letter" if dead_letter else str(type(sink).__struct_config__.tag)
+    if dead_letter:
+        return "dead_letter"
+    return "shed" if shed else str(type(sink).__struct_config__.tag)
 
 
 # -- error messages --------------------------------------------------------------------

@@ -31,6 +31,8 @@ from headrace.observe.http import MetricsServer
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery
 from headrace.runtime.engine import Engine, EngineSettings, RunSummary, SinkBinding
+from headrace.runtime.priority import Priorities, ShedPolicy
+from headrace.runtime.scoring import FailurePolicy
 
 log = logging.getLogger("headrace")
 
@@ -53,6 +55,9 @@ class Pipeline:
         self._settings = EngineSettings()
         self._metrics_at: tuple[str, int] | None = None
         self._delivery: Delivery | None = None
+        self._priorities: Priorities | None = None
+        self._shedding: tuple[ShedPolicy, Sink] | None = None
+        self._failures: FailurePolicy | None = None
 
     def source(self, source: Source, *, decoder: JsonDecoder | None = None) -> Pipeline:
         self._source = source
@@ -75,6 +80,39 @@ class Pipeline:
     def dead_letter(self, sink: Sink) -> Pipeline:
         """Where records that fail decoding, featurizing or the model go, with the error."""
         self._dead_letter = sink
+        return self
+
+    def priorities(self, priorities: Priorities) -> Pipeline:
+        """Score records of higher priority first when batches are assembled."""
+        self._priorities = priorities
+        return self
+
+    def shedding(self, policy: ShedPolicy, sink: Sink) -> Pipeline:
+        """Shed records under ``policy`` instead of scoring them; each goes to ``sink``
+        with its reason. Without priorities, use lane 1 in ``policy.lanes``."""
+        self._shedding = (policy, sink)
+        return self
+
+    def failures(self, policy: FailurePolicy) -> Pipeline:
+        """Retries, model timeout and circuit-breaker backoff."""
+        self._failures = policy
+        return self
+
+    def flow(
+        self,
+        *,
+        max_in_flight: int = 10_000,
+        max_bytes: int | None = 64 << 20,
+        resume_at: float = 0.5,
+    ) -> Pipeline:
+        """Pause reading at ``max_in_flight`` records or ``max_bytes`` in flight; resume
+        below ``resume_at`` of both."""
+        self._settings = dataclasses.replace(
+            self._settings,
+            max_in_flight=max_in_flight,
+            max_in_flight_bytes=max_bytes,
+            resume_at=resume_at,
+        )
         return self
 
     def delivery(self, delivery: Delivery) -> Pipeline:
@@ -116,6 +154,10 @@ class Pipeline:
             dead_letter=self._dead_letter,
             settings=self._settings,
             delivery=self._delivery,
+            priorities=self._priorities,
+            shedding=self._shedding[0] if self._shedding else None,
+            shed_sink=self._shedding[1] if self._shedding else None,
+            failures=self._failures,
             name=self.name,
         )
 

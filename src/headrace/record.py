@@ -129,6 +129,7 @@ class FailedRecord:
     error: str
     error_type: str
     model: ModelRef | None = None
+    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         r = self.record
@@ -139,6 +140,7 @@ class FailedRecord:
             "stage": self.stage,
             "error_type": self.error_type,
             "error": self.error,
+            "attempts": self.attempts,
             "model": (
                 {"name": self.model.name, "version": self.model.version} if self.model else None
             ),

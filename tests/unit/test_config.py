@@ -159,7 +159,8 @@ def test_uppercase_sha256_is_accepted() -> None:
         (
             (),
             "top level",
-            "batching dead_letter delivery flow kafka metrics model name runtime sinks source",
+            "batching dead_letter delivery failures flow kafka metrics model name priority runtime "
+            "shedding sinks source",
         ),
         (("source",), "source", "checkpoint key_field max_bytes path time_field"),
         (

@@ -32,10 +32,18 @@ class Source(ABC):
 
     ``decoded`` is false for sources that deliver bytes (``Record.raw``) for the engine's
     decoder, true for sources that build values themselves.
+
+    Flow control pauses a source in one of two ways. By default the engine just stops
+    iterating :meth:`chunks` until it resumes: right for files, generators and MQTT (whose
+    broker stops sending once enough messages wait unacknowledged). A source with
+    ``keeps_polling`` must be polled to keep its place (a Kafka consumer that is not polled
+    leaves its group): the engine calls :meth:`set_paused` and goes on iterating, and the
+    source stops fetching while it goes on polling.
     """
 
     name: str = "source"
     decoded: bool = False
+    keeps_polling: bool = False
 
     def bind(self, listener: RebalanceListener) -> None:  # noqa: B027 - optional hook
         """Called by the engine before :meth:`open`, for sources whose partitions move."""
@@ -49,6 +57,18 @@ class Source(ABC):
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:  # noqa: B027
         """Persist, per partition, the next position to read after a restart."""
+
+    def set_paused(self, paused: bool) -> None:  # noqa: B027 - optional hook
+        """Stop (or restart) fetching, for sources with ``keeps_polling``."""
+
+    def paused_partitions(self) -> Sequence[PartitionKey]:
+        """Partitions whose fetching is paused now."""
+        return []
+
+    async def lag(self) -> Mapping[PartitionKey, tuple[int, float]]:
+        """Per partition: records not yet read, and the age in seconds of the last record
+        read (0 when nothing is left to read). Empty where the source cannot tell."""
+        return {}
 
     async def close(self) -> None:  # noqa: B027
         """Release resources. Called once, after the last commit."""

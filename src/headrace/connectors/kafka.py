@@ -62,6 +62,7 @@ class KafkaSource(Source):
     """
 
     decoded = False
+    keeps_polling = True
 
     def __init__(
         self,
@@ -97,6 +98,11 @@ class KafkaSource(Source):
         self._cooperative = "cooperative" in str(
             self.settings.get("partition.assignment.strategy", "")
         )
+        # Flow control: the engine says whether to fetch; the poll thread applies it
+        # between polls, to every assigned partition, new ones included.
+        self._want_paused = False
+        self._paused: set[PartitionKey] = set()
+        self._last_read: dict[PartitionKey, float] = {}
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
@@ -118,9 +124,7 @@ class KafkaSource(Source):
         loop = asyncio.get_running_loop()
         consumer = self.consumer
         while True:
-            messages = await loop.run_in_executor(
-                self._poll_thread, consumer.consume, self.max_records, self.poll_timeout
-            )
+            messages = await loop.run_in_executor(self._poll_thread, self._poll, consumer)
             if self._fatal is not None:
                 raise self._fatal
             if not messages:
@@ -151,7 +155,67 @@ class KafkaSource(Source):
                     )
                 )
             if chunk:
+                last = chunk[-1]
+                self._last_read[(last.topic, last.partition)] = last.event_time
                 yield chunk
+
+    def _poll(self, consumer: Any) -> list[Any]:
+        """One poll, in the poll thread, after applying a change of pause state. While
+        paused the consumer goes on polling: that keeps it in its group (a consumer that
+        does not poll within ``max.poll.interval.ms`` is evicted) and runs rebalances."""
+        if self._want_paused != bool(self._paused) or (
+            self._want_paused and self._paused != _keys(consumer.assignment())
+        ):
+            self._apply_pause(consumer)
+        messages: list[Any] = consumer.consume(self.max_records, self.poll_timeout)
+        return messages
+
+    def _apply_pause(self, consumer: Any) -> None:
+        assigned = consumer.assignment()
+        if self._want_paused:
+            fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self._paused]
+            if fresh:
+                consumer.pause(fresh)
+                log.info("kafka %s: paused %s", self.name, _fmt(sorted(_keys(fresh))))
+            self._paused = _keys(assigned)
+        elif self._paused:
+            mine = [tp for tp in assigned if (tp.topic, tp.partition) in self._paused]
+            if mine:
+                consumer.resume(mine)
+                log.info("kafka %s: resumed %s", self.name, _fmt(sorted(_keys(mine))))
+            self._paused = set()
+
+    def set_paused(self, paused: bool) -> None:
+        self._want_paused = paused
+
+    def paused_partitions(self) -> list[PartitionKey]:
+        return sorted(self._paused)
+
+    async def lag(self) -> dict[PartitionKey, tuple[int, float]]:
+        """From the consumer's cached high watermarks (updated by every fetch response, no
+        request to the broker) and its read positions."""
+        if self.consumer is None:
+            return {}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._poll_thread, self._lag)
+
+    def _lag(self) -> dict[PartitionKey, tuple[int, float]]:
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        now = time.time()
+        out: dict[PartitionKey, tuple[int, float]] = {}
+        for tp in consumer.position(consumer.assignment()):
+            if tp.offset < 0:
+                continue  # nothing read yet: the position is not known
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue
+            key = (tp.topic, tp.partition)
+            behind = max(0, high - tp.offset)
+            last = self._last_read.get(key)
+            out[key] = (behind, max(0.0, now - last) if behind and last is not None else 0.0)
+        return out
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
         """Commit in the poll thread, between two polls: never while a rebalance callback
@@ -226,6 +290,9 @@ class KafkaSource(Source):
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        if self._want_paused:  # flow control holds: new partitions start paused
+            consumer.pause(partitions)
+            self._paused |= set(keys)
         self._group_metadata = consumer.consumer_group_metadata()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -244,7 +311,13 @@ class KafkaSource(Source):
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
+        self._forget(keys)
         self._group_metadata = consumer.consumer_group_metadata()
+
+    def _forget(self, keys: list[PartitionKey]) -> None:
+        for key in keys:
+            self._paused.discard(key)
+            self._last_read.pop(key, None)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
@@ -257,6 +330,7 @@ class KafkaSource(Source):
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
+        self._forget(keys)
 
     def _on_error(self, err: Any) -> None:
         if err.fatal():
@@ -400,6 +474,7 @@ class KafkaSink(Sink):
                 ("headrace-source-topic", r.topic.encode()),
                 ("headrace-source-partition", str(r.partition).encode()),
                 ("headrace-source-offset", str(r.offset).encode()),
+                ("headrace-attempts", str(f.attempts).encode()),
             ]
             if f.model is not None:
                 headers.append(("headrace-model", f"{f.model.name}@{f.model.version}".encode()))
@@ -432,6 +507,10 @@ def _topic_partitions(positions: Mapping[PartitionKey, int]) -> list[Any]:
     from confluent_kafka import TopicPartition
 
     return [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
+
+
+def _keys(partitions: Sequence[Any]) -> set[PartitionKey]:
+    return {(tp.topic, tp.partition) for tp in partitions}
 
 
 def _fmt(keys: Sequence[PartitionKey]) -> str:

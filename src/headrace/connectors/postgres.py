@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     model_version text,
     input jsonb,
     raw bytea,
+    attempts integer NOT NULL DEFAULT 1,
     PRIMARY KEY (topic, partition, "offset")
 )"""
 
@@ -117,7 +118,7 @@ class PostgresSink(Sink):
         )
         self._insert_failure = (
             f'INSERT INTO {failures_table} (topic, partition, "offset", {cols[1]}) '
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             + conflict.format(cols=_excluded(cols[1]))
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 from headrace.record import FailedRecord, ScoredBatch
 
 PREDICTION_COLUMNS = "key, prediction, model_name, model_version, event_time, processed_at, input"
-FAILURE_COLUMNS = "key, stage, error_type, error, model_name, model_version, input, raw"
+FAILURE_COLUMNS = "key, stage, error_type, error, model_name, model_version, input, raw, attempts"
 
 Encode = Callable[[Any], Any]
 
@@ -57,6 +57,7 @@ def failure_rows(
                 f.model.version if f.model else None,
                 None if r.value is None else value(r.value),
                 None if r.raw is None else raw(r.raw),
+                f.attempts,
             )
         )
     return rows

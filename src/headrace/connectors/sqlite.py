@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     model_version TEXT,
     input TEXT,
     raw TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (topic, partition, "offset")
 )"""
 
@@ -94,7 +95,7 @@ class SqliteSink(Sink):
         )
         self._insert_failure = (
             f'{verb} INTO {failures_table} (topic, partition, "offset", {FAILURE_COLUMNS}) '
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
         )
 
     def _encode(self, value: Any) -> str:

@@ -69,6 +69,55 @@ class PipelineMetrics:
         self.in_flight = Gauge(
             "headrace_in_flight_records", "Records read and not yet finished", registry=r
         )
+        self.in_flight_bytes = Gauge(
+            "headrace_in_flight_bytes",
+            "Encoded bytes of the records read and not yet finished",
+            registry=r,
+        )
+        self.source_paused = Gauge(
+            "headrace_source_paused",
+            "1 while reading is paused (in-flight bound reached, or the model is down)",
+            ["reason"],
+            registry=r,
+        )
+        self.paused_partitions = Gauge(
+            "headrace_paused_partitions", "Source partitions paused by flow control", registry=r
+        )
+        self.records_shed = Counter(
+            "headrace_records_shed",
+            "Records shed under the shedding policy, by reason and priority",
+            ["reason", "priority"],
+            registry=r,
+        )
+        self.lag_records = Gauge(
+            "headrace_consumer_lag_records",
+            "Records between the read position and the end of the partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "headrace_consumer_lag_seconds",
+            "Age of the last record read from a partition that still has records to read",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "headrace_model_errors",
+            "Model calls that raised or timed out, by error type",
+            ["error_type"],
+            registry=r,
+        )
+        self.model_retries = Counter(
+            "headrace_model_retries", "Retries of a record that failed alone", registry=r
+        )
+        self.model_timeouts = Counter(
+            "headrace_model_timeouts", "Model calls that exceeded the timeout", registry=r
+        )
+        self.circuit_open = Gauge(
+            "headrace_model_circuit_open",
+            "1 while the model is down and the circuit breaker holds records back",
+            registry=r,
+        )
         self.batch_size = BulkHistogram(
             "headrace_batch_size", "Records per inference batch", BATCH_BUCKETS
         )

@@ -49,6 +49,7 @@ class EngineStats:
     records_in: int = 0
     records_out: int = 0
     records_failed: int = 0
+    records_shed: int = 0
     batches: int = 0
     batched_records: int = 0
     inference_seconds: float = 0.0

@@ -47,6 +47,9 @@ class Batcher(Generic[T]):
     ``handle`` raises, :meth:`run` re-raises the first such error once the other in-flight
     batches have finished: a handler error is a failure of the whole pipeline, so handlers
     deal with per-item failures themselves.
+
+    With ``lanes`` > 1, items are put into priority lanes and a batch is filled from lane 0
+    first: under load, lower lanes wait while higher ones have items.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class Batcher(Generic[T]):
         max_size: int,
         max_wait: float,
         max_concurrency: int = 1,
+        lanes: int = 1,
     ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
@@ -63,13 +67,17 @@ class Batcher(Generic[T]):
             raise ValueError(f"max_wait must not be negative, got {max_wait}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         self._handle = handle
         self.max_size = max_size
         self.max_wait = max_wait
         self.max_concurrency = max_concurrency
-        self._buffer: list[T] = []
+        # One buffer per priority lane, lane 0 first. Within a lane, items keep their order.
+        self._lanes: list[list[T]] = [[] for _ in range(lanes)]
         # (count, arrival time) per put(), so the oldest arrival is known after a partial take.
-        self._arrivals: deque[list[Any]] = deque()
+        self._arrivals: list[deque[list[Any]]] = [deque() for _ in range(lanes)]
+        self._buffered = 0
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -79,24 +87,30 @@ class Batcher(Generic[T]):
     @property
     def buffered(self) -> int:
         """Items waiting for a batch."""
-        return len(self._buffer)
+        return self._buffered
+
+    def buffered_in(self, lane: int) -> int:
+        """Items of one lane waiting for a batch."""
+        return len(self._lanes[lane])
 
     @property
     def batches_in_flight(self) -> int:
         return len(self._in_flight)
 
-    def put(self, items: Sequence[T]) -> None:
-        """Add items; they arrived now. Never blocks: bound the input upstream."""
+    def put(self, items: Sequence[T], lane: int = 0) -> None:
+        """Add items to ``lane`` (0 is taken first); they arrived now. Never blocks: bound
+        the input upstream."""
         if self._closing:
             raise BatcherClosed("the batcher is closing and takes no more items")
         if not items:
             return
-        was_empty = not self._buffer
-        self._buffer.extend(items)
-        self._arrivals.append([len(items), time.monotonic()])
+        was_empty = not self._buffered
+        self._lanes[lane].extend(items)
+        self._arrivals[lane].append([len(items), time.monotonic()])
+        self._buffered += len(items)
         # Wake the dispatcher only when its decision can change: a first item starts the
         # clock, a full buffer fires at once.
-        if was_empty or len(self._buffer) >= self.max_size:
+        if was_empty or self._buffered >= self.max_size:
             self._wake.set()
 
     def close(self) -> None:
@@ -136,13 +150,13 @@ class Batcher(Generic[T]):
 
     async def _next_batch(self) -> list[T] | None:
         while self._error is None:
-            buffered = len(self._buffer)
+            buffered = self._buffered
             if buffered >= self.max_size:
                 return self._take(self.max_size)
             if buffered:
                 if self._closing:
                     return self._take(buffered)
-                delay = self._arrivals[0][1] + self.max_wait - time.monotonic()
+                delay = self._oldest() + self.max_wait - time.monotonic()
                 if delay <= 0:
                     return self._take(buffered)
                 self._wake.clear()
@@ -156,11 +170,30 @@ class Batcher(Generic[T]):
                 await self._wake.wait()
         return None
 
+    def _oldest(self) -> float:
+        if len(self._arrivals) == 1:
+            return float(self._arrivals[0][0][1])
+        return min(float(a[0][1]) for a in self._arrivals if a)
+
     def _take(self, n: int) -> list[T]:
-        batch = self._buffer[:n]
-        del self._buffer[:n]
-        remaining = n
-        arrivals = self._arrivals
+        if len(self._lanes) == 1:
+            return self._take_from(0, n)
+        batch: list[T] = []
+        for lane in range(len(self._lanes)):
+            want = n - len(batch)
+            if not want:
+                break
+            if self._lanes[lane]:
+                batch += self._take_from(lane, want)
+        return batch
+
+    def _take_from(self, lane: int, n: int) -> list[T]:
+        buffer = self._lanes[lane]
+        batch = buffer[:n]
+        del buffer[:n]
+        self._buffered -= len(batch)
+        remaining = len(batch)
+        arrivals = self._arrivals[lane]
         while remaining:
             head = arrivals[0]
             if head[0] <= remaining:

@@ -156,15 +156,17 @@ async def test_wrong_number_of_outputs_is_an_error_not_a_truncation() -> None:
     # Bisection reaches single records, where one output is the right count.
     assert len(sink.outputs) == 10 and not dlq.failures
 
+    # A model that fails for every record, from the start, is down, not poisoned: it
+    # holds the records (nothing dead-lettered, nothing committed) until it is stopped.
     dlq = MemorySink("dlq")
-    await engine(
-        ListSource([records(10)]),
-        MemorySink(),
-        CallableModel(lambda xs: [], name="none"),
-        dead_letter=dlq,
-    ).run()
-    assert len(dlq.failures) == 10
-    assert all(f.error_type == OutputCountError.__name__ for f in dlq.failures)
+    source = ListSource([records(10)])
+    eng = engine(source, MemorySink(), CallableModel(lambda xs: [], name="none"), dead_letter=dlq)
+    run = asyncio.create_task(eng.run())
+    await wait_for(lambda: eng.caller.down)
+    eng.stop()
+    with pytest.raises(PipelineError, match="model was down"):
+        await run
+    assert not dlq.failures and source.committed.get(("t", 0), 0) == 0
 
 
 async def test_outputs_keep_source_order_per_key_with_concurrent_batches() -> None:
@@ -222,7 +224,8 @@ async def test_event_loop_keeps_running_while_a_model_computes() -> None:
 
 
 async def test_in_flight_records_stay_within_the_limit() -> None:
-    """Invariant 3: with a slow model, reading waits for credits instead of buffering."""
+    """Invariant 3: with a slow model, reading pauses at the bound instead of buffering;
+    one chunk read before the pause is the allowance."""
 
     def slow(xs: list[dict[str, Any]]) -> list[float]:
         time.sleep(0.002)
@@ -238,7 +241,8 @@ async def test_in_flight_records_stay_within_the_limit() -> None:
     )
     summary = await eng.run()
     assert summary.records_out == 1000
-    assert eng.flow.peak <= 200
+    assert eng.flow.peak <= 200 + 50 - 1
+    assert summary.peak_in_flight == eng.flow.peak
 
 
 async def test_commit_waits_for_sink_flush_and_stops_when_flush_fails() -> None:
@@ -271,7 +275,7 @@ async def test_featurize_failures_are_dead_lettered_and_the_rest_scored() -> Non
     )
     await eng.run()
     assert sorted(f.record.offset for f in dlq.failures) == [4, 9, 11]
-    assert {f.stage for f in dlq.failures} == {"featurize"}
+    assert {f.stage for f in dlq.failures} == {"validate"}
     assert len(sink.outputs) == 17
 
 

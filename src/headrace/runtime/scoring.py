@@ -1,0 +1,306 @@
+"""Calling the model for one batch: timeouts, bisection, retries and the circuit breaker.
+
+A batch whose call raises (or times out) is bisected until the failing records are
+isolated; each is retried with backoff, and only then dead-lettered. That is right for a
+*poisoned* record, and wrong for a model that is *down*: then every record fails, and
+dead-lettering them would empty the stream into the dead-letter topic. Telling the two apart
+takes a known-good input: the first row of the last batch the model scored. When calls keep
+failing, or before a record is given up on, the model is asked to score that row again. If
+it fails too, the model is down: the circuit breaker opens, the source is paused, the row
+is retried with growing backoff until the model answers, and then the batch is scored
+again from the start. Nothing is dead-lettered while the breaker is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from headrace.models.base import Model, model_ref
+from headrace.observe.metrics import PipelineMetrics
+from headrace.observe.stats import EngineStats
+from headrace.record import FailedRecord, Record
+from headrace.runtime.batcher import OutputCountError, is_async_callable
+from headrace.runtime.decode import failure
+
+log = logging.getLogger("headrace")
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How model failures are retried. Times are in seconds.
+
+    ``retries``: further attempts for a record that failed alone, before it is
+    dead-lettered. ``backoff`` doubles per attempt up to ``max_backoff``; the circuit
+    breaker's probes follow the same schedule. ``timeout``: a call that takes longer
+    counts as failed (``None``: no limit). ``probe_after``: consecutive failed calls after
+    which the model's health is checked.
+    """
+
+    retries: int = 2
+    backoff: float = 0.01
+    max_backoff: float = 5.0
+    timeout: float | None = None
+    probe_after: int = 3
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, got {self.retries}")
+        if self.backoff <= 0 or self.max_backoff < self.backoff:
+            raise ValueError("backoff must be positive and at most max_backoff")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"the model timeout must be positive, got {self.timeout}")
+        if self.probe_after < 1:
+            raise ValueError(f"probe_after must be at least 1, got {self.probe_after}")
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before attempt ``attempt`` (2 for the first retry)."""
+        return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2)))
+
+
+class ModelTimeoutError(TimeoutError):
+    """A model call ran past the configured timeout."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """The pipeline was stopped while the model was down: the batches waiting for it were
+    not scored, and their records were not committed."""
+
+
+class _ModelDown(Exception):
+    pass
+
+
+_MISSING: Any = object()
+
+
+class ModelCaller:
+    """Scores batches on a model, keeping failures to the records that cause them."""
+
+    def __init__(
+        self,
+        *,
+        policy: FailurePolicy,
+        metrics: PipelineMetrics,
+        stats: EngineStats,
+        on_breaker: Callable[[bool], None] = lambda _open: None,
+    ) -> None:
+        self.policy = policy
+        self.metrics = metrics
+        self.stats = stats
+        self.executor: Executor | None = None
+        self.on_breaker = on_breaker
+        self.down = False
+        self._stopping = False
+        self._consecutive = 0
+        self._probe: Any = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._async: dict[int, bool] = {}
+
+    def stop(self) -> None:
+        """Batches waiting for a model that is down give up (and are not committed)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def score(
+        self, model: Model, records: list[Record], inputs: Any
+    ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
+        """Predictions for the records the model can score, in input order, and the
+        records it cannot (after retries). Waits, without failing anything, while the
+        model is down."""
+        while True:
+            if self.down:
+                await self._wait_up(model, inputs[:1])
+            try:
+                return await self._score_once(model, records, inputs)
+            except _ModelDown:
+                # Score the whole batch again once the model answers.
+                await self._wait_up(model, inputs[:1])
+
+    async def _score_once(
+        self, model: Model, records: list[Record], inputs: Any
+    ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
+        n = len(records)
+        out: list[Any] = [_MISSING] * n
+        leaves: dict[int, BaseException] = {}
+        await self._bisect(model, inputs, 0, n, out, leaves)
+        failed: list[FailedRecord] = []
+        if leaves:
+            if len(leaves) == n and self._probe is None:
+                # The model has never answered: poison and down cannot be told apart, and
+                # down loses nothing by waiting.
+                raise _ModelDown()
+            await asyncio.gather(*(self._retry(model, inputs, i, out, leaves) for i in leaves))
+            if leaves and not await self._healthy(model):
+                raise _ModelDown()
+            ref = model_ref(model)
+            attempts = 1 + self.policy.retries
+            for i, exc in sorted(leaves.items()):
+                f = failure(records[i], "model", exc)
+                failed.append(FailedRecord(f.record, f.stage, f.error, f.error_type, ref, attempts))
+            return (
+                [r for r, p in zip(records, out, strict=True) if p is not _MISSING],
+                [p for p in out if p is not _MISSING],
+                failed,
+            )
+        return records, out, failed
+
+    async def _bisect(
+        self,
+        model: Model,
+        inputs: Any,
+        lo: int,
+        hi: int,
+        out: list[Any],
+        leaves: dict[int, BaseException],
+    ) -> None:
+        try:
+            out[lo:hi] = await self._call(model, inputs[lo:hi], hi - lo)
+        except Exception as exc:
+            await self._failed(model, exc)
+            if hi - lo == 1:
+                leaves[lo] = exc
+                return
+            mid = (lo + hi) // 2
+            await self._bisect(model, inputs, lo, mid, out, leaves)
+            await self._bisect(model, inputs, mid, hi, out, leaves)
+
+    async def _retry(
+        self, model: Model, inputs: Any, i: int, out: list[Any], leaves: dict[int, BaseException]
+    ) -> None:
+        for attempt in range(2, self.policy.retries + 2):
+            await self._sleep(self.policy.delay(attempt))
+            self.metrics.model_retries.inc()
+            try:
+                out[i] = (await self._call(model, inputs[i : i + 1], 1))[0]
+            except Exception as exc:
+                leaves[i] = exc
+                await self._failed(model, exc)
+                continue
+            del leaves[i]
+            return
+
+    async def _failed(self, model: Model, exc: BaseException) -> None:
+        self._consecutive += 1
+        self.metrics.model_errors.labels(type(exc).__name__).inc()
+        every = self.policy.probe_after
+        due = self._consecutive >= every and self._consecutive % every == 0
+        if due and self._probe is not None and not await self._healthy(model):
+            raise _ModelDown() from exc
+
+    async def _healthy(self, model: Model) -> bool:
+        """Whether the model still scores the last input it scored."""
+        probe = self._probe
+        if probe is None:
+            return True
+        try:
+            await self._call(model, probe, len(probe))
+        except Exception:
+            return False
+        return True
+
+    async def _wait_up(self, model: Model, fallback: Any) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(model, fallback))
+        await asyncio.shield(self._recovery)
+
+    async def _recover(self, model: Model, fallback: Any) -> None:
+        self.down = True
+        self.metrics.circuit_open.set(1)
+        self.on_breaker(True)
+        log.warning("model %s is failing on every record: pausing, and retrying", _label(model))
+        attempt = 2
+        try:
+            while True:
+                if self._stopping:
+                    raise ModelUnavailableError(
+                        "stopped while the model was down; the records waiting for it were "
+                        "not committed and will be read again"
+                    )
+                delay = self.policy.delay(attempt)
+                await self._sleep(delay)
+                probe = self._probe if self._probe is not None else fallback
+                try:
+                    await self._call(model, probe, len(probe))
+                except Exception as exc:
+                    attempt += 1
+                    log.warning(
+                        "model %s still failing (%s: %s); next try in %.2gs",
+                        _label(model),
+                        type(exc).__name__,
+                        str(exc)[:200],
+                        self.policy.delay(attempt),
+                    )
+                    continue
+                break
+        finally:
+            if not self._stopping:
+                self.down = False
+                self._consecutive = 0
+                self.metrics.circuit_open.set(0)
+                self.on_breaker(False)
+        log.warning("model %s answers again: resuming", _label(model))
+
+    async def _sleep(self, delay: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    async def _call(self, model: Model, inputs: Any, n: int) -> list[Any]:
+        started = time.perf_counter()
+        timeout = self.policy.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if self._is_async(model):
+                    out = await model.predict_batch(inputs)
+                else:
+                    loop = asyncio.get_running_loop()
+                    # A call that times out keeps its thread until it returns: Python
+                    # cannot stop a thread. The executor has spare threads for that.
+                    out = await loop.run_in_executor(self.executor, model.predict_batch, inputs)
+                    if inspect.isawaitable(out):  # a plain function returning a coroutine
+                        out = await out
+        except TimeoutError:
+            self.metrics.model_timeouts.inc()
+            raise ModelTimeoutError(f"model call on {n} records exceeded {timeout}s") from None
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_seconds.observe(elapsed)
+        self.stats.inference_seconds += elapsed
+        predictions = out.tolist() if isinstance(out, np.ndarray) else [_plain(p) for p in out]
+        if len(predictions) != n:
+            raise OutputCountError(n, len(predictions))
+        self._consecutive = 0
+        # A copy: a view would keep the whole batch's array alive.
+        self._probe = inputs[:1].copy() if isinstance(inputs, np.ndarray) else inputs[:1]
+        return predictions
+
+    def _is_async(self, model: Model) -> bool:
+        key = id(model)
+        found = self._async.get(key)
+        if found is None:
+            found = self._async[key] = is_async_callable(model.predict_batch)
+        return found
+
+
+def _label(model: Model) -> str:
+    ref = model_ref(model)
+    return f"{ref.name}@{ref.version}"
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and arrays as the Python values every sink can encode."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return value
