@@ -17,7 +17,6 @@ from headrace import (
     EngineSettings,
     Featurizer,
     GeneratorSource,
-    OutputCountError,
     PipelineError,
 )
 from headrace.record import Record
