@@ -39,7 +39,14 @@ from headrace.runtime.delivery import (
     PostgresTransactions,
 )
 from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
+from headrace.runtime.flow import FlowControl
 from headrace.runtime.offsets import OffsetTracker
+from headrace.runtime.priority import Priorities, ShedPolicy
+from headrace.runtime.scoring import (
+    FailurePolicy,
+    ModelTimeoutError,
+    ModelUnavailableError,
+)
 
 __version__ = "0.1.0"
 
@@ -52,7 +59,9 @@ __all__ = [
     "Engine",
     "EngineSettings",
     "FailedRecord",
+    "FailurePolicy",
     "Featurizer",
+    "FlowControl",
     "GeneratorSource",
     "JsonDecoder",
     "JsonLinesSink",
@@ -65,6 +74,8 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "ModelRef",
+    "ModelTimeoutError",
+    "ModelUnavailableError",
     "MqttSource",
     "NullSink",
     "OffsetTracker",
@@ -76,10 +87,12 @@ __all__ = [
     "Position",
     "PostgresSink",
     "PostgresTransactions",
+    "Priorities",
     "Record",
     "RunSummary",
     "ScoredBatch",
     "SensorEvents",
+    "ShedPolicy",
     "Sink",
     "SklearnModel",
     "Source",

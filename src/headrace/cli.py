@@ -126,6 +126,12 @@ def validate(
     typer.echo(f"  sinks       {sinks}")
     if cfg.dead_letter is not None:
         typer.echo(f"  dead letter {sink_name(cfg.dead_letter, dead_letter=True)}")
+    if cfg.priority is not None:
+        typer.echo(f"  priority    {cfg.priority.field}: {', '.join(cfg.priority.levels)}")
+    if cfg.shedding is not None:
+        shed = cfg.shedding
+        levels = ", ".join(shed.priorities) if shed.priorities else "lowest level"
+        typer.echo(f"  shedding    {levels} to {sink_name(shed.destination, shed=True)}")
 
 
 @app.command()
