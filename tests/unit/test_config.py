@@ -546,3 +546,222 @@ def test_shipped_example_configs_validate(path: Path | None) -> None:
     required = {m.group(1) for m in re.finditer(r"\$\{(\w+)\}", text)}
     env = dict.fromkeys(required, "0" * 64)
     load_config(path, env=env)
+
+
+# -- flow, priorities, shedding, failures --------------------------------------------------
+
+LOAD_YAML = """
+source: {type: generator}
+model: {type: callable, name: m, version: "1", function: "mod:score"}
+sinks:
+  - {type: "null"}
+flow:
+  max_in_flight: 5000
+  max_in_flight_bytes: 1048576
+  resume_at: 0.25
+priority:
+  field: urgency
+  levels: [critical, high, normal, low]
+  default: normal
+shedding:
+  destination: {type: jsonl, path: shed.jsonl}
+  in_flight_above: 0.8
+  max_event_age_s: 30
+  priorities: [normal, low]
+failures:
+  retries: 4
+  backoff_ms: 20
+  max_backoff_ms: 2000
+  model_timeout_ms: 500
+"""
+
+SHED_TO = {"type": "jsonl", "path": "shed.jsonl"}
+
+
+def test_flow_priority_shedding_and_failures_sections_parse(tmp_path: Path) -> None:
+    path = tmp_path / "load.yaml"
+    path.write_text(LOAD_YAML)
+    cfg = load_config(path, env={})
+    assert (cfg.flow.max_in_flight, cfg.flow.max_in_flight_bytes, cfg.flow.resume_at) == (
+        5000,
+        1 << 20,
+        0.25,
+    )
+    assert cfg.priority is not None
+    assert (cfg.priority.field, cfg.priority.default) == ("urgency", "normal")
+    assert cfg.priority.levels == ["critical", "high", "normal", "low"]
+    assert cfg.shedding is not None
+    assert isinstance(cfg.shedding.destination, JsonLinesSinkConfig)
+    assert (cfg.shedding.in_flight_above, cfg.shedding.max_event_age_s) == (0.8, 30)
+    assert cfg.shedding.priorities == ["normal", "low"]
+    f = cfg.failures
+    assert (f.retries, f.backoff_ms, f.max_backoff_ms, f.model_timeout_ms) == (4, 20, 2000, 500)
+
+
+def test_load_sections_default_to_off_or_documented_values() -> None:
+    cfg = parse_config(config(), env={})
+    assert cfg.priority is None and cfg.shedding is None
+    assert (cfg.flow.max_in_flight_bytes, cfg.flow.resume_at) == (64 << 20, 0.5)
+    f = cfg.failures
+    assert (f.retries, f.backoff_ms, f.max_backoff_ms, f.model_timeout_ms) == (2, 10, 5000, None)
+    # Shedding without a `priority` section may shed every record.
+    cfg = parse_config(config(shedding={"destination": SHED_TO, "max_event_age_s": 5}), env={})
+    assert cfg.shedding is not None and cfg.shedding.priorities is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {
+                "priority": {"levels": ["high", "normal", "low"]},
+                "shedding": {
+                    "destination": SHED_TO,
+                    "in_flight_above": 0.5,
+                    "priorities": ["low", "high"],
+                },
+            },
+            "at shedding.priorities: 'high' is the highest priority, which is never shed",
+        ),
+        (
+            {
+                "priority": {"levels": ["high", "normal", "low"]},
+                "shedding": {
+                    "destination": SHED_TO,
+                    "in_flight_above": 0.5,
+                    "priorities": ["lowest"],
+                },
+            },
+            "at shedding.priorities: 'lowest' is not one of the levels",
+        ),
+        (
+            {"shedding": {"destination": SHED_TO}},
+            "at shedding: give in_flight_above, max_event_age_s or both",
+        ),
+        (
+            {
+                "shedding": {
+                    "destination": {**SHED_TO, "filter": {"above": 1}},
+                    "in_flight_above": 0.5,
+                }
+            },
+            "at shedding.destination.filter: the shed destination takes every shed record",
+        ),
+        (
+            {"shedding": {"destination": SHED_TO, "in_flight_above": 0.5, "priorities": ["low"]}},
+            "at shedding.priorities: there are no priority levels; add a `priority` section",
+        ),
+        (
+            {"failures": {"backoff_ms": 100, "max_backoff_ms": 50}},
+            "at failures.max_backoff_ms: 50.0 is below backoff_ms=100.0",
+        ),
+        (
+            {"priority": {"levels": ["a", "b", "a"]}},
+            "at priority.levels: a level is named twice",
+        ),
+        (
+            {"priority": {"levels": ["a", "b"], "default": "c"}},
+            "at priority.default: 'c' is not one of the levels",
+        ),
+        (
+            {
+                "sinks": [{"type": "null", "name": "shed"}],
+                "shedding": {"destination": SHED_TO, "in_flight_above": 0.5},
+            },
+            "at shedding.destination: sink name 'shed' is used twice",
+        ),
+    ],
+    ids=[
+        "sheds-highest",
+        "unknown-level",
+        "no-rule",
+        "destination-filter",
+        "no-priority-section",
+        "max-backoff-below-backoff",
+        "duplicate-level",
+        "unknown-default",
+        "shed-name-taken",
+    ],
+)
+def test_load_section_rules_name_the_key(change: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(config(**change))
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "expectation"),
+    [
+        ({"flow": {"resume_at": 1}}, "flow.resume_at", "< 1"),
+        ({"flow": {"max_in_flight_bytes": 0}}, "flow.max_in_flight_bytes", ">= 1"),
+        ({"priority": {"levels": ["only"]}}, "priority.levels", "length >= 2"),
+        (
+            {"shedding": {"destination": SHED_TO, "in_flight_above": 1}},
+            "shedding.in_flight_above",
+            "< 1",
+        ),
+        (
+            {"shedding": {"destination": SHED_TO, "max_event_age_s": 0}},
+            "shedding.max_event_age_s",
+            "> 0",
+        ),
+        ({"failures": {"retries": -1}}, "failures.retries", ">= 0"),
+        ({"failures": {"retries": 101}}, "failures.retries", "<= 100"),
+        ({"failures": {"backoff_ms": 0}}, "failures.backoff_ms", "> 0"),
+        ({"failures": {"model_timeout_ms": 0}}, "failures.model_timeout_ms", "> 0"),
+    ],
+)
+def test_load_section_ranges_name_the_key(
+    change: dict[str, Any], path: str, expectation: str
+) -> None:
+    message = error_of(config(**change))
+    assert f"at {path}:" in message
+    assert expectation in message
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "keys"),
+    [
+        ("flow", {}, "max_in_flight max_in_flight_bytes resume_at"),
+        ("priority", {}, "default field levels"),
+        (
+            "shedding",
+            {"destination": SHED_TO, "in_flight_above": 0.5},
+            "destination in_flight_above max_event_age_s priorities",
+        ),
+        ("failures", {}, "backoff_ms max_backoff_ms model_timeout_ms retries"),
+    ],
+)
+def test_unknown_key_in_a_load_section_lists_its_keys(
+    section: str, value: dict[str, Any], keys: str
+) -> None:
+    message = error_of(config(**{section: {**value, "retires": 1}}))
+    assert f"at {section}: unknown key 'retires'" in message
+    assert expected_keys(message) == keys.split()
+
+
+def test_exactly_once_refuses_shedding_outside_the_transaction() -> None:
+    """Shed records are committed with the rest: under exactly-once the shed destination
+    must be a Kafka topic in the same transaction, and one-database pipelines cannot shed."""
+    base = {
+        "source": {"type": "kafka", "topics": ["in"], "group_id": "g"},
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+        "delivery": "exactly-once",
+        "sinks": [{"type": "kafka", "topic": "out"}],
+    }
+    rule = {"in_flight_above": 0.5}
+    message = error_of(config(**base, shedding={"destination": SHED_TO, **rule}))
+    assert "at delivery: exactly-once needs every sink" in message
+    assert "shed destination" in message
+
+    kafka_shed = {"destination": {"type": "kafka", "topic": "shed"}, **rule}
+    cfg = parse_config(config(**base, shedding=kafka_shed), env={})
+    assert cfg.shedding is not None
+
+    pg = {"type": "postgres", "dsn": "postgresql://u@h/db"}
+    message = error_of(config(**{**base, "sinks": [pg]}, shedding=kafka_shed))
+    assert "at delivery: exactly-once needs" in message
+    assert parse_config(config(**{**base, "sinks": [pg]}), env={}).delivery == "exactly-once"
+
+
+def test_a_kafka_shed_destination_needs_the_kafka_section() -> None:
+    shedding = {"destination": {"type": "kafka", "topic": "shed"}, "max_event_age_s": 1}
+    assert "at kafka: a Kafka source or sink needs" in error_of(config(shedding=shedding))

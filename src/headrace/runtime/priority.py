@@ -43,7 +43,10 @@ class Priorities:
         if type(value) is dict:
             level = value.get(self.field)
             if level is not None:
-                return self._lanes.get(level, self.default)
+                try:
+                    return self._lanes.get(level, self.default)
+                except TypeError:  # unhashable (a list, an object): not a level either
+                    return self.default
         return self.default
 
     def split(self, records: Sequence[Record]) -> list[list[Record]]:

@@ -441,3 +441,169 @@ async def test_throughput_is_not_capped_by_max_wait() -> None:
     assert recorder.handled == total
     assert max(len(b) for b in recorder.batches) == max_size
     assert rate > 5_000, f"{rate:.0f} items/s (the seed's cap: {cap:.0f}/s)"
+
+
+# -- priority lanes -------------------------------------------------------------------------
+
+
+def test_lanes_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="lanes must be at least 1"):
+        Batcher(Recorder(), max_size=4, max_wait=0.01, lanes=0)
+
+
+async def test_a_batch_is_filled_from_lane_0_first() -> None:
+    """Buffered items of several lanes: the batch takes lane 0, then 1, then 2, each lane
+    in its put order, and what does not fit stays buffered in its lane."""
+    batches: list[list[str]] = []
+
+    async def handle(batch: list[str]) -> None:
+        batches.append(batch)
+
+    batcher = Batcher(handle, max_size=4, max_wait=10.0, lanes=3)
+    batcher.put(["c1", "c2"], lane=2)
+    batcher.put(["b1"], lane=1)
+    batcher.put(["a1", "a2"], lane=0)
+    batcher.put(["b2"], lane=1)
+    assert [batcher.buffered_in(lane) for lane in range(3)] == [2, 2, 2]
+    assert batcher.buffered == 6
+    runner = asyncio.create_task(batcher.run())
+    await wait_for(lambda: len(batches) == 1)
+    assert batches[0] == ["a1", "a2", "b1", "b2"]
+    assert [batcher.buffered_in(lane) for lane in range(3)] == [0, 0, 2]
+    batcher.close()
+    await runner
+    assert batches == [["a1", "a2", "b1", "b2"], ["c1", "c2"]]
+
+
+async def test_max_wait_runs_from_the_oldest_item_of_any_lane() -> None:
+    """A low-lane item that waits is not kept waiting longer because higher-lane items
+    arrive after it: the batch fires ``max_wait`` after the first arrival."""
+    max_wait = 0.2
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_size=100, max_wait=max_wait, lanes=3)
+    runner = asyncio.create_task(batcher.run())
+    start = time.monotonic()
+    batcher.put([20], lane=2)
+    await asyncio.sleep(max_wait / 2)  # a later arrival, in lane 0
+    batcher.put([0], lane=0)
+    await wait_for(lambda: bool(recorder.batches), timeout=5)
+    fired = recorder.started_at[0] - start
+    batcher.close()
+    await runner
+    assert recorder.batches == [[0, 20]]
+    assert max_wait - 1e-3 <= fired < max_wait + SLACK
+
+
+async def test_partial_take_keeps_the_arrival_time_of_what_is_left() -> None:
+    """After a full batch takes part of a lane, the rest is due ``max_wait`` after its own
+    arrival, not after the next put."""
+    max_wait = 0.1
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_size=3, max_wait=max_wait, lanes=2)
+    batcher.put([10, 11], lane=1)
+    batcher.put([0, 1], lane=0)  # 4 buffered: one full batch (0, 1, 10), 11 is left
+    start = time.monotonic()
+    runner = asyncio.create_task(batcher.run())
+    await wait_for(lambda: len(recorder.batches) == 2, timeout=5)
+    batcher.close()
+    await runner
+    assert recorder.batches == [[0, 1, 10], [11]]
+    assert recorder.started_at[1] - start < max_wait + SLACK
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    puts=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 12), st.integers(0, 3)),
+        min_size=1,
+        max_size=25,
+    ),
+    max_size=st.integers(1, 10),
+    max_wait=st.sampled_from([0.0, 0.001, 0.005]),
+    max_concurrency=st.integers(1, 3),
+    compute=st.sampled_from([0.0, 0.001]),
+)
+def test_lanes_deliver_every_item_once_fifo_per_lane_and_lane_order_within_a_batch(
+    puts: list[tuple[int, int, int]],
+    max_size: int,
+    max_wait: float,
+    max_concurrency: int,
+    compute: float,
+) -> None:
+    """Items put into random lanes while batches fire and run: each item is handled
+    exactly once, items of one lane keep their put order across batches, no batch is
+    larger than ``max_size``, and within a batch lanes never go backwards (a lane-0 item
+    never follows a lane-2 item)."""
+    lanes = 4
+
+    async def main() -> tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]:
+        batches: list[list[tuple[int, int]]] = []
+
+        async def handle(batch: list[tuple[int, int]]) -> None:
+            batches.append(list(batch))
+            await asyncio.sleep(compute)
+
+        batcher: Batcher[tuple[int, int]] = Batcher(
+            handle,
+            max_size=max_size,
+            max_wait=max_wait,
+            max_concurrency=max_concurrency,
+            lanes=lanes,
+        )
+        runner = asyncio.create_task(batcher.run())
+        sent: list[tuple[int, int]] = []
+        next_seq = [0] * lanes
+        for lane, size, pause in puts:
+            items = [(lane, next_seq[lane] + i) for i in range(size)]
+            next_seq[lane] += size
+            sent += items
+            batcher.put(items, lane)
+            await let_loop_run(pause)
+        batcher.close()
+        await runner
+        return batches, sent
+
+    batches, sent = run(main())
+    handled = [item for batch in batches for item in batch]
+    assert sorted(handled) == sorted(sent)
+    assert len(handled) == len(set(handled))
+    assert all(1 <= len(b) <= max_size for b in batches)
+    for lane in range(lanes):
+        seqs = [seq for item_lane, seq in handled if item_lane == lane]
+        assert seqs == sorted(seqs), f"lane {lane} out of order"
+    for batch in batches:
+        batch_lanes = [lane for lane, _ in batch]
+        assert batch_lanes == sorted(batch_lanes), batch
+
+
+async def test_under_load_lane_0_is_dispatched_before_earlier_lane_2_items() -> None:
+    """With the handler busy and every lane filling, what runs next is lane 0, even when
+    lane 2's items have waited longer; lane 2 goes only once lanes 0 and 1 are empty."""
+    gate = asyncio.Event()
+    batches: list[list[tuple[int, int]]] = []
+
+    async def slow(batch: list[tuple[int, int]]) -> None:
+        batches.append(batch)
+        if len(batches) == 1:
+            await gate.wait()  # the first batch holds the only slot
+        else:
+            await asyncio.sleep(0.001)
+
+    batcher: Batcher[tuple[int, int]] = Batcher(
+        slow, max_size=4, max_wait=0.0, max_concurrency=1, lanes=3
+    )
+    runner = asyncio.create_task(batcher.run())
+    batcher.put([(1, -1)], lane=1)
+    await wait_for(lambda: len(batches) == 1)
+    # Oldest first: lane 2, then lane 1, then lane 0 arrive while the slot is busy.
+    for lane in (2, 1, 0):
+        batcher.put([(lane, i) for i in range(6)], lane)
+        await let_loop_run(2)
+    assert [batcher.buffered_in(lane) for lane in range(3)] == [6, 6, 6]
+    gate.set()
+    batcher.close()
+    await runner
+    order = [lane for batch in batches[1:] for lane, _ in batch]
+    assert order == [0] * 6 + [1] * 6 + [2] * 6
+    # Full batches throughout: priority does not cost batch size.
+    assert [len(b) for b in batches[1:]] == [4, 4, 4, 4, 2]
