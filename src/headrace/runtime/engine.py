@@ -245,6 +245,7 @@ class Engine:
             self._fatal = self._fatal or exc
         finally:
             self._running = False
+            self.caller.close()
             if observer is not None:
                 observer.cancel()
             if committer is not None:
@@ -317,12 +318,18 @@ class Engine:
         flow, tracker, stats, source = self.flow, self.tracker, self.stats, self.source
         records_in = self.metrics.records_in
         decode, priorities = self._decode, self.priorities
+        in_flight, in_flight_bytes = self.metrics.in_flight, self.metrics.in_flight_bytes
         async for chunk in source.chunks():
             n = len(chunk)
+            # How full the pipeline was before this chunk: what arrival shedding judges by,
+            # so that one large chunk does not shed itself.
+            fraction = flow.fraction()
             tracker.track(chunk)
             flow.admit(n, _size(chunk) if self._count_bytes else 0)
             stats.records_in += n
             records_in.inc(n)
+            in_flight.set(flow.count)
+            in_flight_bytes.set(flow.bytes)
             if decode is not None:
                 # Decoding before batching lets priorities read a field; a record that does
                 # not decode is set aside at once, without waiting for a batch.
@@ -332,15 +339,16 @@ class Engine:
             if priorities is None and self.shedding is None:
                 batcher.put(chunk)
             else:
-                self._put_by_priority(batcher, chunk)
+                self._put_by_priority(batcher, chunk, fraction)
             if flow.over_high:
                 self._pause("in-flight", True)
             if not source.keeps_polling:
                 await self._resumed.wait()
 
-    def _put_by_priority(self, batcher: Batcher[Record], chunk: list[Record]) -> None:
+    def _put_by_priority(
+        self, batcher: Batcher[Record], chunk: list[Record], fraction: float
+    ) -> None:
         shedding, priorities = self.shedding, self.priorities
-        fraction = self.flow.fraction() if shedding is not None else 0.0
         lanes = priorities.split(chunk) if priorities is not None else [[], chunk]
         for lane, records in enumerate(lanes):
             if not records:

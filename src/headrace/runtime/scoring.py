@@ -112,6 +112,12 @@ class ModelCaller:
         self._stopping = True
         self._wake.set()
 
+    def close(self) -> None:
+        """Stop probing a model that is down: the run is over."""
+        self.stop()
+        if self._recovery is not None:
+            self._recovery.cancel()
+
     async def score(
         self, model: Model, records: list[Record], inputs: Any
     ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
@@ -140,7 +146,14 @@ class ModelCaller:
                 # The model has never answered: poison and down cannot be told apart, and
                 # down loses nothing by waiting.
                 raise _ModelDown()
-            await asyncio.gather(*(self._retry(model, inputs, i, out, leaves) for i in leaves))
+            retries = [
+                asyncio.ensure_future(self._retry(model, inputs, i, out, leaves)) for i in leaves
+            ]
+            try:
+                await asyncio.gather(*retries)
+            finally:
+                for task in retries:  # the model is down: the others need not go on
+                    task.cancel()
             if leaves and not await self._healthy(model):
                 raise _ModelDown()
             ref = model_ref(model)
