@@ -20,6 +20,7 @@ from headrace.config import (
 from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.observe.live import LiveLine, summary_table
 from headrace.pipeline import Pipeline
+from headrace.registry.commands import app as registry_app
 from headrace.runtime.engine import Engine, PipelineError
 from headrace.tools.commands import register as register_tools
 
@@ -163,6 +164,7 @@ def demo(
 
 
 register_tools(app)
+app.add_typer(registry_app, name="registry")
 
 
 def main() -> None:

@@ -1,0 +1,253 @@
+"""Turning a registered version into a model, checking its sha256 first.
+
+Every loader follows the same order: refuse what is never allowed (pickle without the
+opt-in), make sure the runtime is importable, read the artifact's bytes and check their
+sha256 against the registry's (:func:`~headrace.models.integrity.read_verified`), and only
+then deserialise *those bytes*. The file is never opened a second time, so a file swapped
+after the check cannot be what gets loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from headrace.models.base import CallableModel, Model
+from headrace.models.integrity import ModelLoadError, read_verified
+from headrace.models.onnx import OnnxModel
+from headrace.models.sklearn import SklearnModel
+from headrace.registry.local import LocalRegistry, VersionInfo
+
+
+class RegisteredModel:
+    """A model loaded from the registry: ``name`` and ``version`` are the registry's, and
+    ``sha256`` (with ``info``) says exactly which artifact produced its predictions."""
+
+    def __init__(self, inner: Model, info: VersionInfo) -> None:
+        self.inner = inner
+        self.info = info
+        self.name = info.name
+        self.version = info.version
+        self.sha256 = info.sha256
+        self.format = info.format
+        if inspect.iscoroutinefunction(inner.predict_batch):
+            # Expose the coroutine function itself, so the engine awaits it on the loop
+            # instead of calling it in a thread (as CallableModel does).
+            self.predict_batch = inner.predict_batch  # type: ignore[method-assign]
+
+    @property
+    def short_sha(self) -> str:
+        return self.info.short_sha
+
+    def __repr__(self) -> str:
+        return f"<RegisteredModel {self.name}/{self.version} {self.format} {self.short_sha}>"
+
+    def predict_batch(self, inputs: Any) -> Any:
+        return self.inner.predict_batch(inputs)
+
+
+def load_version(
+    registry: LocalRegistry, info: VersionInfo, *, allow_pickle: bool = False
+) -> RegisteredModel:
+    """Load ``info``'s artifact from ``registry`` as a model.
+
+    Raises :class:`ModelLoadError` when the artifact is missing, its sha256 differs from
+    the registered one, the format's runtime is not installed, the bytes do not
+    deserialise into a model, or the format is pickle/joblib and ``allow_pickle`` is false.
+    """
+    where = f"model {info.name!r} version {info.version!r}"
+    if info.format in ("pickle", "joblib") and not allow_pickle:
+        raise ModelLoadError(
+            f"{where} is a {info.format} file, and loading one runs whatever code it holds: "
+            "a tampered or untrusted file can do anything this process can. Prefer ONNX or "
+            "skops; to load it anyway, allow pickle explicitly (allow_pickle=True)."
+        )
+    path = registry.artifact_path(info)
+    loader = _LOADERS[info.format]
+    runtime = loader.runtime()  # before reading: a missing runtime is not the file's fault
+    data = read_verified(path, info.sha256)
+    try:
+        inner = loader.load(data, info, runtime)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # each runtime fails in its own way on bad bytes
+        raise ModelLoadError(
+            f"{where}: cannot load the {info.format} artifact {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return RegisteredModel(inner, info)
+
+
+class _Loader:
+    def __init__(
+        self,
+        runtime: Callable[[], Any],
+        load: Callable[[bytes, VersionInfo, Any], Model],
+    ) -> None:
+        self.runtime = runtime
+        self.load = load
+
+
+def _no_runtime() -> None:
+    return None
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading an ONNX model needs onnxruntime ({exc}): pip install 'headrace[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+def _torch() -> Any:
+    try:
+        # Through importlib: torch is optional and has no stubs here, so mypy never needs it.
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading a PyTorch model needs torch, which is not installed ({exc}); "
+            "install it (pip install torch), or export the model to ONNX"
+        ) from None
+    return torch
+
+
+def _skops() -> Any:
+    try:
+        import skops.io as sio
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading a skops model needs skops ({exc}): pip install 'headrace[sklearn]'"
+        ) from None
+    return sio
+
+
+def _joblib() -> Any:
+    try:
+        joblib = importlib.import_module("joblib")
+    except ImportError as exc:
+        raise ModelLoadError(f"loading a joblib model needs joblib ({exc})") from None
+    return joblib
+
+
+def _load_onnx(data: bytes, info: VersionInfo, _: Any) -> Model:
+    return OnnxModel(
+        data,
+        name=info.name,
+        version=info.version,
+        output=info.options.get("output"),
+        threads=info.options.get("threads"),
+    )
+
+
+def _load_skops(data: bytes, info: VersionInfo, sio: Any) -> Model:
+    untrusted = sio.get_untrusted_types(data=data)
+    missing = sorted(set(untrusted) - set(info.trusted_types))
+    if missing:
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: the skops file holds types that "
+            f"are not trusted: {', '.join(missing)}. Review them, then register the version "
+            "again listing them as trusted types (--trusted-type)."
+        )
+    # Exactly the types found, all of which the registration trusted.
+    return _estimator(sio.loads(data, trusted=list(untrusted)), info)
+
+
+def _estimator(obj: Any, info: VersionInfo) -> Model:
+    """A deserialised object as a model: its own predict_batch, else an estimator method."""
+    if callable(getattr(obj, "predict_batch", None)):
+        return CallableModel(obj.predict_batch, name=info.name, version=info.version)
+    method = info.options.get("method", "predict")
+    try:
+        return SklearnModel(
+            obj,
+            method=method,
+            name=info.name,
+            version=info.version,
+            negate=bool(info.options.get("negate", False)),
+        )
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: the artifact holds a "
+            f"{type(obj).__name__}, which has neither predict_batch nor {method!r} ({exc})"
+        ) from None
+
+
+def _load_pickle(data: bytes, info: VersionInfo, _: Any) -> Model:
+    return _estimator(pickle.loads(data), info)  # the caller opted in with allow_pickle
+
+
+def _load_joblib(data: bytes, info: VersionInfo, joblib: Any) -> Model:
+    return _estimator(joblib.load(io.BytesIO(data)), info)
+
+
+def _load_torchscript(data: bytes, info: VersionInfo, torch: Any) -> Model:
+    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return TorchModel(module, info, torch)
+
+
+def _load_torch_weights(data: bytes, info: VersionInfo, torch: Any) -> Model:
+    factory = _import_factory(info)
+    # weights_only: the unpickler accepts tensors and plain containers, no arbitrary code.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    module = factory(**info.options.get("factory_kwargs", {}))
+    module.load_state_dict(state)
+    return TorchModel(module, info, torch)
+
+
+def _import_factory(info: VersionInfo) -> Callable[..., Any]:
+    spec = str(info.options.get("factory", ""))
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: cannot import the factory "
+            f"{spec!r}: {exc}"
+        ) from None
+    if not callable(obj):
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: factory {spec!r} is not callable"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+class TorchModel:
+    """A PyTorch module in eval mode, called on each batch without gradients; an output of
+    shape ``(N, 1)`` is flattened to ``N`` scalars, as with ONNX."""
+
+    def __init__(self, module: Any, info: VersionInfo, torch: Any) -> None:
+        self.module = module.eval()
+        self.name = info.name
+        self.version = info.version
+        self._torch = torch
+        dtype = info.signature.dtype if info.signature is not None else "float32"
+        self._dtype = np.dtype(dtype)
+
+    def predict_batch(self, inputs: Any) -> Any:
+        x = self._torch.from_numpy(np.ascontiguousarray(inputs, dtype=self._dtype))
+        with self._torch.inference_mode():
+            out = self.module(x)
+        result = out.detach().cpu().numpy()
+        if result.ndim == 2 and result.shape[1] == 1:
+            result = result[:, 0]
+        return result
+
+
+_LOADERS: dict[str, _Loader] = {
+    "onnx": _Loader(_onnxruntime, _load_onnx),
+    "skops": _Loader(_skops, _load_skops),
+    "torchscript": _Loader(_torch, _load_torchscript),
+    "torch-weights": _Loader(_torch, _load_torch_weights),
+    "pickle": _Loader(_no_runtime, _load_pickle),
+    "joblib": _Loader(_joblib, _load_joblib),
+}
