@@ -19,9 +19,13 @@ from headrace.models.base import CallableModel, Model
 from headrace.models.featurizer import Featurizer
 from headrace.models.onnx import OnnxModel
 from headrace.models.sklearn import SklearnModel, load_skops
+from headrace.registry.local import LocalRegistry
+from headrace.registry.refs import parse_reference
+from headrace.registry.source import RegistrySource
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery, KafkaTransactions, PostgresTransactions
 from headrace.runtime.engine import EngineSettings
+from headrace.runtime.manager import Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.scoring import FailurePolicy
 
@@ -35,8 +39,18 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
     kafka = KafkaParts(config)
     source, decoder = build_source(config.source, kafka, config.batching.max_wait_ms / 1000.0)
     p.source(source, decoder=decoder)
-    model, featurizer = build_model(config.model)
-    p.model(model, featurizer=featurizer)
+    if isinstance(config.model, cfg.RegistryModelConfig):
+        _configure_registry_model(p, config, kafka)
+    else:
+        model, featurizer = build_model(config.model)
+        p.model(model, featurizer=featurizer)
+    if config.admin is not None:
+        token = os.environ.get(config.admin.token_env)
+        if not token:
+            raise cfg.ConfigError(
+                f"at admin.token_env: environment variable {config.admin.token_env} is not set"
+            )
+        p.admin(token)
     transactional = _pg_transactional(config)
     dead = config.dead_letter
     # Exactly-once into PostgreSQL: dead letters share the sink's connection and
@@ -135,6 +149,10 @@ class KafkaParts:
             # keep it to a quarter of the byte bound (1 to 64 MiB) unless told otherwise.
             kbytes = min(65536, max(1024, self.flow_bytes // 4 // 1024))
             prefetch["queued.max.messages.kbytes"] = kbytes
+            # A fetch response alone can fill so small a queue, and librdkafka then waits
+            # fetch.queue.backoff.ms (1 s by default) before fetching again: that capped
+            # reading at about this many kilobytes a second.
+            prefetch["fetch.queue.backoff.ms"] = 10
         return {**prefetch, **self.base(), **self.config.consumer}
 
     def producer(self) -> KafkaProducer:
@@ -209,9 +227,49 @@ def build_source(
     return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
 
 
-def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
-    f = c.features
-    featurizer = Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
+def registry_source(ref: str, c: cfg.RegistryModelConfig) -> RegistrySource:
+    """The versions behind ``ref`` in the registry at ``c.root``, loaded as ``c`` says."""
+    return RegistrySource(
+        LocalRegistry(c.root),
+        parse_reference(ref),
+        allow_pickle=c.allow_pickle,
+        latency_budget=c.latency_budget_ms / 1000.0 if c.latency_budget_ms is not None else None,
+    )
+
+
+def _configure_registry_model(p: Pipeline, config: cfg.PipelineConfig, kafka: KafkaParts) -> None:
+    c = config.model
+    assert isinstance(c, cfg.RegistryModelConfig)
+    u = config.updates or cfg.UpdatesConfig()
+    pr = u.probation
+    p.model_source(
+        registry_source(c.ref, c),
+        featurizer=build_featurizer(c.features),
+        poll_interval=u.poll_interval_s,
+        probation=Probation(pr.seconds, pr.max_error_rate, pr.max_latency_ratio, pr.min_records),
+    )
+    if u.canary is not None:
+        p.canary(registry_source(u.canary.ref, c), u.canary.fraction)
+    if u.shadow is not None:
+        sh = u.shadow
+        sink = build_sink(sh.destination, kafka, default_name="shadow")
+        p.shadow(
+            registry_source(sh.ref, c),
+            sink,
+            tolerance=sh.tolerance,
+            max_batches_in_flight=sh.max_batches_in_flight,
+            timeout=sh.timeout_ms / 1000.0,
+        )
+
+
+def build_featurizer(f: cfg.FeaturesConfig | None) -> Featurizer | None:
+    return Featurizer(f.fields, f.vector, allow_nan=f.allow_nan) if f is not None else None
+
+
+def build_model(
+    c: cfg.OnnxModelConfig | cfg.SkopsModelConfig | cfg.CallableModelConfig,
+) -> tuple[Model, Featurizer | None]:
+    featurizer = build_featurizer(c.features)
     model: Model
     if isinstance(c, cfg.OnnxModelConfig):
         model = OnnxModel.from_file(
@@ -225,7 +283,12 @@ def build_model(c: cfg.ModelConfig) -> tuple[Model, Featurizer | None]:
     elif isinstance(c, cfg.SkopsModelConfig):
         estimator = load_skops(c.path, sha256=c.sha256, trusted=c.trusted_types)
         model = SklearnModel(
-            estimator, method=c.method, name=c.name, version=c.version, negate=c.negate
+            estimator,
+            method=c.method,
+            name=c.name,
+            version=c.version,
+            negate=c.negate,
+            sha256=c.sha256,
         )
     else:
         model = _import_model(c)
@@ -254,8 +317,9 @@ def build_sink(
     dead_letter: bool = False,
     shed: bool = False,
     transactional: bool = False,
+    default_name: str | None = None,
 ) -> Sink:
-    name = cfg.sink_name(c, dead_letter=dead_letter, shed=shed)
+    name = c.name or default_name or cfg.sink_name(c, dead_letter=dead_letter, shed=shed)
     if isinstance(c, cfg.SqliteSinkConfig):
         return SqliteSink(
             c.path,

@@ -10,10 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from headrace.build import registry_source
 from headrace.config import (
     CallableModelConfig,
     ConfigError,
     PipelineConfig,
+    RegistryModelConfig,
     load_config,
     sink_name,
 )
@@ -21,6 +23,7 @@ from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.observe.live import LiveLine, summary_table
 from headrace.pipeline import Pipeline
 from headrace.registry.commands import app as registry_app
+from headrace.registry.local import RegistryError
 from headrace.runtime.engine import Engine, PipelineError
 from headrace.tools.commands import register as register_tools
 
@@ -110,11 +113,17 @@ def validate(
     cfg = _load(config)
     model = cfg.model
     try:
-        if not isinstance(model, CallableModelConfig):
+        if isinstance(model, RegistryModelConfig):
+            if load_model:
+                # Resolve the reference, check the sha256, load and validate: what the
+                # pipeline does when it starts.
+                source = registry_source(model.ref, model)
+                source.load(source.latest())
+        elif not isinstance(model, CallableModelConfig):
             read_verified(model.path, model.sha256)
         if load_model:
             Pipeline.from_config(cfg)
-    except (ConfigError, ModelLoadError) as exc:
+    except (ConfigError, ModelLoadError, RegistryError) as exc:
         err.print(f"[red]invalid[/red] {config}: {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
     sinks = ", ".join(f"{sink_name(s)} ({type(s).__struct_config__.tag})" for s in cfg.sinks)

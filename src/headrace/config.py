@@ -155,7 +155,29 @@ class CallableModelConfig(_Section, kw_only=True, tag="callable", tag_field="typ
     features: FeaturesConfig | None = None
 
 
-ModelConfig = OnnxModelConfig | SkopsModelConfig | CallableModelConfig
+_REF = r"^registry:[A-Za-z0-9][A-Za-z0-9._-]{0,127}[@/][A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class RegistryModelConfig(_Section, kw_only=True, tag="registry", tag_field="type"):
+    """A version from the model registry: ``registry:NAME@ALIAS`` follows the alias (and
+    swaps live when it moves); ``registry:NAME/VERSION`` pins one version."""
+
+    ref: Annotated[str, msgspec.Meta(pattern=_REF)]
+    root: str = "model-registry"
+    allow_pickle: bool = False
+    latency_budget_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    features: FeaturesConfig | None = None
+
+    @property
+    def name(self) -> str:
+        return self.ref.split(":", 1)[1].replace("/", "@").split("@", 1)[0]
+
+    @property
+    def version(self) -> str:
+        return self.ref.replace("/", "@").rsplit("@", 1)[1]
+
+
+ModelConfig = OnnxModelConfig | SkopsModelConfig | CallableModelConfig | RegistryModelConfig
 
 # -- sinks -----------------------------------------------------------------------------
 
@@ -264,6 +286,47 @@ class FailuresConfig(_Section, kw_only=True):
     model_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
+class ProbationConfig(_Section, kw_only=True):
+    """How long a new version is watched after a swap, and what rolls it back."""
+
+    seconds: NonNegative = 60.0
+    max_error_rate: Fraction = 0.05
+    max_latency_ratio: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    min_records: Positive = 100
+
+
+class ShadowConfig(_Section, kw_only=True):
+    """A candidate that scores the same batches off the critical path."""
+
+    ref: Annotated[str, msgspec.Meta(pattern=_REF)]
+    destination: SinkConfig
+    tolerance: NonNegative = 1e-6
+    max_batches_in_flight: Positive = 1
+    timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 30_000.0
+
+
+class CanaryConfig(_Section, kw_only=True):
+    """A candidate that scores a stable share of keys."""
+
+    ref: Annotated[str, msgspec.Meta(pattern=_REF)]
+    fraction: Annotated[float, msgspec.Meta(gt=0, lt=1)]
+
+
+class UpdatesConfig(_Section, kw_only=True):
+    """Live model updates for a ``registry`` model."""
+
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    probation: ProbationConfig = msgspec.field(default_factory=ProbationConfig)
+    shadow: ShadowConfig | None = None
+    canary: CanaryConfig | None = None
+
+
+class AdminConfig(_Section, kw_only=True):
+    """Admin calls on the metrics server; the token is read from the environment."""
+
+    token_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class RuntimeConfig(_Section, kw_only=True):
     commit_interval_ms: NonNegative = 1000.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
@@ -300,6 +363,8 @@ class PipelineConfig(_Section, kw_only=True):
     priority: PriorityConfig | None = None
     shedding: SheddingConfig | None = None
     failures: FailuresConfig = msgspec.field(default_factory=FailuresConfig)
+    updates: UpdatesConfig | None = None
+    admin: AdminConfig | None = None
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     metrics: MetricsConfig | None = None
     kafka: KafkaConfig | None = None
@@ -373,8 +438,13 @@ def check(config: PipelineConfig, origin: str) -> None:
     if config.shedding is not None:
         sinks.append(config.shedding.destination)
         wheres.append("shedding.destination")
+    if config.updates is not None and config.updates.shadow is not None:
+        sinks.append(config.updates.shadow.destination)
+        wheres.append("updates.shadow.destination")
     for sink, where in zip(sinks, wheres, strict=True):
         name = sink_name(sink, dead_letter=where == "dead_letter", shed=where.startswith("shed"))
+        if where.startswith("updates.shadow") and not sink.name:
+            name = "shadow"
         if name in names:
             raise ConfigError(
                 f"{origin}: at {where}: sink name {name!r} is used twice; give each sink a "
@@ -388,6 +458,7 @@ def check(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
         )
     _check_priorities(config, origin)
+    _check_updates(config, origin)
     f = config.failures
     if f.max_backoff_ms < f.backoff_ms:
         raise ConfigError(
@@ -398,6 +469,25 @@ def check(config: PipelineConfig, origin: str) -> None:
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
+
+
+def _check_updates(config: PipelineConfig, origin: str) -> None:
+    u = config.updates
+    if u is not None and not isinstance(config.model, RegistryModelConfig):
+        raise ConfigError(
+            f"{origin}: at updates: live updates need a model of type registry "
+            "(model: {type: registry, ref: registry:NAME@ALIAS})"
+        )
+    if u is not None and u.shadow is not None and u.shadow.destination.filter is not None:
+        raise ConfigError(
+            f"{origin}: at updates.shadow.destination.filter: the shadow destination takes "
+            "every shadow output"
+        )
+    if config.admin is not None and config.metrics is None:
+        raise ConfigError(
+            f"{origin}: at admin: admin calls are served by the metrics server; add a "
+            "`metrics` section"
+        )
 
 
 def _check_priorities(config: PipelineConfig, origin: str) -> None:

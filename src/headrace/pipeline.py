@@ -28,10 +28,13 @@ from headrace.connectors.base import Sink, Source
 from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
 from headrace.observe.http import MetricsServer
+from headrace.observe.metrics import PipelineMetrics
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery
 from headrace.runtime.engine import Engine, EngineSettings, RunSummary, SinkBinding
+from headrace.runtime.manager import ModelManager, ModelSource, Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
+from headrace.runtime.rollout import Canary, Rollout, Shadow
 from headrace.runtime.scoring import FailurePolicy
 
 log = logging.getLogger("headrace")
@@ -58,6 +61,10 @@ class Pipeline:
         self._priorities: Priorities | None = None
         self._shedding: tuple[ShedPolicy, Sink] | None = None
         self._failures: FailurePolicy | None = None
+        self._model_source: tuple[ModelSource, float, Probation | None] | None = None
+        self._canary: tuple[ModelSource, float] | None = None
+        self._shadow: tuple[ModelSource, Sink, float, int, float] | None = None
+        self._admin_token: str | None = None
 
     def source(self, source: Source, *, decoder: JsonDecoder | None = None) -> Pipeline:
         self._source = source
@@ -67,6 +74,44 @@ class Pipeline:
     def model(self, model: Model, *, featurizer: Featurizer | None = None) -> Pipeline:
         self._model = model
         self._featurizer = featurizer
+        return self
+
+    def model_source(
+        self,
+        source: ModelSource,
+        *,
+        featurizer: Featurizer | None = None,
+        poll_interval: float = 10.0,
+        probation: Probation | None = None,
+    ) -> Pipeline:
+        """Serve the version ``source`` points at (a registry alias), and swap to a new
+        one live when it moves; see :class:`~headrace.runtime.manager.ModelManager`."""
+        self._model_source = (source, poll_interval, probation)
+        self._featurizer = featurizer
+        return self
+
+    def canary(self, source: ModelSource, fraction: float) -> Pipeline:
+        """Score ``fraction`` of keys (stable by key hash) with ``source``'s version."""
+        self._canary = (source, fraction)
+        return self
+
+    def shadow(
+        self,
+        source: ModelSource,
+        sink: Sink,
+        *,
+        tolerance: float = 1e-6,
+        max_batches_in_flight: int = 1,
+        timeout: float = 30.0,
+    ) -> Pipeline:
+        """Also score batches with ``source``'s version, off the critical path, into
+        ``sink``; agreement with the serving version goes to the metrics."""
+        self._shadow = (source, sink, tolerance, max_batches_in_flight, timeout)
+        return self
+
+    def admin(self, token: str | None) -> Pipeline:
+        """Enable admin calls on the metrics server for requests bearing ``token``."""
+        self._admin_token = token
         return self
 
     def sink(
@@ -143,11 +188,15 @@ class Pipeline:
     def build(self) -> Engine:
         if self._source is None:
             raise ValueError("the pipeline has no source: call .source(...)")
-        if self._model is None:
-            raise ValueError("the pipeline has no model: call .model(...)")
+        if self._model is None and self._model_source is None:
+            raise ValueError("the pipeline has no model: call .model(...) or .model_source(...)")
+        metrics = PipelineMetrics()
+        rollout = self._rollout(metrics)
         return Engine(
             source=self._source,
             model=self._model,
+            rollout=rollout,
+            metrics=metrics,
             featurizer=self._featurizer,
             decoder=self._decoder,
             sinks=self._sinks,
@@ -161,6 +210,35 @@ class Pipeline:
             name=self.name,
         )
 
+    def _rollout(self, metrics: PipelineMetrics) -> Rollout | None:
+        if self._model_source is None:
+            if self._canary or self._shadow:
+                raise ValueError("a canary or shadow needs .model_source(...), not .model(...)")
+            return None
+        source, poll_interval, probation = self._model_source
+        manager = ModelManager(
+            source, poll_interval=poll_interval, probation=probation, metrics=metrics
+        )
+
+        def candidate(src: ModelSource) -> ModelManager:
+            # Candidates follow their own reference; they are not on probation: they do
+            # not serve the main output.
+            return ModelManager(
+                src, poll_interval=poll_interval, probation=Probation(seconds=0), metrics=metrics
+            )
+
+        canary = None
+        if self._canary is not None:
+            canary = Canary(candidate(self._canary[0]), self._canary[1])
+        shadow = None
+        if self._shadow is not None:
+            src, sink, tolerance, limit, timeout = self._shadow
+            shared = (
+                canary.candidate if canary and str(src) == str(canary.candidate.source) else None
+            )
+            shadow = Shadow(shared or candidate(src), sink, tolerance, limit, timeout)
+        return Rollout(manager, metrics=metrics, canary=canary, shadow=shadow)
+
     async def run_async(
         self,
         *,
@@ -171,6 +249,7 @@ class Pipeline:
         return await run_engine(
             engine,
             metrics_at=self._metrics_at,
+            admin_token=self._admin_token,
             install_signal_handlers=install_signal_handlers,
             on_start=on_start,
         )
@@ -196,6 +275,7 @@ async def run_engine(
     engine: Engine,
     *,
     metrics_at: tuple[str, int] | None = None,
+    admin_token: str | None = None,
     install_signal_handlers: bool = True,
     on_start: Callable[[Engine], Any] | None = None,
 ) -> RunSummary:
@@ -208,6 +288,8 @@ async def run_engine(
             host=metrics_at[0],
             port=metrics_at[1],
             healthy=lambda: engine.healthy,
+            admin_token=admin_token,
+            admin={"/admin/models/check": engine.check_models},
         )
         await server.start()
         log.info("metrics on http://%s:%d/metrics", server.host, server.port)

@@ -64,10 +64,12 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """Which model produced an output."""
+    """Which model produced an output: name, version and, where known, the first 12 hex
+    digits of its artifact's sha256."""
 
     name: str
     version: str
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,8 @@ class ScoredBatch:
         >>> b.to_dicts()[0]["source"]
         {'topic': 't', 'partition': 0, 'offset': 7}
         """
-        model = {"name": self.model.name, "version": self.model.version}
+        m = self.model
+        model = {"name": m.name, "version": m.version, "sha256": m.sha256}
         processed_at = self.processed_at
         return [
             {
@@ -142,7 +145,13 @@ class FailedRecord:
             "error": self.error,
             "attempts": self.attempts,
             "model": (
-                {"name": self.model.name, "version": self.model.version} if self.model else None
+                {
+                    "name": self.model.name,
+                    "version": self.model.version,
+                    "sha256": self.model.sha256,
+                }
+                if self.model
+                else None
             ),
             "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
             "event_time": r.event_time,

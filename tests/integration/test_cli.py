@@ -57,7 +57,7 @@ def test_run_scores_a_file_to_stdout(
     outputs = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
     assert [o["source"]["offset"] for o in outputs] == list(range(300))
     assert outputs[0]["key"] == outputs[0]["input"]["entity_id"]
-    assert outputs[0]["model"] == {"name": "slow", "version": "3"}
+    assert outputs[0]["model"] == {"name": "slow", "version": "3", "sha256": None}
 
 
 def test_malformed_lines_go_to_the_dead_letter_file(

@@ -159,8 +159,8 @@ def test_uppercase_sha256_is_accepted() -> None:
         (
             (),
             "top level",
-            "batching dead_letter delivery failures flow kafka metrics model name priority runtime "
-            "shedding sinks source",
+            "admin batching dead_letter delivery failures flow kafka metrics model name priority "
+            "runtime shedding sinks source updates",
         ),
         (("source",), "source", "checkpoint key_field max_bytes path time_field"),
         (
@@ -213,7 +213,7 @@ SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null"}
             {"generator", "jsonl", "kafka", "mqtt"},
         ),
         ("sinks", [{"type": "s3"}], "sinks[0].type", SINK_TYPES),
-        ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable"}),
+        ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable", "registry"}),
         ("dead_letter", {"type": "s3"}, "dead_letter.type", SINK_TYPES),
     ],
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Protocol
 
 from headrace.record import FailedRecord, Record, ScoredBatch
@@ -59,7 +59,17 @@ class Source(ABC):
         """Persist, per partition, the next position to read after a restart."""
 
     def set_paused(self, paused: bool) -> None:  # noqa: B027 - optional hook
-        """Stop (or restart) fetching, for sources with ``keeps_polling``."""
+        """Stop (or restart) fetching everything, for sources with ``keeps_polling``."""
+
+    def pause_partitions(  # noqa: B027 - optional hook
+        self, partitions: Collection[PartitionKey], paused: bool
+    ) -> None:
+        """Stop (or restart) fetching some partitions, for sources with ``keeps_polling``;
+        :meth:`set_paused` overrides it while it holds."""
+
+    def assigned(self) -> Sequence[PartitionKey]:
+        """The partitions this worker reads now (empty where the source cannot tell)."""
+        return []
 
     def paused_partitions(self) -> Sequence[PartitionKey]:
         """Partitions whose fetching is paused now."""

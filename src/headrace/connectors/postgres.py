@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     prediction jsonb NOT NULL,
     model_name text NOT NULL,
     model_version text NOT NULL,
+    model_sha256 text,
     event_time double precision,
     processed_at double precision NOT NULL,
     input jsonb,
@@ -113,7 +114,7 @@ class PostgresSink(Sink):
         cols = (PREDICTION_COLUMNS, FAILURE_COLUMNS)
         self._insert = (
             f'INSERT INTO {table} (topic, partition, "offset", {cols[0]}) '
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             + conflict.format(cols=_excluded(cols[0]))
         )
         self._insert_failure = (

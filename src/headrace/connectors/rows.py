@@ -8,7 +8,9 @@ from typing import Any
 
 from headrace.record import FailedRecord, ScoredBatch
 
-PREDICTION_COLUMNS = "key, prediction, model_name, model_version, event_time, processed_at, input"
+PREDICTION_COLUMNS = (
+    "key, prediction, model_name, model_version, model_sha256, event_time, processed_at, input"
+)
 FAILURE_COLUMNS = "key, stage, error_type, error, model_name, model_version, input, raw, attempts"
 
 Encode = Callable[[Any], Any]
@@ -19,7 +21,8 @@ def prediction_rows(
 ) -> list[tuple[Any, ...]]:
     """``(topic, partition, offset, *PREDICTION_COLUMNS)`` per output; ``value`` encodes
     the input, or ``None`` to leave inputs out."""
-    name, version, at = batch.model.name, batch.model.version, batch.processed_at
+    name, version, digest = batch.model.name, batch.model.version, batch.model.sha256
+    at = batch.processed_at
     return [
         (
             r.topic,
@@ -29,6 +32,7 @@ def prediction_rows(
             prediction(p),
             name,
             version,
+            digest,
             r.event_time,
             at,
             value(r.value) if value is not None else None,

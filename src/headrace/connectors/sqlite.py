@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     prediction NOT NULL,
     model_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
+    model_sha256 TEXT,
     event_time REAL,
     processed_at REAL NOT NULL,
     input TEXT,
@@ -91,7 +92,7 @@ class SqliteSink(Sink):
         verb = "INSERT OR REPLACE" if mode == "upsert" else "INSERT"
         self._insert = (
             f'{verb} INTO {table} (topic, partition, "offset", {PREDICTION_COLUMNS}) '
-            "VALUES (?,?,?,?,?,?,?,?,?,?)"
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
         self._insert_failure = (
             f'{verb} INTO {failures_table} (topic, partition, "offset", {FAILURE_COLUMNS}) '

@@ -27,7 +27,10 @@ class Model(Protocol):
 
 
 def model_ref(model: Model) -> ModelRef:
-    return ModelRef(model.name, model.version)
+    """Name, version and sha256 prefix (from a ``sha256`` attribute, where the model has
+    one) of a model."""
+    digest = getattr(model, "sha256", None)
+    return ModelRef(model.name, model.version, digest[:12] if isinstance(digest, str) else None)
 
 
 class CallableModel:

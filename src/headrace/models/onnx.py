@@ -34,6 +34,7 @@ class OnnxModel:
         version: str = "0",
         output: str | None = None,
         threads: int | None = None,
+        sha256: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -63,6 +64,7 @@ class OnnxModel:
         self._output = output
         self.name = name
         self.version = version
+        self.sha256 = sha256.lower() if sha256 else None
 
     @classmethod
     def from_file(
@@ -76,7 +78,7 @@ class OnnxModel:
         threads: int | None = None,
     ) -> OnnxModel:
         data = read_verified(path, sha256)
-        return cls(data, name=name, version=version, output=output, threads=threads)
+        return cls(data, name=name, version=version, output=output, threads=threads, sha256=sha256)
 
     def predict_batch(self, inputs: Any) -> Any:
         x = np.asarray(inputs, dtype=self._dtype)

@@ -27,6 +27,7 @@ class SklearnModel:
         name: str,
         version: str = "0",
         negate: bool = False,
+        sha256: str | None = None,
     ) -> None:
         fn = getattr(estimator, method, None)
         if fn is None:
@@ -35,6 +36,7 @@ class SklearnModel:
         self.method = method
         self.name = name
         self.version = version
+        self.sha256 = sha256.lower() if sha256 else None
         self._fn = fn
         self._negate = negate
 

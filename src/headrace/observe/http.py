@@ -1,14 +1,27 @@
-"""A small HTTP server for /metrics and /health, on loopback unless told otherwise."""
+"""A small HTTP server for /metrics, /health and token-guarded admin calls, on loopback
+unless told otherwise."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 _MAX_REQUEST = 8192
+
+
+def _bearer(headers: list[bytes]) -> str | None:
+    for line in headers:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip().decode("utf-8", "replace")
+    return None
 
 
 class MetricsServer:
@@ -25,17 +38,33 @@ class MetricsServer:
         host: str = "127.0.0.1",
         port: int = 9108,
         healthy: Callable[[], bool] = lambda: True,
+        admin_token: str | None = None,
+        admin: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self.healthy = healthy
+        self.admin_token = admin_token
+        self.admin = dict(admin or {})
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+
+    def _admin(self, path: str, headers: list[bytes]) -> tuple[str, str, bytes]:
+        """An admin action: only with ``Authorization: Bearer <token>``, and only when a
+        token was configured (admin calls are off otherwise)."""
+        action = self.admin.get(path)
+        if self.admin_token is None or action is None:
+            return "404 Not Found", "text/plain", b"not found\n"
+        given = _bearer(headers)
+        if given is None or not hmac.compare_digest(given, self.admin_token):
+            return "401 Unauthorized", "text/plain", b"a valid bearer token is required\n"
+        action()
+        return "202 Accepted", "application/json", b'{"status":"accepted"}\n'
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -50,10 +79,13 @@ class MetricsServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             writer.close()
             return
-        parts = head[:_MAX_REQUEST].split(b"\r\n", 1)[0].split()
+        lines = head[:_MAX_REQUEST].split(b"\r\n")
+        parts = lines[0].split()
         method = parts[0] if parts else b""
         path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-        if method != b"GET":
+        if method == b"POST" and path.startswith(b"/admin/"):
+            status, ctype, body = self._admin(path.decode("ascii", "replace"), lines[1:])
+        elif method != b"GET":
             status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
         elif path == b"/metrics":
             body = await asyncio.to_thread(generate_latest, self.registry)

@@ -118,6 +118,30 @@ class PipelineMetrics:
             "1 while the model is down and the circuit breaker holds records back",
             registry=r,
         )
+        self.model_updates = Counter(
+            "headrace_model_updates",
+            "Model versions swapped in, rejected before serving, or rolled back",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "headrace_model_info",
+            "The serving model version (1)",
+            ["name", "version", "sha256"],
+            registry=r,
+        )
+        self.shadow_records = Counter(
+            "headrace_shadow_records",
+            "Records scored by the shadow version, by agreement with the serving version",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_seconds = BulkHistogram(
+            "headrace_shadow_inference_seconds",
+            "Time of one shadow predict_batch call",
+            INFERENCE_BUCKETS,
+        )
+        r.register(self.shadow_seconds)
         self.batch_size = BulkHistogram(
             "headrace_batch_size", "Records per inference batch", BATCH_BUCKETS
         )

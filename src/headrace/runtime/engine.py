@@ -27,9 +27,10 @@ from headrace.record import FailedRecord, Record, ScoredBatch
 from headrace.runtime.batcher import Batcher
 from headrace.runtime.decode import JsonDecoder, failure
 from headrace.runtime.delivery import AtLeastOnce, Delivery
-from headrace.runtime.flow import FlowControl
+from headrace.runtime.flow import FlowControl, PartitionShares
 from headrace.runtime.offsets import OffsetTracker
 from headrace.runtime.priority import SHED_STAGE, Priorities, ShedPolicy, shed
+from headrace.runtime.rollout import Rollout
 from headrace.runtime.scoring import FailurePolicy, ModelCaller
 
 log = logging.getLogger("headrace")
@@ -112,7 +113,7 @@ class Engine:
         self,
         *,
         source: Source,
-        model: Model,
+        model: Model | None,
         sinks: Sequence[Sink | SinkBinding],
         featurizer: Featurizer | None = None,
         decoder: JsonDecoder | None = None,
@@ -124,15 +125,19 @@ class Engine:
         shedding: ShedPolicy | None = None,
         shed_sink: Sink | None = None,
         failures: FailurePolicy | None = None,
+        rollout: Rollout | None = None,
         name: str = "pipeline",
     ) -> None:
         if not sinks:
             raise ValueError("a pipeline needs at least one sink")
+        if (model is None) == (rollout is None):
+            raise ValueError("give a model, or a rollout that manages versions, not both")
         if shedding is not None and shed_sink is None:
             raise ValueError("a shedding policy needs a shed sink to write shed records to")
         self.name = name
         self.source = source
-        self.model = model
+        self._model = model
+        self.rollout = rollout
         self.featurizer = featurizer
         self.decoder = decoder or JsonDecoder()
         self.sinks = [s if isinstance(s, SinkBinding) else SinkBinding(s) for s in sinks]
@@ -155,6 +160,12 @@ class Engine:
         )
         self._decode = None if source.decoded else self.decoder.decode
         self._count_bytes = s.max_in_flight_bytes is not None and not source.decoded
+        # Sources that pause partitions one by one get a fair share each (see
+        # PartitionShares); ``_held`` are the partitions paused for holding theirs.
+        self._shares = (
+            PartitionShares(s.max_in_flight, s.resume_at) if source.keeps_polling else None
+        )
+        self._held: set[PartitionKey] = set()
         self._pause_reasons: set[str] = set()
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -172,6 +183,29 @@ class Engine:
         self._commit_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def model(self) -> Model:
+        """The model serving now."""
+        if self.rollout is not None:
+            serving = self.rollout.manager.serving
+            if serving is None:
+                raise RuntimeError("the model is loaded when the pipeline starts")
+            return serving
+        assert self._model is not None
+        return self._model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        if self.rollout is not None:
+            raise ValueError("versions come from the rollout's model source")
+        self._model = model
+
+    def check_models(self) -> None:
+        """Look for new model versions now (the admin call)."""
+        if self.rollout is not None:
+            for manager in self.rollout.managers():
+                manager.check_now()
 
     @property
     def stopping(self) -> bool:
@@ -204,10 +238,23 @@ class Engine:
         opened: list[Sink | Source] = []
         committer: asyncio.Task[None] | None = None
         observer: asyncio.Task[None] | None = None
+        watchers: list[asyncio.Task[None]] = []
+        shadow_sink = None
         try:
+            if self.rollout is not None:
+                self.rollout.executor = self._executor
+                for manager in self.rollout.managers():
+                    await manager.start()  # a version that cannot load stops the start
+                    watchers.append(asyncio.create_task(manager.watch()))
+                if self.rollout.shadow is not None:
+                    shadow_sink = self.rollout.shadow.sink
             for sink in self._all_sinks():
                 await sink.open()
                 opened.append(sink)
+            if shadow_sink is not None:
+                # Opened, written and closed, but never flushed before a commit: the
+                # shadow does not hold the pipeline back.
+                await shadow_sink.open()
             self.source.bind(self)
             await self.source.open()
             opened.append(self.source)
@@ -239,6 +286,8 @@ class Engine:
             # and be committed, and nothing they hold is committed otherwise.
             batcher.close()
             await self._drain(batches)
+            if self.rollout is not None:
+                await self.rollout.drain_shadows()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -246,6 +295,8 @@ class Engine:
         finally:
             self._running = False
             self.caller.close()
+            for task in watchers:
+                task.cancel()
             if observer is not None:
                 observer.cancel()
             if committer is not None:
@@ -258,6 +309,8 @@ class Engine:
                 except Exception as exc:
                     self._fatal = self._fatal or exc
             await self._final_commit(opened)
+            if shadow_sink is not None:
+                opened.insert(0, shadow_sink)
             for part in reversed(opened):
                 try:
                     await part.close()
@@ -330,6 +383,9 @@ class Engine:
             records_in.inc(n)
             in_flight.set(flow.count)
             in_flight_bytes.set(flow.bytes)
+            if self._shares is not None:
+                self._shares.admit(chunk)
+                self._hold_full_partitions()
             if decode is not None:
                 # Decoding before batching lets priorities read a field; a record that does
                 # not decode is set aside at once, without waiting for a batch.
@@ -360,6 +416,20 @@ class Engine:
                 # Without priorities there is one lane; lane 1 stands for "sheddable".
                 batcher.put(records, lane if priorities is not None else 0)
 
+    def _hold_full_partitions(self) -> None:
+        assert self._shares is not None
+        full = self._shares.full(len(self.source.assigned())) - self._held
+        if full:
+            self._held |= full
+            self.source.pause_partitions(full, True)
+
+    def _release_drained_partitions(self) -> None:
+        assert self._shares is not None
+        free = self._shares.drained(self._held, len(self.source.assigned()))
+        if free:
+            self._held -= free
+            self.source.pause_partitions(free, False)
+
     def _pause(self, reason: str, on: bool) -> None:
         reasons = self._pause_reasons
         was = bool(reasons)
@@ -385,8 +455,6 @@ class Engine:
         """Score one batch and write it; the batcher runs this as a task per batch."""
         previous, mine = self._take_turn()
         try:
-            model = self.model  # one model for the whole batch, whatever happens meanwhile
-            ref = model_ref(model)
             failed: list[FailedRecord] = []
             shedding = self.shedding
             if shedding is not None and shedding.max_event_age is not None:
@@ -400,19 +468,26 @@ class Engine:
                     records = [r for i, r in enumerate(records) if i not in skip]
             else:
                 inputs = [r.value for r in records]
-            if records:
-                records, predictions, model_failed = await self.caller.score(model, records, inputs)
+            batches: list[ScoredBatch] = []
+            if records and self.rollout is not None:
+                # Each version's records are a batch of their own: none mixes versions.
+                batches, model_failed = await self.rollout.score(self.caller, records, inputs)
                 failed.extend(model_failed)
-            else:
-                predictions = []
-            batch = ScoredBatch(records, predictions, ref, time.time())
+            elif records:
+                model = self.model  # one model for the whole batch, whatever happens meanwhile
+                scored, predictions, model_failed = await self.caller.score(model, records, inputs)
+                failed.extend(model_failed)
+                batches.append(ScoredBatch(scored, predictions, model_ref(model), time.time()))
             if previous is not None:
                 await previous  # write in batch order: per key, outputs keep source order
             if self._fatal is not None:
                 return
-            await self._write(batch)
+            for batch in batches:
+                await self._write(batch)
             if failed:
                 await self._dead_letter(failed)
+            if self.rollout is not None and batches:
+                self.rollout.start_shadow(records, inputs, batches)
         except BaseException as exc:
             self._fatal = self._fatal or exc
             self._wake_waiters()
@@ -527,6 +602,10 @@ class Engine:
         flow.release(len(records), _size(records) if self._count_bytes else 0)
         if flow.below_low and "in-flight" in self._pause_reasons:
             self._pause("in-flight", False)
+        if self._shares is not None:
+            self._shares.release(records)
+            if self._held:
+                self._release_drained_partitions()
         stats = self.stats
         if scored:
             stats.records_out += scored
@@ -621,8 +700,7 @@ class Engine:
         records are not committed: the next owner reads them again."""
         if self._fatal is not None or not self._running:
             # Nothing more will finish: give the partitions up without committing them.
-            for topic, partition in partitions:
-                self.tracker.forget(topic, partition)
+            self._forget(partitions)
             return {}
         timeout = self.settings.revoke_timeout
         try:
@@ -642,10 +720,16 @@ class Engine:
                 await sink.flush()
             current = self.tracker.positions()
             positions = {k: current[k] for k in partitions if k in current}
-        for topic, partition in partitions:
-            self.tracker.forget(topic, partition)
+        self._forget(partitions)
         self._committed.update(positions)
         return positions
+
+    def _forget(self, partitions: Sequence[PartitionKey]) -> None:
+        for key in partitions:
+            self.tracker.forget(*key)
+            self._held.discard(key)
+            if self._shares is not None:
+                self._shares.forget(key)
 
     async def _until(self, condition: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
         if condition():

@@ -9,6 +9,9 @@ paused and running on every batch.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+
+from headrace.record import Record
 
 
 class FlowControl:
@@ -88,3 +91,69 @@ class FlowControl:
         while not self.below_low:
             self._changed.clear()
             await self._changed.wait()
+
+
+class PartitionShares:
+    """Each partition's share of the in-flight bound, for sources that pause partitions one
+    by one (Kafka).
+
+    Pausing every partition at the bound is not fair: a Kafka consumer discards what it
+    had prefetched for a paused partition, and after a resume the first poll fills the
+    window from whichever partitions' fetches came back first, so the others starve. A
+    partition holding its share (``max_records`` over the partitions assigned) is paused
+    alone and resumed when it is down to ``resume_at`` of it; the others go on.
+
+    >>> shares = PartitionShares(max_records=100, resume_at=0.5)
+    >>> from headrace.record import Record
+    >>> shares.admit([Record(None, None, 0.0, "t", 0, i) for i in range(50)])
+    >>> sorted(shares.full(assigned=2)), sorted(shares.full(assigned=4))
+    ([('t', 0)], [('t', 0)])
+    >>> shares.release([Record(None, None, 0.0, "t", 0, i) for i in range(30)])
+    >>> sorted(shares.drained({("t", 0)}, assigned=2))
+    [('t', 0)]
+    """
+
+    def __init__(self, max_records: int, resume_at: float = 0.5) -> None:
+        self.max_records = max_records
+        self.resume_at = resume_at
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def share(self, assigned: int) -> int:
+        return max(1, self.max_records // max(1, assigned))
+
+    def admit(self, records: Sequence[Record]) -> None:
+        self._add(records, 1)
+
+    def release(self, records: Sequence[Record]) -> None:
+        self._add(records, -1)
+
+    def full(self, assigned: int) -> set[tuple[str, int]]:
+        """Partitions at or above their share."""
+        share = self.share(assigned)
+        return {k for k, n in self.counts.items() if n >= share}
+
+    def drained(self, held: set[tuple[str, int]], assigned: int) -> set[tuple[str, int]]:
+        """Of ``held``, the partitions down to ``resume_at`` of their share."""
+        low = int(self.share(assigned) * self.resume_at)
+        counts = self.counts
+        return {k for k in held if counts.get(k, 0) <= low}
+
+    def forget(self, key: tuple[str, int]) -> None:
+        self.counts.pop(key, None)
+
+    def _add(self, records: Sequence[Record], sign: int) -> None:
+        # Runs of one partition are the common case: count them without a tuple per record.
+        counts = self.counts
+        topic: str | None = None
+        partition = -1
+        run = 0
+        for r in records:
+            if r.partition != partition or r.topic != topic:
+                if run:
+                    key = (topic or "", partition)
+                    counts[key] = counts.get(key, 0) + sign * run
+                topic, partition, run = r.topic, r.partition, 0
+            run += 1
+        if run:
+            key = (topic or "", partition)
+            counts[key] = counts.get(key, 0) + sign * run

@@ -119,19 +119,27 @@ class ModelCaller:
             self._recovery.cancel()
 
     async def score(
-        self, model: Model, records: list[Record], inputs: Any
+        self, model: Model, records: list[Record], inputs: Any, *, hold_when_down: bool = True
     ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
         """Predictions for the records the model can score, in input order, and the
         records it cannot (after retries). Waits, without failing anything, while the
-        model is down."""
+        model is down; with ``hold_when_down`` false (a new version on probation), a model
+        that fails on everything fails the whole batch instead."""
         while True:
-            if self.down:
+            if self.down and hold_when_down:
                 await self._wait_up(model, inputs[:1])
             try:
                 return await self._score_once(model, records, inputs)
-            except _ModelDown:
+            except _ModelDown as down:
+                if not hold_when_down:
+                    cause = down.__cause__ or down
+                    return [], [], [self._failed_record(model, r, cause) for r in records]
                 # Score the whole batch again once the model answers.
                 await self._wait_up(model, inputs[:1])
+
+    def _failed_record(self, model: Model, record: Record, exc: BaseException) -> FailedRecord:
+        f = failure(record, "model", exc)
+        return FailedRecord(f.record, f.stage, f.error, f.error_type, model_ref(model), 1)
 
     async def _score_once(
         self, model: Model, records: list[Record], inputs: Any
@@ -145,7 +153,7 @@ class ModelCaller:
             if len(leaves) == n and self._probe is None:
                 # The model has never answered: poison and down cannot be told apart, and
                 # down loses nothing by waiting.
-                raise _ModelDown()
+                raise _ModelDown() from next(iter(leaves.values()))
             retries = [
                 asyncio.ensure_future(self._retry(model, inputs, i, out, leaves)) for i in leaves
             ]
@@ -155,7 +163,7 @@ class ModelCaller:
                 for task in retries:  # the model is down: the others need not go on
                     task.cancel()
             if leaves and not await self._healthy(model):
-                raise _ModelDown()
+                raise _ModelDown() from next(iter(leaves.values()))
             ref = model_ref(model)
             attempts = 1 + self.policy.retries
             for i, exc in sorted(leaves.items()):

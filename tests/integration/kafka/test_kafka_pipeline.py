@@ -48,7 +48,7 @@ def test_50k_records_4_partitions_arrive_once_in_key_order(
     for key, value in zip(reader.keys, reader.values, strict=True):
         out = msgspec.json.decode(value)
         assert key == out["key"] == out["input"]["entity_id"]
-        assert out["model"] == {"name": "feature-sum", "version": "1"}
+        assert out["model"] == {"name": "feature-sum", "version": "1", "sha256": None}
         assert out["source"]["topic"] == "events"
         by_key[key].append(out["input"]["id"])
     for key, seen in by_key.items():

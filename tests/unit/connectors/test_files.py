@@ -265,7 +265,7 @@ async def test_sink_writes_the_documented_output_shape(tmp_path: Path) -> None:
             "key": "pump-1",
             "input": {"x": [1.0, 2.0]},
             "prediction": 0.25,
-            "model": {"name": "iforest", "version": "3"},
+            "model": {"name": "iforest", "version": "3", "sha256": None},
             "source": {"topic": "sensors", "partition": 0, "offset": 7},
             "event_time": 100.0,
             "processed_at": 200.0,
@@ -274,7 +274,7 @@ async def test_sink_writes_the_documented_output_shape(tmp_path: Path) -> None:
             "key": None,
             "input": {"x": [3.0, 4.0]},
             "prediction": [0.1, 0.9],
-            "model": {"name": "iforest", "version": "3"},
+            "model": {"name": "iforest", "version": "3", "sha256": None},
             "source": {"topic": "sensors", "partition": 2, "offset": 8},
             "event_time": 101.5,
             "processed_at": 200.0,
@@ -320,7 +320,7 @@ async def test_sink_writes_the_failure_shape(tmp_path: Path) -> None:
         "event_time": 5.0,
     }
     assert rows[1]["raw"] is None and rows[1]["input"] == {"x": 1}
-    assert rows[1]["model"] == {"name": "m", "version": "1"}
+    assert rows[1]["model"] == {"name": "m", "version": "1", "sha256": None}
     assert (rows[1]["stage"], rows[1]["error"]) == ("model", "boom")
 
 

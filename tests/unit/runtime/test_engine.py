@@ -56,7 +56,7 @@ async def test_every_record_scored_once_with_provenance() -> None:
     assert sorted(ids) == list(range(100))
     first = next(o for o in sink.outputs if o["input"]["id"] == 3)
     assert first["prediction"] == 6.0
-    assert first["model"] == {"name": "double", "version": "7"}
+    assert first["model"] == {"name": "double", "version": "7", "sha256": None}
     assert first["source"] == {"topic": "t", "partition": 1, "offset": 1}
     assert set(first) == {
         "key",
