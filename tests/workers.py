@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +25,77 @@ import os, time
 import numpy as np
 
 DELAY = float(os.environ.get("SLOW_MODEL_DELAY", "0.0"))
+ROW_DELAY = float(os.environ.get("MODEL_ROW_DELAY", "0.0"))
+SLOW_WHILE = os.environ.get("MODEL_SLOW_WHILE", "")
+DOWN_WHILE = os.environ.get("MODEL_DOWN_WHILE", "")
+POISON = float(os.environ.get("MODEL_POISON", "999.0"))
 
 
 def score(x):
     if DELAY:
         time.sleep(DELAY)
     return x.sum(axis=1)
+
+
+def slow(x):
+    # ROW_DELAY seconds per row: the model's capacity does not depend on batch sizes.
+    if ROW_DELAY and (not SLOW_WHILE or os.path.exists(SLOW_WHILE)):
+        time.sleep(ROW_DELAY * len(x))
+    return score(x)
+
+
+def poisoned(x):
+    bad = x[:, 0] == POISON
+    if bad.any():
+        raise ValueError(f"cannot score feature 0 = {POISON}: {int(bad.sum())} of {len(x)} rows")
+    return slow(x)
+
+
+def flaky(x):
+    if DOWN_WHILE and os.path.exists(DOWN_WHILE):
+        raise ConnectionError("model server unavailable")
+    return slow(x)
 """
 
+#: A feature value ``workermodels:poisoned`` raises for (in feature 0).
+POISON = 999.0
 
-def models_env(tmp_path: Path, delay: float = 0.0) -> dict[str, str]:
-    """An environment where `workermodels:score` is importable (sums the features, after
-    sleeping ``delay`` seconds per batch)."""
+
+def models_env(
+    tmp_path: Path,
+    delay: float = 0.0,
+    *,
+    row_delay: float = 0.0,
+    slow_while: Path | None = None,
+    down_while: Path | None = None,
+) -> dict[str, str]:
+    """An environment where the models of ``workermodels`` are importable. Each sums the
+    features:
+
+    * ``score`` after sleeping ``delay`` seconds per batch;
+    * ``slow`` after sleeping ``row_delay`` seconds per row (only while the file
+      ``slow_while`` exists, when given);
+    * ``poisoned`` like ``slow``, but raises for a batch with a row whose feature 0 is
+      :data:`POISON`;
+    * ``flaky`` like ``slow``, but raises for every call while the file ``down_while``
+      exists.
+    """
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
     (models / "workermodels.py").write_text(SLOW_MODEL)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(models), env.get("PYTHONPATH", "")])
     env["SLOW_MODEL_DELAY"] = str(delay)
+    env["MODEL_ROW_DELAY"] = str(row_delay)
+    env["MODEL_SLOW_WHILE"] = str(slow_while or "")
+    env["MODEL_DOWN_WHILE"] = str(down_while or "")
+    env["MODEL_POISON"] = str(POISON)
     return env
+
+
+def _yaml_map(settings: Mapping[str, Any], indent: int) -> str:
+    pad = " " * indent
+    return "".join(f"{pad}{k}: {v}\n" for k, v in settings.items())
 
 
 def kafka_pipeline(
@@ -57,17 +109,27 @@ def kafka_pipeline(
     extra: str = "",
     commit_interval_ms: int = 100,
     max_in_flight: int = 2000,
+    max_in_flight_bytes: int | None = None,
+    function: str = "workermodels:score",
+    consumer: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+    batching: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a Kafka pipeline YAML: `topic` -> `workermodels:score` -> ``sinks``."""
+    """Write a Kafka pipeline YAML: `topic` -> ``function`` -> ``sinks``. ``consumer``,
+    ``source`` and ``batching`` add (or override) keys of those sections;
+    ``max_in_flight_bytes`` None keeps the default byte bound."""
+    consumer_settings = {"session.timeout.ms": 6000, "fetch.wait.max.ms": 10, **(consumer or {})}
+    batching_settings = {"max_size": 64, "max_wait_ms": 5, **(batching or {})}
+    flow = {"max_in_flight": max_in_flight}
+    if max_in_flight_bytes is not None:
+        flow["max_in_flight_bytes"] = max_in_flight_bytes
     path.write_text(
         f"""
 name: kafka-test
 kafka:
   bootstrap_servers: {bootstrap}
   consumer:
-    session.timeout.ms: 6000
-    fetch.wait.max.ms: 10
-  producer:
+{_yaml_map(consumer_settings, 4)}  producer:
     linger.ms: 5
 source:
   type: kafka
@@ -75,19 +137,16 @@ source:
   group_id: {group}
   key_field: entity_id
   time_field: ts
-model:
+{_yaml_map(source or {}, 2)}model:
   type: callable
   name: feature-sum
   version: "1"
-  function: workermodels:score
+  function: {function}
   features:
     vector: features
 batching:
-  max_size: 64
-  max_wait_ms: 5
-flow:
-  max_in_flight: {max_in_flight}
-runtime:
+{_yaml_map(batching_settings, 2)}flow:
+{_yaml_map(flow, 2)}runtime:
   commit_interval_ms: {commit_interval_ms}
   shutdown_timeout_s: 20
 delivery: {delivery}
@@ -196,6 +255,7 @@ class TopicReader:
         self.values: list[bytes] = []
         self.keys: list[str | None] = []
         self.partitions: list[int] = []
+        self.headers: list[dict[str, bytes]] = []
 
     def read(self) -> int:
         """Take what has arrived; returns how many records were read in all."""
@@ -205,6 +265,7 @@ class TopicReader:
                 key = m.key()
                 self.keys.append(key.decode() if key is not None else None)
                 self.partitions.append(m.partition())
+                self.headers.append(dict(m.headers() or []))
         return len(self.values)
 
     def ids(self) -> list[int]:
@@ -246,3 +307,93 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
     finally:
         c.close()
     return {tp.partition: tp.offset for tp in parts}
+
+
+def worker_metrics(port: int) -> dict[str, float]:
+    """A worker's Prometheus metrics, ``name{labels}`` -> value; empty while its endpoint
+    does not answer (not started yet, or gone)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (the peak resident size) of a live process,
+    in KiB, from /proc."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class PacedProducer:
+    """Produces reference events to ``topic`` at ``rate`` per second in a thread, each
+    stamped (``ts``) with the time it was produced and keyed by its entity; ids count
+    from 0. ``produced`` is how many were handed to the producer so far."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, *, rate: float, count: int, seed: int = 7
+    ) -> None:
+        import threading
+
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.rate = rate
+        self.count = count
+        self.seed = seed
+        self.produced = 0
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def start(self) -> PacedProducer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        encode = msgspec.json.Encoder().encode
+        events = SensorEvents(entities=64, seed=self.seed)
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.errors.append(str(err))
+
+        start = time.monotonic()
+        while self.produced < self.count:
+            due = min(self.count, int((time.monotonic() - start) * self.rate)) - self.produced
+            if due <= 0:
+                time.sleep(0.002)  # pacing, not synchronisation
+                continue
+            batch, _ = events.make(start_id=self.produced, n=due, ts=time.time())
+            for e in batch:
+                producer.produce(
+                    self.topic, encode(e), e["entity_id"].encode(), on_delivery=delivered
+                )
+            self.produced += due
+            producer.poll(0)
+        if producer.flush(30):
+            self.errors.append("not every record was delivered within 30 s")
+
+    def join(self, timeout: float) -> int:
+        """Wait for the last record to be delivered; returns how many were produced."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"the producer did not finish within {timeout}s")
+        if self.errors:
+            raise AssertionError(f"{len(self.errors)} deliveries failed: {self.errors[0]}")
+        return self.produced

@@ -103,6 +103,8 @@ class KafkaSource(Source):
         self._want_paused = False
         self._paused: set[PartitionKey] = set()
         self._last_read: dict[PartitionKey, float] = {}
+        # The offset after the last record consumed, per partition.
+        self._next: dict[PartitionKey, int] = {}
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
@@ -123,6 +125,8 @@ class KafkaSource(Source):
 
         loop = asyncio.get_running_loop()
         consumer = self.consumer
+        # Updated here, read by the next poll: the two take turns, never at once.
+        following = self._next
         while True:
             messages = await loop.run_in_executor(self._poll_thread, self._poll, consumer)
             if self._fatal is not None:
@@ -142,18 +146,20 @@ class KafkaSource(Source):
                     continue
                 kind, ts = m.timestamp()
                 key = m.key()
+                topic, partition, offset = m.topic(), m.partition(), m.offset()
                 chunk.append(
                     Record(
                         key.decode("utf-8", "replace") if key is not None else None,
                         None,
                         ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now,
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
+                        topic,
+                        partition,
+                        offset,
                         m.value(),
                         m.headers(),
                     )
                 )
+                following[(topic, partition)] = offset + 1
             if chunk:
                 last = chunk[-1]
                 self._last_read[(last.topic, last.partition)] = last.event_time
@@ -182,8 +188,22 @@ class KafkaSource(Source):
             mine = [tp for tp in assigned if (tp.topic, tp.partition) in self._paused]
             if mine:
                 consumer.resume(mine)
+                self._wake_fetcher(consumer, mine)
                 log.info("kafka %s: resumed %s", self.name, _fmt(sorted(_keys(mine))))
             self._paused = set()
+
+    def _wake_fetcher(self, consumer: Any, partitions: list[Any]) -> None:
+        """librdkafka's fetcher notices a resume only at its next wake-up, up to a second
+        later: a stall per pause. A seek wakes it at once. The seek goes to the offset after
+        the last record consumed, kept here: librdkafka forgets its own position on a seek
+        until a record arrives, and a pause in that window resumes from
+        ``auto.offset.reset``. Partitions nothing was consumed from yet are left alone."""
+        from confluent_kafka import TopicPartition
+
+        for tp in partitions:
+            offset = self._next.get((tp.topic, tp.partition))
+            if offset is not None:
+                consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def set_paused(self, paused: bool) -> None:
         self._want_paused = paused
@@ -318,6 +338,7 @@ class KafkaSource(Source):
         for key in keys:
             self._paused.discard(key)
             self._last_read.pop(key, None)
+            self._next.pop(key, None)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]

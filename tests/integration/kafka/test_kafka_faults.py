@@ -131,7 +131,7 @@ def test_exactly_once_kafka_to_postgres(
     with psycopg.connect(pg_dsn.dsn, autocommit=True) as conn:
         conn.execute(
             """CREATE TABLE predictions (topic text, partition integer, "offset" bigint,
-            key text, prediction jsonb, model_name text, model_version text,
+            key text, prediction jsonb, model_name text, model_version text, model_sha256 text,
             event_time double precision, processed_at double precision, input jsonb)"""
         )
     config = kafka_pipeline(
