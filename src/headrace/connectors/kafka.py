@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -98,11 +98,15 @@ class KafkaSource(Source):
         self._cooperative = "cooperative" in str(
             self.settings.get("partition.assignment.strategy", "")
         )
-        # Flow control: the engine says whether to fetch; the poll thread applies it
-        # between polls, to every assigned partition, new ones included.
+        # Flow control: the engine says what to fetch (everything paused, or some
+        # partitions held); the poll thread applies it between polls.
         self._want_paused = False
+        self._held: frozenset[PartitionKey] = frozenset()
         self._paused: set[PartitionKey] = set()
+        self._assigned: frozenset[PartitionKey] = frozenset()
         self._last_read: dict[PartitionKey, float] = {}
+        # Lag queries ask the broker: never in the poll thread, which must keep polling.
+        self._lag_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-lag")
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
 
@@ -127,6 +131,7 @@ class KafkaSource(Source):
         consumer = self.consumer
         # Updated here, read by the next poll: the two take turns, never at once.
         following = self._next
+        last_read = self._last_read
         while True:
             messages = await loop.run_in_executor(self._poll_thread, self._poll, consumer)
             if self._fatal is not None:
@@ -147,11 +152,12 @@ class KafkaSource(Source):
                 kind, ts = m.timestamp()
                 key = m.key()
                 topic, partition, offset = m.topic(), m.partition(), m.offset()
+                when = ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now
                 chunk.append(
                     Record(
                         key.decode("utf-8", "replace") if key is not None else None,
                         None,
-                        ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now,
+                        when,
                         topic,
                         partition,
                         offset,
@@ -160,37 +166,35 @@ class KafkaSource(Source):
                     )
                 )
                 following[(topic, partition)] = offset + 1
+                last_read[(topic, partition)] = when
             if chunk:
-                last = chunk[-1]
-                self._last_read[(last.topic, last.partition)] = last.event_time
                 yield chunk
 
     def _poll(self, consumer: Any) -> list[Any]:
         """One poll, in the poll thread, after applying a change of pause state. While
         paused the consumer goes on polling: that keeps it in its group (a consumer that
         does not poll within ``max.poll.interval.ms`` is evicted) and runs rebalances."""
-        if self._want_paused != bool(self._paused) or (
-            self._want_paused and self._paused != _keys(consumer.assignment())
-        ):
-            self._apply_pause(consumer)
+        assigned = self._assigned
+        want = set(assigned) if self._want_paused else set(self._held & assigned)
+        if want != self._paused:
+            self._apply_pause(consumer, want)
         messages: list[Any] = consumer.consume(self.max_records, self.poll_timeout)
         return messages
 
-    def _apply_pause(self, consumer: Any) -> None:
-        assigned = consumer.assignment()
-        if self._want_paused:
-            fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self._paused]
-            if fresh:
-                consumer.pause(fresh)
-                log.info("kafka %s: paused %s", self.name, _fmt(sorted(_keys(fresh))))
-            self._paused = _keys(assigned)
-        elif self._paused:
-            mine = [tp for tp in assigned if (tp.topic, tp.partition) in self._paused]
-            if mine:
-                consumer.resume(mine)
-                self._wake_fetcher(consumer, mine)
-                log.info("kafka %s: resumed %s", self.name, _fmt(sorted(_keys(mine))))
-            self._paused = set()
+    def _apply_pause(self, consumer: Any, want: set[PartitionKey]) -> None:
+        from confluent_kafka import TopicPartition
+
+        pause = sorted(want - self._paused)
+        resume = sorted((self._paused - want) & self._assigned)
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in pause])
+            log.info("kafka %s: paused %s", self.name, _fmt(pause))
+        if resume:
+            tps = [TopicPartition(t, p) for t, p in resume]
+            consumer.resume(tps)
+            self._wake_fetcher(consumer, tps)
+            log.info("kafka %s: resumed %s", self.name, _fmt(resume))
+        self._paused = want
 
     def _wake_fetcher(self, consumer: Any, partitions: list[Any]) -> None:
         """librdkafka's fetcher notices a resume only at its next wake-up, up to a second
@@ -208,31 +212,51 @@ class KafkaSource(Source):
     def set_paused(self, paused: bool) -> None:
         self._want_paused = paused
 
+    def pause_partitions(self, partitions: Collection[PartitionKey], paused: bool) -> None:
+        if paused:
+            self._held = self._held | frozenset(partitions)
+        else:
+            self._held = self._held - frozenset(partitions)
+
+    def assigned(self) -> list[PartitionKey]:
+        return sorted(self._assigned)
+
     def paused_partitions(self) -> list[PartitionKey]:
         return sorted(self._paused)
 
     async def lag(self) -> dict[PartitionKey, tuple[int, float]]:
-        """From the consumer's cached high watermarks (updated by every fetch response, no
-        request to the broker) and its read positions."""
+        """Per partition: records between the next one to read and the high watermark,
+        and the age of the last record read, by its Kafka timestamp (0 when none are
+        left)."""
         if self.consumer is None:
             return {}
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._poll_thread, self._lag)
+        return await loop.run_in_executor(self._lag_thread, self._lag)
 
     def _lag(self) -> dict[PartitionKey, tuple[int, float]]:
         consumer = self.consumer
         if consumer is None:
             return {}
+        from confluent_kafka import TopicPartition
+
         now = time.time()
+        paused = set(self._paused)
         out: dict[PartitionKey, tuple[int, float]] = {}
-        for tp in consumer.position(consumer.assignment()):
-            if tp.offset < 0:
-                continue  # nothing read yet: the position is not known
-            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        for key in sorted(self._assigned):
+            tp = TopicPartition(*key)
+            # The next offset to read: what this worker handed out, else where it starts.
+            position = self._next.get(key)
+            if position is None:
+                (committed,) = consumer.committed([tp], timeout=1.0)
+                position = committed.offset
+            # A paused partition is not fetched, so its cached high watermark would stand
+            # still while the partition grows: ask the broker.
+            low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=key not in paused)
             if high < 0:
                 continue
-            key = (tp.topic, tp.partition)
-            behind = max(0, high - tp.offset)
+            if position < 0:  # nothing committed: auto.offset.reset applies
+                position = low if self.settings.get("auto.offset.reset") == "earliest" else high
+            behind = max(0, high - position)
             last = self._last_read.get(key)
             out[key] = (behind, max(0.0, now - last) if behind and last is not None else 0.0)
         return out
@@ -285,6 +309,7 @@ class KafkaSource(Source):
             # close() leaves the group; its revoke callback runs in the poll thread.
             await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
         self._poll_thread.shutdown(wait=True)
+        self._lag_thread.shutdown(wait=True)
 
     # -- callbacks, in the poll thread ---------------------------------------------------
 
@@ -310,6 +335,7 @@ class KafkaSource(Source):
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        self._assigned = self._assigned | frozenset(keys)
         if self._want_paused:  # flow control holds: new partitions start paused
             consumer.pause(partitions)
             self._paused |= set(keys)
@@ -335,6 +361,8 @@ class KafkaSource(Source):
         self._group_metadata = consumer.consumer_group_metadata()
 
     def _forget(self, keys: list[PartitionKey]) -> None:
+        self._assigned = self._assigned - frozenset(keys)
+        self._held = self._held - frozenset(keys)
         for key in keys:
             self._paused.discard(key)
             self._last_read.pop(key, None)

@@ -240,14 +240,21 @@ class Engine:
         observer: asyncio.Task[None] | None = None
         watchers: list[asyncio.Task[None]] = []
         shadow_sink = None
+        shadow_threads: ThreadPoolExecutor | None = None
         try:
             if self.rollout is not None:
-                self.rollout.executor = self._executor
                 for manager in self.rollout.managers():
                     await manager.start()  # a version that cannot load stops the start
                     watchers.append(asyncio.create_task(manager.watch()))
                 if self.rollout.shadow is not None:
                     shadow_sink = self.rollout.shadow.sink
+                    # Threads of its own: a stuck shadow takes none of the serving
+                    # model's, and the end of the run does not wait for it.
+                    shadow_threads = ThreadPoolExecutor(
+                        self.rollout.shadow.max_batches_in_flight,
+                        thread_name_prefix="headrace-shadow",
+                    )
+                    self.rollout.executor = shadow_threads
             for sink in self._all_sinks():
                 await sink.open()
                 opened.append(sink)
@@ -317,6 +324,8 @@ class Engine:
                 except Exception as exc:
                     log.error("closing %s failed: %s", part.name, exc)
             self._executor.shutdown(wait=self._fatal is None, cancel_futures=True)
+            if shadow_threads is not None:
+                shadow_threads.shutdown(wait=False, cancel_futures=True)
         if self._fatal is not None:
             if isinstance(self._fatal, PipelineError):
                 raise self._fatal
@@ -433,6 +442,8 @@ class Engine:
     def _pause(self, reason: str, on: bool) -> None:
         reasons = self._pause_reasons
         was = bool(reasons)
+        if on == (reason in reasons):
+            return
         if on:
             reasons.add(reason)
         else:
@@ -440,6 +451,9 @@ class Engine:
         self.metrics.source_paused.labels(reason).set(1 if on else 0)
         now = bool(reasons)
         if now == was:
+            # Already paused for another reason: say so, the reason matters to whoever reads.
+            state = "also" if on else "no longer"
+            log.info("reading stays paused: %s %s (%s)", state, reason, ", ".join(sorted(reasons)))
             return
         log.info("%s reading: %s", "pausing" if now else "resuming", reason)
         if now:

@@ -64,7 +64,8 @@ class FailurePolicy:
 
     def delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt`` (2 for the first retry)."""
-        return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2)))
+        # The exponent is capped: 2.0 ** 1024 overflows, and a long outage gets there.
+        return float(min(self.max_backoff, self.backoff * 2.0 ** min(max(0, attempt - 2), 64)))
 
 
 class ModelTimeoutError(TimeoutError):
@@ -255,6 +256,7 @@ class ModelCaller:
                     await self._call(model, probe, len(probe))
                 except Exception as exc:
                     attempt += 1
+                    self.metrics.model_errors.labels(type(exc).__name__).inc()
                     log.warning(
                         "model %s still failing (%s: %s); next try in %.2gs",
                         _label(model),
