@@ -39,7 +39,17 @@ from headrace.runtime.delivery import (
     PostgresTransactions,
 )
 from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
+from headrace.registry import (
+    LocalRegistry,
+    ModelValidationError,
+    RegistryError,
+    load_version,
+    parse_reference,
+    validate_model,
+)
+from headrace.registry.source import RegistrySource
 from headrace.runtime.flow import FlowControl
+from headrace.runtime.manager import ModelManager, ModelSource, Probation
 from headrace.runtime.offsets import OffsetTracker
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.scoring import (
@@ -70,12 +80,16 @@ __all__ = [
     "KafkaSink",
     "KafkaSource",
     "KafkaTransactions",
+    "LocalRegistry",
     "MicroBatcher",
     "Model",
     "ModelLoadError",
+    "ModelManager",
     "ModelRef",
+    "ModelSource",
     "ModelTimeoutError",
     "ModelUnavailableError",
+    "ModelValidationError",
     "MqttSource",
     "NullSink",
     "OffsetTracker",
@@ -88,7 +102,10 @@ __all__ = [
     "PostgresSink",
     "PostgresTransactions",
     "Priorities",
+    "Probation",
     "Record",
+    "RegistryError",
+    "RegistrySource",
     "RunSummary",
     "ScoredBatch",
     "SensorEvents",
@@ -101,5 +118,8 @@ __all__ = [
     "__version__",
     "load_config",
     "load_skops",
+    "load_version",
+    "parse_reference",
     "sha256_of",
+    "validate_model",
 ]
