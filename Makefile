@@ -36,6 +36,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.engine_overhead
 	$(BIN)/python -m bench.kafka_throughput
+	$(BIN)/python -m bench.overload
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -30,15 +30,6 @@ from headrace.models import (
 )
 from headrace.pipeline import Pipeline
 from headrace.record import FailedRecord, ModelRef, Position, Record, ScoredBatch
-from headrace.runtime.batcher import Batcher, MicroBatcher, OutputCountError
-from headrace.runtime.decode import JsonDecoder
-from headrace.runtime.delivery import (
-    AtLeastOnce,
-    Delivery,
-    KafkaTransactions,
-    PostgresTransactions,
-)
-from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
 from headrace.registry import (
     LocalRegistry,
     ModelValidationError,
@@ -48,6 +39,15 @@ from headrace.registry import (
     validate_model,
 )
 from headrace.registry.source import RegistrySource
+from headrace.runtime.batcher import Batcher, MicroBatcher, OutputCountError
+from headrace.runtime.decode import JsonDecoder
+from headrace.runtime.delivery import (
+    AtLeastOnce,
+    Delivery,
+    KafkaTransactions,
+    PostgresTransactions,
+)
+from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
 from headrace.runtime.flow import FlowControl
 from headrace.runtime.manager import ModelManager, ModelSource, Probation
 from headrace.runtime.offsets import OffsetTracker

@@ -25,7 +25,7 @@ from headrace.registry.source import RegistrySource
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery, KafkaTransactions, PostgresTransactions
 from headrace.runtime.engine import EngineSettings
-from headrace.runtime.manager import Probation
+from headrace.runtime.manager import ModelSource, Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.scoring import FailurePolicy
 
@@ -227,13 +227,28 @@ def build_source(
     return JsonLinesSource(c.path, checkpoint=c.checkpoint), decoder
 
 
-def registry_source(ref: str, c: cfg.RegistryModelConfig) -> RegistrySource:
-    """The versions behind ``ref`` in the registry at ``c.root``, loaded as ``c`` says."""
+def registry_source(ref: str, c: cfg.RegistryModelConfig) -> ModelSource:
+    """The versions behind ``ref``, loaded as ``c`` says: in the local registry at
+    ``c.root``, or (``mlflow:``) in the MLflow Model Registry at ``c.tracking_uri``."""
+    parsed = parse_reference(ref)
+    budget = c.latency_budget_ms / 1000.0 if c.latency_budget_ms is not None else None
+    if parsed.scheme == "mlflow":
+        from headrace.registry.mlflow import MlflowSource
+
+        try:
+            return MlflowSource(
+                parsed,
+                tracking_uri=c.tracking_uri,
+                allow_pickle=c.allow_pickle,
+                latency_budget=budget,
+            )
+        except ImportError as exc:
+            raise cfg.ConfigError(
+                f"model reference {ref} needs MLflow, which is not installed "
+                f"({exc.__cause__}): pip install 'headrace[mlflow]'"
+            ) from None
     return RegistrySource(
-        LocalRegistry(c.root),
-        parse_reference(ref),
-        allow_pickle=c.allow_pickle,
-        latency_budget=c.latency_budget_ms / 1000.0 if c.latency_budget_ms is not None else None,
+        LocalRegistry(c.root), parsed, allow_pickle=c.allow_pickle, latency_budget=budget
     )
 
 

@@ -155,15 +155,25 @@ class CallableModelConfig(_Section, kw_only=True, tag="callable", tag_field="typ
     features: FeaturesConfig | None = None
 
 
-_REF = r"^registry:[A-Za-z0-9][A-Za-z0-9._-]{0,127}[@/][A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+# registry:NAME@ALIAS, registry:NAME/VERSION, mlflow:NAME@ALIAS, mlflow:NAME/VERSION (an
+# MLflow name may hold more, spaces for one; an MLflow version is a positive integer).
+_REF = (
+    rf"^(registry:{_NAME}[@/]{_NAME}"
+    rf"|mlflow:[^@/:\s](?:[^@/:]*[^@/:\s])?(?:@{_NAME}|/[1-9][0-9]*))$"
+)
 
 
 class RegistryModelConfig(_Section, kw_only=True, tag="registry", tag_field="type"):
     """A version from the model registry: ``registry:NAME@ALIAS`` follows the alias (and
-    swaps live when it moves); ``registry:NAME/VERSION`` pins one version."""
+    swaps live when it moves); ``registry:NAME/VERSION`` pins one version. ``mlflow:``
+    references name an MLflow Model Registry instead (``pip install 'headrace[mlflow]'``),
+    at ``tracking_uri`` (default: MLflow's own, ``MLFLOW_TRACKING_URI``); ``root`` is the
+    local registry's directory."""
 
     ref: Annotated[str, msgspec.Meta(pattern=_REF)]
     root: str = "model-registry"
+    tracking_uri: str | None = None
     allow_pickle: bool = False
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
     features: FeaturesConfig | None = None
@@ -533,8 +543,10 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
     sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
     if config.shedding is not None:
         sinks.append(config.shedding.destination)
+    # The shadow destination needs the connection too, though no commit waits for it.
+    shadow = config.updates.shadow if config.updates is not None else None
     uses_kafka = isinstance(config.source, KafkaSourceConfig) or any(
-        isinstance(s, KafkaSinkConfig) for s in sinks
+        isinstance(s, KafkaSinkConfig) for s in [*sinks, *([shadow.destination] if shadow else [])]
     )
     k = config.kafka
     if uses_kafka:

@@ -16,6 +16,7 @@ from headrace.config import (
     JsonLinesSourceConfig,
     NullSinkConfig,
     OnnxModelConfig,
+    RegistryModelConfig,
     SkopsModelConfig,
     SqliteSinkConfig,
     load_config,
@@ -765,3 +766,159 @@ def test_exactly_once_refuses_shedding_outside_the_transaction() -> None:
 def test_a_kafka_shed_destination_needs_the_kafka_section() -> None:
     shedding = {"destination": {"type": "kafka", "topic": "shed"}, "max_event_age_s": 1}
     assert "at kafka: a Kafka source or sink needs" in error_of(config(shedding=shedding))
+
+
+# -- registry models, live updates, admin ----------------------------------------------------
+
+REGISTRY_MODEL: dict[str, Any] = {
+    "type": "registry",
+    "ref": "registry:fraud@production",
+    "features": {"vector": "features"},
+}
+SHADOW: dict[str, Any] = {
+    "ref": "registry:fraud@candidate",
+    "destination": {"type": "jsonl", "path": "shadow.jsonl"},
+}
+
+
+def test_registry_model_with_updates_and_admin_parses() -> None:
+    data = config(
+        model={**REGISTRY_MODEL, "root": "/srv/models", "latency_budget_ms": 50},
+        updates={
+            "poll_interval_s": 2,
+            "probation": {"seconds": 30, "max_error_rate": 0.2, "min_records": 10},
+            "shadow": {**SHADOW, "tolerance": 0.01, "max_batches_in_flight": 3},
+            "canary": {"ref": "registry:fraud/7", "fraction": 0.1},
+        },
+        admin={"token_env": "HEADRACE_ADMIN_TOKEN"},
+        metrics={"port": 0},
+    )
+    cfg = parse_config(data, env={})
+    m = cfg.model
+    assert isinstance(m, RegistryModelConfig)
+    assert (m.ref, m.root, m.latency_budget_ms, m.allow_pickle) == (
+        "registry:fraud@production",
+        "/srv/models",
+        50,
+        False,
+    )
+    assert (m.name, m.version) == ("fraud", "production")
+    u = cfg.updates
+    assert u is not None and u.poll_interval_s == 2
+    assert (u.probation.seconds, u.probation.max_error_rate, u.probation.min_records) == (
+        30,
+        0.2,
+        10,
+    )
+    assert u.probation.max_latency_ratio == 3.0  # the default
+    assert u.shadow is not None and isinstance(u.shadow.destination, JsonLinesSinkConfig)
+    assert (u.shadow.tolerance, u.shadow.max_batches_in_flight) == (0.01, 3)
+    assert u.shadow.timeout_ms == 30_000
+    assert u.canary is not None and (u.canary.ref, u.canary.fraction) == ("registry:fraud/7", 0.1)
+    assert cfg.admin is not None and cfg.admin.token_env == "HEADRACE_ADMIN_TOKEN"
+
+
+def test_registry_model_defaults() -> None:
+    cfg = parse_config(config(model={"type": "registry", "ref": "registry:fraud/12"}), env={})
+    m = cfg.model
+    assert isinstance(m, RegistryModelConfig)
+    assert (m.name, m.version, m.root) == ("fraud", "12", "model-registry")
+    assert cfg.updates is None and cfg.admin is None
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "fraud@production",  # no scheme
+        "registry:fraud",  # no alias or version
+        "registry:fraud@",
+        "registry:@production",
+        "registry:../fraud@production",
+        "registry:fraud@prod/1",
+        "registry:fraud@pro duction",
+        "s3:fraud@production",
+    ],
+)
+@pytest.mark.parametrize("where", ["model.ref", "updates.canary.ref", "updates.shadow.ref"])
+def test_bad_model_references_are_named(ref: str, where: str) -> None:
+    data = config(model=dict(REGISTRY_MODEL))
+    if where == "model.ref":
+        data["model"]["ref"] = ref
+    elif where == "updates.canary.ref":
+        data["updates"] = {"canary": {"ref": ref, "fraction": 0.1}}
+    else:
+        data["updates"] = {"shadow": {**SHADOW, "ref": ref}}
+    assert f"at {where}:" in error_of(data)
+
+
+def test_updates_need_a_registry_model() -> None:
+    message = error_of(config(updates={"poll_interval_s": 5}))
+    assert "at updates: live updates need a model of type registry" in message
+    assert parse_config(config(model=REGISTRY_MODEL, updates={}), env={}).updates is not None
+
+
+def test_admin_calls_need_the_metrics_server() -> None:
+    admin = {"token_env": "TOKEN"}
+    message = error_of(config(model=REGISTRY_MODEL, admin=admin))
+    assert "at admin: admin calls are served by the metrics server" in message
+    cfg = parse_config(config(model=REGISTRY_MODEL, admin=admin, metrics={}), env={})
+    assert cfg.admin is not None and cfg.metrics is not None
+    assert cfg.metrics.host == "127.0.0.1"  # loopback unless told otherwise
+    message = error_of(config(model=REGISTRY_MODEL, admin={"token_env": "not-a-var"}, metrics={}))
+    assert "at admin.token_env:" in message
+
+
+def test_the_shadow_destination_takes_every_output() -> None:
+    shadow = {**SHADOW, "destination": {**SHADOW["destination"], "filter": {"above": 0.5}}}
+    message = error_of(config(model=REGISTRY_MODEL, updates={"shadow": shadow}))
+    assert "at updates.shadow.destination.filter: the shadow destination takes every" in message
+
+
+def test_the_shadow_destination_name_must_not_clash() -> None:
+    """Unnamed, the shadow destination is called "shadow"; it shares the name space of the
+    other sinks."""
+    sinks = [{"type": "null", "name": "shadow"}]
+    message = error_of(config(model=REGISTRY_MODEL, sinks=sinks, updates={"shadow": SHADOW}))
+    assert "at updates.shadow.destination: sink name 'shadow' is used twice" in message
+
+    named = {**SHADOW, "destination": {**SHADOW["destination"], "name": "out"}}
+    sinks = [{"type": "null", "name": "out"}]
+    message = error_of(config(model=REGISTRY_MODEL, sinks=sinks, updates={"shadow": named}))
+    assert "at updates.shadow.destination: sink name 'out' is used twice" in message
+
+    # A jsonl sink and an unnamed jsonl shadow destination do not clash: "jsonl", "shadow".
+    sinks = [{"type": "jsonl", "path": "out.jsonl"}]
+    cfg = parse_config(config(model=REGISTRY_MODEL, sinks=sinks, updates={"shadow": SHADOW}), env={})
+    assert cfg.updates is not None and cfg.updates.shadow is not None
+
+
+@pytest.mark.parametrize(
+    ("updates", "path"),
+    [
+        ({"poll_interval_s": 0}, "updates.poll_interval_s"),
+        ({"probation": {"seconds": -1}}, "updates.probation.seconds"),
+        ({"probation": {"max_error_rate": 1.5}}, "updates.probation.max_error_rate"),
+        ({"probation": {"max_latency_ratio": 0}}, "updates.probation.max_latency_ratio"),
+        ({"probation": {"min_records": 0}}, "updates.probation.min_records"),
+        ({"canary": {"ref": "registry:fraud@c", "fraction": 0}}, "updates.canary.fraction"),
+        ({"canary": {"ref": "registry:fraud@c", "fraction": 1}}, "updates.canary.fraction"),
+        ({"shadow": {**SHADOW, "max_batches_in_flight": 0}}, "updates.shadow.max_batches"),
+        ({"shadow": {**SHADOW, "timeout_ms": 0}}, "updates.shadow.timeout_ms"),
+        ({"shadow": {**SHADOW, "tolerance": -1}}, "updates.shadow.tolerance"),
+        ({"shadow": {"ref": "registry:fraud@c"}}, "updates.shadow"),
+        ({"canary": {"fraction": 0.1}}, "updates.canary"),
+    ],
+)
+def test_updates_ranges_and_required_keys_name_the_key(updates: dict[str, Any], path: str) -> None:
+    assert f"at {path}" in error_of(config(model=REGISTRY_MODEL, updates=updates))
+
+
+def test_a_kafka_shadow_destination_needs_the_kafka_section() -> None:
+    """Without the rule the configuration passed, and building the pipeline failed on a
+    bare assertion."""
+    shadow = {**SHADOW, "destination": {"type": "kafka", "topic": "shadow"}}
+    message = error_of(config(model=REGISTRY_MODEL, updates={"shadow": shadow}))
+    assert "at kafka: a Kafka source or sink needs" in message
+    kafka = {"bootstrap_servers": "127.0.0.1:9092"}
+    cfg = parse_config(config(model=REGISTRY_MODEL, updates={"shadow": shadow}, kafka=kafka), env={})
+    assert cfg.updates is not None and cfg.updates.shadow is not None

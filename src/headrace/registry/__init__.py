@@ -6,7 +6,7 @@ The registry is a directory (:class:`LocalRegistry`); pipelines name models as
 ``headrace registry ...`` manages it from the command line.
 """
 
-from headrace.registry.loading import RegisteredModel, load_version
+from headrace.registry.loading import RegisteredModel, load_bytes, load_version
 from headrace.registry.local import (
     AliasState,
     LocalRegistry,
@@ -29,6 +29,7 @@ __all__ = [
     "Sample",
     "Signature",
     "VersionInfo",
+    "load_bytes",
     "load_version",
     "parse_reference",
     "validate_model",

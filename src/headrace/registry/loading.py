@@ -9,6 +9,7 @@ after the check cannot be what gets loaded.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import io
@@ -61,24 +62,56 @@ def load_version(
     the registered one, the format's runtime is not installed, the bytes do not
     deserialise into a model, or the format is pickle/joblib and ``allow_pickle`` is false.
     """
-    where = f"model {info.name!r} version {info.version!r}"
-    if info.format in ("pickle", "joblib") and not allow_pickle:
-        raise ModelLoadError(
-            f"{where} is a {info.format} file, and loading one runs whatever code it holds: "
-            "a tampered or untrusted file can do anything this process can. Prefer ONNX or "
-            "skops; to load it anyway, allow pickle explicitly (allow_pickle=True)."
-        )
     path = registry.artifact_path(info)
-    loader = _LOADERS[info.format]
+    loader = _loader(info, allow_pickle)
     runtime = loader.runtime()  # before reading: a missing runtime is not the file's fault
     data = read_verified(path, info.sha256)
+    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {path}")
+
+
+def load_bytes(
+    data: bytes, info: VersionInfo, *, allow_pickle: bool = False, origin: str | None = None
+) -> RegisteredModel:
+    """Load ``data``, an artifact read from elsewhere (an MLflow artifact store), as the
+    model ``info`` describes: the same checks as :func:`load_version`, the sha256 of
+    ``data`` compared with ``info.sha256`` before any of it is deserialised. ``origin``
+    names where the bytes came from, for error messages.
+    """
+    where = origin or f"model {info.name!r} version {info.version!r}"
+    loader = _loader(info, allow_pickle)
+    runtime = loader.runtime()
+    expected = info.sha256.strip().lower()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelLoadError(
+            f"{where}: sha256 mismatch: expected {expected}, the artifact has {actual}. "
+            "The artifact changed after it was registered, or is not the registered one."
+        )
+    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {where}")
+
+
+def _loader(info: VersionInfo, allow_pickle: bool) -> _Loader:
+    if info.format in ("pickle", "joblib") and not allow_pickle:
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r} is a {info.format} file, and "
+            "loading one runs whatever code it holds: a tampered or untrusted file can do "
+            "anything this process can. Prefer ONNX or skops; to load it anyway, allow "
+            "pickle explicitly (allow_pickle=True)."
+        )
+    return _LOADERS[info.format]
+
+
+def _deserialise(
+    loader: _Loader, runtime: Any, data: bytes, info: VersionInfo, what: str
+) -> RegisteredModel:
     try:
         inner = loader.load(data, info, runtime)
     except ModelLoadError:
         raise
     except Exception as exc:  # each runtime fails in its own way on bad bytes
         raise ModelLoadError(
-            f"{where}: cannot load the {info.format} artifact {path}: {type(exc).__name__}: {exc}"
+            f"model {info.name!r} version {info.version!r}: cannot load {what}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     return RegisteredModel(inner, info)
 

@@ -110,6 +110,9 @@ class ModelManager:
         self.previous: Model | None = None
         self.rejected: set[str] = set()
         self.on_swap: Callable[[Model, Model | None], None] = lambda _new, _old: None
+        # Whether the serving version is what the model-info gauge shows: not for a
+        # canary or shadow candidate (the Rollout turns it off for those).
+        self.reports_info = True
         self._probation_until = 0.0
         self._usage: dict[int, _Usage] = {}
         self._leases: dict[int, int] = {}
@@ -299,9 +302,10 @@ class ModelManager:
                 gone.append(candidate)
         for g in gone:
             self._retire(g)
-        ref = model_ref(model)
-        self.metrics.model_info.clear()
-        self.metrics.model_info.labels(ref.name, ref.version, ref.sha256 or "").set(1)
+        if self.reports_info:
+            ref = model_ref(model)
+            self.metrics.model_info.clear()
+            self.metrics.model_info.labels(ref.name, ref.version, ref.sha256 or "").set(1)
         self.on_swap(model, previous)
 
     def _retire(self, model: Model) -> None:

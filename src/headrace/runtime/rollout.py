@@ -84,6 +84,12 @@ class Rollout:
         self.shadow = shadow
         self.executor: Executor | None = None
         self._shadows: set[asyncio.Task[None]] = set()
+        # Shadow calls that timed out but whose thread still runs (Python cannot stop a
+        # thread): each keeps its slot, so a stuck shadow cannot take every thread.
+        self._stuck: set[asyncio.Future[Any]] = set()
+        for extra in (canary, shadow):
+            if extra is not None and extra.candidate is not manager:
+                extra.candidate.reports_info = False  # the gauge shows the serving version
 
     def managers(self) -> list[ModelManager]:
         found = [self.manager]
@@ -129,9 +135,10 @@ class Rollout:
             started = time.perf_counter()
             # A version on probation that fails on everything is rolled back, not waited
             # for: the circuit breaker is for a model that is down, not a bad version.
+            # Nor for a canary: its failures go to the serving version.
             probation = manager.on_probation(model)
             scored, predictions, failed = await caller.score(
-                model, records, inputs, hold_when_down=not probation
+                model, records, inputs, hold_when_down=not probation and manager is self.manager
             )
             manager.observe(
                 model, ok=len(scored), failed=len(failed), seconds=time.perf_counter() - started
@@ -160,7 +167,7 @@ class Rollout:
         shadow = self.shadow
         if shadow is None or shadow.candidate.serving is None or not records:
             return
-        if len(self._shadows) >= shadow.max_batches_in_flight:
+        if len(self._shadows) + len(self._stuck) >= shadow.max_batches_in_flight:
             self.metrics.shadow_records.labels("skipped").inc(len(records))
             return
         task = asyncio.create_task(self._run_shadow(shadow, list(records), inputs, served))
@@ -171,11 +178,18 @@ class Rollout:
         self, shadow: Shadow, records: list[Record], inputs: Any, served: Sequence[ScoredBatch]
     ) -> None:
         model = shadow.candidate.lease()
+        call: asyncio.Future[Any] | None = None
         try:
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
-            async with asyncio.timeout(shadow.timeout):
-                out = await loop.run_in_executor(self.executor, model.predict_batch, inputs)
+            call = loop.run_in_executor(self.executor, model.predict_batch, inputs)
+            try:
+                async with asyncio.timeout(shadow.timeout):
+                    out = await asyncio.shield(call)
+            except TimeoutError:
+                self._stuck.add(call)
+                call.add_done_callback(self._stuck.discard)
+                raise
             self.metrics.shadow_seconds.observe(time.perf_counter() - started)
             predictions = out.tolist() if isinstance(out, np.ndarray) else list(out)
             if len(predictions) != len(records):
@@ -192,7 +206,11 @@ class Rollout:
             self.metrics.shadow_records.labels("failed").inc(len(records))
             log.warning("shadow %s failed on a batch: %s", model_ref(model).version, exc)
         finally:
-            shadow.candidate.release(model)
+            if call is not None and not call.done():
+                # The model is still in use by the thread: released when that returns.
+                call.add_done_callback(lambda _: shadow.candidate.release(model))
+            else:
+                shadow.candidate.release(model)
 
     async def drain_shadows(self) -> None:
         if self._shadows:

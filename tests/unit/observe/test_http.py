@@ -1,11 +1,17 @@
-"""The metrics endpoint: Prometheus text on /metrics, /health, loopback by default."""
+"""The metrics endpoint: Prometheus text on /metrics, /health, loopback by default; admin
+calls only with the configured bearer token."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from typing import Any
 
+from headrace import Engine, Pipeline
 from headrace.observe.http import MetricsServer
 from headrace.observe.metrics import PipelineMetrics
+from helpers import MemorySink, wait_for
+from version_helpers import FakeSource, FeedSource, make_records
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -37,3 +43,117 @@ async def test_metrics_and_health_are_served_on_loopback() -> None:
         assert (await get(server.port, "/metrics", method="POST"))[0] == 405
     finally:
         await server.stop()
+
+
+# -- admin calls -----------------------------------------------------------------------------
+
+
+async def post(port: int, path: str, *headers: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{h}\r\n" for h in headers)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    status, _, body = data.decode().partition("\r\n\r\n")
+    return int(status.split()[1]), body
+
+
+async def admin_server(token: str | None) -> tuple[MetricsServer, list[str]]:
+    calls: list[str] = []
+    server = MetricsServer(
+        PipelineMetrics().registry,
+        port=0,
+        admin_token=token,
+        admin={"/admin/models/check": lambda: calls.append("check")},
+    )
+    await server.start()
+    return server, calls
+
+
+async def test_admin_calls_are_off_without_a_token() -> None:
+    """No token configured: the admin paths do not exist, whatever the request bears."""
+    server, calls = await admin_server(None)
+    try:
+        assert server.host == "127.0.0.1"
+        assert (await post(server.port, "/admin/models/check"))[0] == 404
+        bearer = "Authorization: Bearer anything"
+        assert (await post(server.port, "/admin/models/check", bearer))[0] == 404
+        assert calls == []
+    finally:
+        await server.stop()
+
+
+async def test_admin_calls_need_the_right_bearer_token() -> None:
+    server, calls = await admin_server("s3cret-token")
+    try:
+        assert server.host == "127.0.0.1"  # loopback by default, token or not
+        path = "/admin/models/check"
+        for headers in (
+            (),
+            ("Authorization: Bearer wrong",),
+            ("Authorization: Bearer s3cret-toke",),
+            ("Authorization: Bearer s3cret-token-and-more",),
+            ("Authorization: Basic s3cret-token",),
+            ("Authorization: s3cret-token",),
+            ("X-Token: s3cret-token",),
+        ):
+            assert (await post(server.port, path, *headers))[0] == 401, headers
+        assert calls == []
+        # GET does not run an action, even with the token.
+        assert (await get(server.port, path))[0] == 404
+        status, body = await post(server.port, path, "authorization: bearer  s3cret-token")
+        assert (status, body) == (202, '{"status":"accepted"}\n')
+        assert calls == ["check"]
+        bearer = "Authorization: Bearer s3cret-token"
+        assert (await post(server.port, "/admin/nope", bearer))[0] == 404
+        assert (await post(server.port, "/admin/models/check?now=1", bearer))[0] == 202
+        assert calls == ["check", "check"]
+    finally:
+        await server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_the_admin_call_makes_a_running_pipeline_look_for_a_new_version() -> None:
+    """run_engine wires POST /admin/models/check to the engine: with the token, the model
+    manager looks now (its poll interval is an hour) and the next batches use version 2."""
+
+    def plus(k: int) -> Any:
+        return lambda xs: [x["x"] + 1000 * k for x in xs]
+
+    versions = FakeSource({"1": plus(1), "2": plus(2)}, "1")
+    source, sink = FeedSource(), MemorySink()
+    port = free_port()
+    engines: list[Engine] = []
+    pipeline = (
+        Pipeline("admin")
+        .source(source)
+        .model_source(versions, poll_interval=3600)
+        .sink(sink)
+        .batching(max_size=10, max_wait=0.005)
+        .metrics(port=port)
+        .admin("tok")
+    )
+    run = asyncio.create_task(
+        pipeline.run_async(install_signal_handlers=False, on_start=engines.append)
+    )
+    try:
+        source.put(make_records(0, 10))
+        await wait_for(lambda: len(sink.outputs) == 10)
+        versions.point("2")
+        assert (await post(port, "/admin/models/check", "Authorization: Bearer nope"))[0] == 401
+        assert (await post(port, "/admin/models/check", "Authorization: Bearer tok"))[0] == 202
+        await wait_for(lambda: engines[0].model.version == "2")
+        source.put(make_records(10, 10))
+        await wait_for(lambda: len(sink.outputs) == 20)
+    finally:
+        source.end()
+    await run
+    assert [o["model"]["version"] for o in sink.outputs] == ["1"] * 10 + ["2"] * 10
+    assert versions.polls == 2  # start, and the admin call: no poll in between

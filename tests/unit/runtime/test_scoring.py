@@ -112,6 +112,13 @@ def test_backoff_doubles_per_attempt_up_to_the_maximum() -> None:
     )
 
 
+def test_backoff_stays_at_the_maximum_however_long_the_outage() -> None:
+    """The circuit breaker's attempt number grows while the model is down (about a
+    thousand attempts at the minimum backoff is enough): its delay must not overflow."""
+    policy = FailurePolicy(backoff=0.001, max_backoff=0.005)
+    assert policy.delay(1026) == policy.delay(100_000) == 0.005
+
+
 # -- poisoned records ----------------------------------------------------------------------
 
 
