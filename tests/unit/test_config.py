@@ -888,7 +888,8 @@ def test_the_shadow_destination_name_must_not_clash() -> None:
 
     # A jsonl sink and an unnamed jsonl shadow destination do not clash: "jsonl", "shadow".
     sinks = [{"type": "jsonl", "path": "out.jsonl"}]
-    cfg = parse_config(config(model=REGISTRY_MODEL, sinks=sinks, updates={"shadow": SHADOW}), env={})
+    data = config(model=REGISTRY_MODEL, sinks=sinks, updates={"shadow": SHADOW})
+    cfg = parse_config(data, env={})
     assert cfg.updates is not None and cfg.updates.shadow is not None
 
 
@@ -920,5 +921,6 @@ def test_a_kafka_shadow_destination_needs_the_kafka_section() -> None:
     message = error_of(config(model=REGISTRY_MODEL, updates={"shadow": shadow}))
     assert "at kafka: a Kafka source or sink needs" in message
     kafka = {"bootstrap_servers": "127.0.0.1:9092"}
-    cfg = parse_config(config(model=REGISTRY_MODEL, updates={"shadow": shadow}, kafka=kafka), env={})
+    data = config(model=REGISTRY_MODEL, updates={"shadow": shadow}, kafka=kafka)
+    cfg = parse_config(data, env={})
     assert cfg.updates is not None and cfg.updates.shadow is not None

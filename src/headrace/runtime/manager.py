@@ -187,9 +187,10 @@ class ModelManager:
 
     # -- what the engine calls -----------------------------------------------------------
 
-    def lease(self) -> Model:
-        """The model to score the next batch with; :meth:`release` it when written."""
-        model = self.serving
+    def lease(self, model: Model | None = None) -> Model:
+        """The model to score the next batch with (or ``model``, a version to fall back
+        on); :meth:`release` it when written. A leased version is not closed."""
+        model = self.serving if model is None else model
         assert model is not None, "start() first"
         key = id(model)
         self._leases[key] = self._leases.get(key, 0) + 1

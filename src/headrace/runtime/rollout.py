@@ -145,13 +145,19 @@ class Rollout:
             )
             batches = [ScoredBatch(scored, predictions, model_ref(model), time.time())]
             fallback = manager.fallback(model) if failed else None
+            owner = manager
             if fallback is None and failed and manager is not self.manager:
-                fallback = self.manager.serving  # a canary's failures: the serving version
+                # A canary's failures: the serving version.
+                fallback, owner = self.manager.serving, self.manager
             if fallback is not None and fallback is not model:
                 retry = [f.record for f in failed]
                 where = {id(r): i for i, r in enumerate(records)}
                 sub = _take(inputs, [where[id(r)] for r in retry])
-                again, more, failed = await caller.score(fallback, retry, sub)
+                owner.lease(fallback)  # not closed while it rescores, if retired meanwhile
+                try:
+                    again, more, failed = await caller.score(fallback, retry, sub)
+                finally:
+                    owner.release(fallback)
                 if again:
                     batches.append(ScoredBatch(again, more, model_ref(fallback), time.time()))
             return [b for b in batches if b.records], failed
