@@ -493,6 +493,19 @@ def _check_updates(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at updates.shadow.destination.filter: the shadow destination takes "
             "every shadow output"
         )
+    if (
+        u is not None
+        and u.shadow is not None
+        and isinstance(u.shadow.destination, KafkaSinkConfig)
+        and config.delivery == "exactly-once"
+    ):
+        # The shadow writes best-effort, outside the write order: into the transactional
+        # producer it would land in whichever transaction is open, or fail between two.
+        raise ConfigError(
+            f"{origin}: at updates.shadow.destination: with exactly-once delivery the "
+            "shadow cannot write to Kafka (it is outside the transactions); use another "
+            "sink type, e.g. jsonl or postgres"
+        )
     if config.admin is not None and config.metrics is None:
         raise ConfigError(
             f"{origin}: at admin: admin calls are served by the metrics server; add a "

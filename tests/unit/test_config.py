@@ -924,3 +924,21 @@ def test_a_kafka_shadow_destination_needs_the_kafka_section() -> None:
     data = config(model=REGISTRY_MODEL, updates={"shadow": shadow}, kafka=kafka)
     cfg = parse_config(data, env={})
     assert cfg.updates is not None and cfg.updates.shadow is not None
+
+
+def test_exactly_once_refuses_a_kafka_shadow_destination() -> None:
+    """The shadow writes outside the write order, so it cannot share Kafka transactions;
+    another sink type is fine."""
+    base = {
+        "source": {"type": "kafka", "topics": ["in"], "group_id": "g"},
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+        "delivery": "exactly-once",
+        "sinks": [{"type": "kafka", "topic": "out"}],
+        "model": REGISTRY_MODEL,
+    }
+    kafka_shadow = {**SHADOW, "destination": {"type": "kafka", "topic": "shadow"}}
+    message = error_of(config(**base, updates={"shadow": kafka_shadow}))
+    assert "at updates.shadow.destination: with exactly-once" in message
+    assert parse_config(config(**base, updates={"shadow": SHADOW}), env={}).updates is not None
+    at_least_once = {**base, "delivery": "at-least-once"}
+    assert parse_config(config(**at_least_once, updates={"shadow": kafka_shadow}), env={})
