@@ -95,6 +95,8 @@ def summary_table(summary: RunSummary, *, title: str = "Summary") -> Table:
         ("records read", f"{summary.records_in:,}"),
         ("records scored", f"{summary.records_out:,}"),
         ("dead letters", f"{summary.records_failed:,}"),
+        ("shed", f"{summary.records_shed:,}"),
+        ("peak in flight", f"{summary.peak_in_flight:,} records"),
         ("elapsed", f"{summary.elapsed:.1f} s"),
         ("throughput", f"{summary.records_per_second:,.0f} records/s"),
         ("latency p50", _ms(summary.latency_p50)),
