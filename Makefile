@@ -37,6 +37,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.engine_overhead
 	$(BIN)/python -m bench.kafka_throughput
 	$(BIN)/python -m bench.overload
+	$(BIN)/python -m bench.model_swap
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -114,10 +114,12 @@ def kafka_pipeline(
     consumer: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     batching: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> Path:
     """Write a Kafka pipeline YAML: `topic` -> ``function`` -> ``sinks``. ``consumer``,
     ``source`` and ``batching`` add (or override) keys of those sections;
-    ``max_in_flight_bytes`` None keeps the default byte bound."""
+    ``max_in_flight_bytes`` None keeps the default byte bound. ``model``, YAML text
+    starting ``model:``, replaces the callable model (e.g. a ``registry`` one)."""
     consumer_settings = {"session.timeout.ms": 6000, "fetch.wait.max.ms": 10, **(consumer or {})}
     batching_settings = {"max_size": 64, "max_wait_ms": 5, **(batching or {})}
     flow = {"max_in_flight": max_in_flight}
@@ -137,13 +139,7 @@ source:
   group_id: {group}
   key_field: entity_id
   time_field: ts
-{_yaml_map(source or {}, 2)}model:
-  type: callable
-  name: feature-sum
-  version: "1"
-  function: {function}
-  features:
-    vector: features
+{_yaml_map(source or {}, 2)}{model or _callable_model(function)}
 batching:
 {_yaml_map(batching_settings, 2)}flow:
 {_yaml_map(flow, 2)}runtime:
@@ -156,6 +152,16 @@ sinks:
 """
     )
     return path
+
+
+def _callable_model(function: str) -> str:
+    return f"""model:
+  type: callable
+  name: feature-sum
+  version: "1"
+  function: {function}
+  features:
+    vector: features"""
 
 
 def reference_events(n: int, *, seed: int = 5) -> list[dict[str, Any]]:
@@ -328,6 +334,44 @@ def worker_metrics(port: int) -> dict[str, float]:
     return out
 
 
+def log_text(worker: Worker) -> str:
+    """Everything the worker logged so far."""
+    return worker.log.read_text(errors="replace") if worker.log.exists() else ""
+
+
+def metrics_port(worker: Worker, timeout: float = 30) -> int:
+    """The port a worker with ``metrics: {port: 0}`` serves /metrics on (it logs it once
+    listening)."""
+    import re
+
+    found: list[int] = []
+
+    def listening() -> bool:
+        m = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log_text(worker))
+        if m:
+            found.append(int(m.group(1)))
+        return bool(found)
+
+    wait_until(listening, timeout, "the metrics endpoint", (worker,))
+    return found[0]
+
+
+def admin_post(port: int, path: str, token: str | None) -> int:
+    """POST an admin call to a worker's metrics server; returns the HTTP status."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=b"", method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """``VmRSS`` (resident now) and ``VmHWM`` (the peak resident size) of a live process,
     in KiB, from /proc."""
@@ -356,6 +400,7 @@ class PacedProducer:
         self.seed = seed
         self.produced = 0
         self.errors: list[str] = []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
 
     def start(self) -> PacedProducer:
@@ -374,7 +419,7 @@ class PacedProducer:
                 self.errors.append(str(err))
 
         start = time.monotonic()
-        while self.produced < self.count:
+        while self.produced < self.count and not self._stop.is_set():
             due = min(self.count, int((time.monotonic() - start) * self.rate)) - self.produced
             if due <= 0:
                 time.sleep(0.002)  # pacing, not synchronisation
@@ -388,6 +433,10 @@ class PacedProducer:
             producer.poll(0)
         if producer.flush(30):
             self.errors.append("not every record was delivered within 30 s")
+
+    def stop(self) -> None:
+        """Produce no more (before ``count``); :meth:`join` still waits for deliveries."""
+        self._stop.set()
 
     def join(self, timeout: float) -> int:
         """Wait for the last record to be delivered; returns how many were produced."""

@@ -227,6 +227,7 @@ class ModelManager:
 
     def observe(self, model: Model, *, ok: int, failed: int, seconds: float) -> None:
         """Outcomes of one batch; may roll a version on probation back."""
+        self._end_probation_if_due()  # not only at the next poll: free the old version
         usage = self._usage.setdefault(id(model), _Usage())
         usage.ok += ok
         usage.failed += failed
