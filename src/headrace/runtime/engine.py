@@ -104,7 +104,8 @@ class Engine:
       the records that fail are dead-lettered, after retries; while the model fails on
       everything (down, not poisoned), nothing is dead-lettered and reading pauses;
     * reading pauses when ``max_in_flight`` records (or ``max_in_flight_bytes``) are
-      between source and sinks, and resumes below ``resume_at`` of that;
+      between source and sinks, and resumes below ``resume_at`` of that (sources that
+      keep polling) or below the bound (the others);
     * a record is shed only under the ``shedding`` policy, and then written to the shed
       sink with its reason.
     """
@@ -455,7 +456,11 @@ class Engine:
             state = "also" if on else "no longer"
             log.info("reading stays paused: %s %s (%s)", state, reason, ", ".join(sorted(reasons)))
             return
-        log.info("%s reading: %s", "pausing" if now else "resuming", reason)
+        # A plain source pauses and resumes with every batch under load: not worth a line.
+        quiet = reason == "in-flight" and not self.source.keeps_polling
+        (log.debug if quiet else log.info)(
+            "%s reading: %s", "pausing" if now else "resuming", reason
+        )
         if now:
             self._resumed.clear()
         else:
@@ -614,7 +619,12 @@ class Engine:
         self.tracker.done(records)
         flow = self.flow
         flow.release(len(records), _size(records) if self._count_bytes else 0)
-        if flow.below_low and "in-flight" in self._pause_reasons:
+        if "in-flight" in self._pause_reasons and (
+            # Hysteresis is for sources whose pause costs something (a Kafka consumer
+            # drops what it prefetched): the others resume as soon as there is room,
+            # which keeps the records they read close to when they are scored.
+            flow.below_low if self.source.keeps_polling else not flow.over_high
+        ):
             self._pause("in-flight", False)
         if self._shares is not None:
             self._shares.release(records)

@@ -1,9 +1,9 @@
 """Flow control: bounds on records and bytes in flight between source and sinks.
 
 The bound is a pair of watermarks. Reaching the high one (``max_records`` or ``max_bytes``)
-pauses the source; the source resumes once both counts fall to the low one
-(``resume_at`` times each bound). The gap between them keeps a source from flapping between
-paused and running on every batch.
+pauses the source; a source whose pause is costly (a Kafka consumer drops what it had
+prefetched) resumes once both counts fall to the low one (``resume_at`` times each
+bound): the gap keeps it from flapping between paused and running on every batch.
 """
 
 from __future__ import annotations
