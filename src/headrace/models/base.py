@@ -33,6 +33,12 @@ def model_ref(model: Model) -> ModelRef:
     return ModelRef(model.name, model.version, digest[:12] if isinstance(digest, str) else None)
 
 
+def model_label(model: Model) -> str:
+    """``name@version``, for logs."""
+    ref = model_ref(model)
+    return f"{ref.name}@{ref.version}"
+
+
 class CallableModel:
     """Wraps a Python function that scores a whole batch.
 

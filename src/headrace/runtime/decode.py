@@ -8,18 +8,25 @@ from typing import Any
 
 import msgspec
 
-from headrace.record import FailedRecord, Record
+from headrace.record import FailedRecord, ModelRef, Record
 
 MAX_ERROR_CHARS = 500
 
 
-def failure(record: Record, stage: str, exc: BaseException | str) -> FailedRecord:
+def failure(
+    record: Record,
+    stage: str,
+    exc: BaseException | str,
+    *,
+    model: ModelRef | None = None,
+    attempts: int = 1,
+) -> FailedRecord:
     """A failed record with a bounded error message."""
     if isinstance(exc, BaseException):
         message, kind = str(exc), type(exc).__name__
     else:
         message, kind = exc, "ValidationError"
-    return FailedRecord(record, stage, message[:MAX_ERROR_CHARS], kind)
+    return FailedRecord(record, stage, message[:MAX_ERROR_CHARS], kind, model, attempts)
 
 
 class DecodeError(ValueError):

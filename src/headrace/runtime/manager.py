@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from headrace.models.base import Model, model_ref
+from headrace.models.base import Model, model_label, model_ref
 from headrace.observe.metrics import PipelineMetrics
 
 log = logging.getLogger("headrace")
@@ -127,7 +127,7 @@ class ModelManager:
         version = await asyncio.to_thread(self.source.latest)
         model = await asyncio.to_thread(self.source.load, version)
         self._set_serving(model, previous=None, probation=False)
-        log.info("model %s: serving %s", self.source.describe(), _label(model))
+        log.info("model %s: serving %s", self.source.describe(), model_label(model))
         return model
 
     async def watch(self) -> None:
@@ -168,7 +168,7 @@ class ModelManager:
                     "model %s: version %s rejected, %s keeps serving: %s",
                     self.source.describe(),
                     version,
-                    _label(current) if current is not None else "nothing",
+                    model_label(current) if current is not None else "nothing",
                     exc,
                 )
                 return False
@@ -178,8 +178,8 @@ class ModelManager:
                 "model %s: now serving %s (was %s; loaded and validated in %.2fs), on "
                 "probation for %gs",
                 self.source.describe(),
-                _label(model),
-                _label(current) if current is not None else "nothing",
+                model_label(model),
+                model_label(current) if current is not None else "nothing",
                 time.perf_counter() - started,
                 self.probation.seconds,
             )
@@ -206,7 +206,9 @@ class ModelManager:
         retired = self._retired.pop(key, None)
         if retired is not None:
             _close(retired)
-            log.info("model %s: released %s (drained)", self.source.describe(), _label(retired))
+            log.info(
+                "model %s: released %s (drained)", self.source.describe(), model_label(retired)
+            )
 
     def on_probation(self, model: Model) -> bool:
         """Whether ``model`` is a new version still on probation."""
@@ -267,8 +269,8 @@ class ModelManager:
         log.error(
             "model %s: rolled back from %s to %s: %s",
             self.source.describe(),
-            _label(bad),
-            _label(good),
+            model_label(bad),
+            model_label(good),
             reason,
         )
         task = asyncio.get_running_loop().run_in_executor(None, self.source.roll_back, version)
@@ -323,7 +325,9 @@ class ModelManager:
             self.previous = None
             self._retire(old)
             if passed is not None:
-                log.info("model %s: %s passed probation", self.source.describe(), _label(passed))
+                log.info(
+                    "model %s: %s passed probation", self.source.describe(), model_label(passed)
+                )
 
 
 def _close(model: Any) -> None:
@@ -331,8 +335,3 @@ def _close(model: Any) -> None:
     if callable(close):
         with contextlib.suppress(Exception):
             close()
-
-
-def _label(model: Model) -> str:
-    ref = model_ref(model)
-    return f"{ref.name}@{ref.version}"

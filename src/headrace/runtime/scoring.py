@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from headrace.models.base import Model, model_ref
+from headrace.models.base import Model, model_label, model_ref
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
 from headrace.record import FailedRecord, Record
@@ -134,13 +134,10 @@ class ModelCaller:
             except _ModelDown as down:
                 if not hold_when_down:
                     cause = down.__cause__ or down
-                    return [], [], [self._failed_record(model, r, cause) for r in records]
+                    ref = model_ref(model)
+                    return [], [], [failure(r, "model", cause, model=ref) for r in records]
                 # Score the whole batch again once the model answers.
                 await self._wait_up(model, inputs[:1])
-
-    def _failed_record(self, model: Model, record: Record, exc: BaseException) -> FailedRecord:
-        f = failure(record, "model", exc)
-        return FailedRecord(f.record, f.stage, f.error, f.error_type, model_ref(model), 1)
 
     async def _score_once(
         self, model: Model, records: list[Record], inputs: Any
@@ -167,9 +164,10 @@ class ModelCaller:
                 raise _ModelDown() from next(iter(leaves.values()))
             ref = model_ref(model)
             attempts = 1 + self.policy.retries
-            for i, exc in sorted(leaves.items()):
-                f = failure(records[i], "model", exc)
-                failed.append(FailedRecord(f.record, f.stage, f.error, f.error_type, ref, attempts))
+            failed = [
+                failure(records[i], "model", exc, model=ref, attempts=attempts)
+                for i, exc in sorted(leaves.items())
+            ]
             return (
                 [r for r, p in zip(records, out, strict=True) if p is not _MISSING],
                 [p for p in out if p is not _MISSING],
@@ -240,7 +238,9 @@ class ModelCaller:
         self.down = True
         self.metrics.circuit_open.set(1)
         self.on_breaker(True)
-        log.warning("model %s is failing on every record: pausing, and retrying", _label(model))
+        log.warning(
+            "model %s is failing on every record: pausing, and retrying", model_label(model)
+        )
         attempt = 2
         try:
             while True:
@@ -259,7 +259,7 @@ class ModelCaller:
                     self.metrics.model_errors.labels(type(exc).__name__).inc()
                     log.warning(
                         "model %s still failing (%s: %s); next try in %.2gs",
-                        _label(model),
+                        model_label(model),
                         type(exc).__name__,
                         str(exc)[:200],
                         self.policy.delay(attempt),
@@ -272,7 +272,7 @@ class ModelCaller:
                 self._consecutive = 0
                 self.metrics.circuit_open.set(0)
                 self.on_breaker(False)
-        log.warning("model %s answers again: resuming", _label(model))
+        log.warning("model %s answers again: resuming", model_label(model))
 
     async def _sleep(self, delay: float) -> None:
         if self._stopping:
@@ -315,11 +315,6 @@ class ModelCaller:
         if found is None:
             found = self._async[key] = is_async_callable(model.predict_batch)
         return found
-
-
-def _label(model: Model) -> str:
-    ref = model_ref(model)
-    return f"{ref.name}@{ref.version}"
 
 
 def _plain(value: Any) -> Any:
