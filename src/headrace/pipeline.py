@@ -36,6 +36,9 @@ from headrace.runtime.manager import ModelManager, ModelSource, Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.rollout import Canary, Rollout, Shadow
 from headrace.runtime.scoring import FailurePolicy
+from headrace.windows.changelog import Changelog
+from headrace.windows.operator import WindowOperator
+from headrace.windows.stage import WindowStage
 
 log = logging.getLogger("headrace")
 
@@ -65,6 +68,8 @@ class Pipeline:
         self._canary: tuple[ModelSource, float] | None = None
         self._shadow: tuple[ModelSource, Sink, float, int, float] | None = None
         self._admin_token: str | None = None
+        self._windows: WindowStage | None = None
+        self._late_sink: Sink | None = None
 
     def source(self, source: Source, *, decoder: JsonDecoder | None = None) -> Pipeline:
         self._source = source
@@ -125,6 +130,22 @@ class Pipeline:
     def dead_letter(self, sink: Sink) -> Pipeline:
         """Where records that fail decoding, featurizing or the model go, with the error."""
         self._dead_letter = sink
+        return self
+
+    def windows(
+        self,
+        operator: WindowOperator,
+        *,
+        changelog: Changelog | None = None,
+        topic: str | None = None,
+        late: Sink | None = None,
+    ) -> Pipeline:
+        """Score windows of events instead of events: ``operator`` says which windows and
+        features; its closed windows are what the model gets. State goes to ``changelog``
+        (in memory if not given); records no window takes go to ``late`` (the dead-letter
+        sink if not given). One input ``topic`` (the source's, if not given)."""
+        self._windows = WindowStage(operator, topic=topic, changelog=changelog)
+        self._late_sink = late
         return self
 
     def priorities(self, priorities: Priorities) -> Pipeline:
@@ -207,6 +228,8 @@ class Pipeline:
             shedding=self._shedding[0] if self._shedding else None,
             shed_sink=self._shedding[1] if self._shedding else None,
             failures=self._failures,
+            windows=self._windows,
+            late_sink=self._late_sink,
             name=self.name,
         )
 

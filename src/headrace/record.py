@@ -62,6 +62,43 @@ class Record:
         )
 
 
+class WindowRecord(Record):
+    """A closed window of one key, as the model scores it: ``value`` holds the window's
+    features, ``event_time`` its end, ``topic`` and ``partition`` the input partition whose
+    state it came from, ``closed_at`` when the watermark closed it. Its ``offset`` numbers
+    the windows a worker closed; it is no source position, and nothing commits it.
+
+    >>> w = WindowRecord("pump-1", {"n": 3}, "sensors", 0, 0, 10.0, 3)
+    >>> w.window_start, w.event_time, w.count
+    (0.0, 10.0, 3)
+    """
+
+    __slots__ = ("closed_at", "count", "window_start")
+
+    def __init__(
+        self,
+        key: Any,
+        features: dict[str, Any],
+        topic: str,
+        partition: int,
+        sequence: int,
+        start: float,
+        end: float,
+        count: int,
+        closed_at: float = 0.0,
+    ) -> None:
+        super().__init__(key, features, end, topic, partition, sequence)
+        self.window_start = start
+        self.count = count
+        self.closed_at = closed_at  # wall clock when the watermark closed it
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowRecord(key={self.key!r}, window=[{self.window_start}, {self.event_time}), "
+            f"count={self.count}, topic={self.topic!r}, partition={self.partition})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRef:
     """Which model produced an output: name, version and, where known, the first 12 hex
@@ -109,6 +146,8 @@ class ScoredBatch:
         m = self.model
         model = {"name": m.name, "version": m.version, "sha256": m.sha256}
         processed_at = self.processed_at
+        if self.records and type(self.records[0]) is WindowRecord:
+            return _window_dicts(self.records, self.predictions, model, processed_at)
         return [
             {
                 "key": r.key,
@@ -121,6 +160,30 @@ class ScoredBatch:
             }
             for r, p in zip(self.records, self.predictions, strict=True)
         ]
+
+
+def _window_dicts(
+    records: Sequence[Record], predictions: Sequence[Any], model: Any, processed_at: float
+) -> list[dict[str, Any]]:
+    """Windowed outputs: the key, the window's bounds and record count in place of a
+    source position."""
+    out = []
+    for r, p in zip(records, predictions, strict=True):
+        assert isinstance(r, WindowRecord)  # a batch holds windows or events, never both
+        out.append(
+            {
+                "key": r.key,
+                "window": {"start": r.window_start, "end": r.event_time},
+                "count": r.count,
+                "features": r.value,
+                "prediction": p,
+                "model": model,
+                "source": {"topic": r.topic, "partition": r.partition},
+                "event_time": r.event_time,
+                "processed_at": processed_at,
+            }
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +199,7 @@ class FailedRecord:
 
     def to_dict(self) -> dict[str, Any]:
         r = self.record
-        return {
+        out = {
             "key": r.key,
             "input": r.value,
             "raw": r.raw.decode("utf-8", "replace") if r.raw is not None else None,
@@ -156,3 +219,8 @@ class FailedRecord:
             "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
             "event_time": r.event_time,
         }
+        if isinstance(r, WindowRecord):  # a window the model failed on: no source position
+            out["window"] = {"start": r.window_start, "end": r.event_time}
+            out["count"] = r.count
+            out["source"] = {"topic": r.topic, "partition": r.partition}
+        return out

@@ -421,11 +421,27 @@ class KafkaProducer:
         if err is not None:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, headers: Any = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> None:
         producer = self.producer
+        # librdkafka's "no partition given" (let the partitioner choose) is -1.
+        where = -1 if partition is None else partition
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=self.on_delivery)
+                producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=where,
+                    headers=headers,
+                    on_delivery=self.on_delivery,
+                )
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.

@@ -155,3 +155,40 @@ class PipelineMetrics:
         )
         for c in (self.batch_size, self.inference_seconds, self.latency):
             r.register(c)
+        # Windows (only moved by a windowed pipeline).
+        self.windows_closed = Counter(
+            "headrace_windows_closed",
+            "Windows the watermark closed and sent to the model",
+            registry=r,
+        )
+        self.window_rejected = Counter(
+            "headrace_window_records_rejected",
+            "Records no window took, by reason (late: behind the watermark beyond the grace; "
+            "invalid: no usable key or event time)",
+            ["reason"],
+            registry=r,
+        )
+        self.windows_open = Gauge(
+            "headrace_windows_open", "Window states held (panes, for sliding windows)", registry=r
+        )
+        self.watermark = Gauge(
+            "headrace_watermark_seconds",
+            "The worker's watermark (event time, seconds since the epoch); 0 until known",
+            registry=r,
+        )
+        self.state_restore_seconds = Gauge(
+            "headrace_state_restore_seconds",
+            "Time the last restore of window state from the changelog took",
+            registry=r,
+        )
+        self.changelog_records = Counter(
+            "headrace_changelog_records",
+            "Records written to the window state changelog",
+            registry=r,
+        )
+        self.window_output_delay = BulkHistogram(
+            "headrace_window_output_delay_seconds",
+            "From a window's close (the watermark passing it) to its output's acknowledgement",
+            LATENCY_BUCKETS,
+        )
+        r.register(self.window_output_delay)

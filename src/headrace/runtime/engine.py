@@ -23,7 +23,7 @@ from headrace.models.base import Model, model_ref
 from headrace.models.featurizer import Featurizer
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
-from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.record import FailedRecord, Record, ScoredBatch, WindowRecord
 from headrace.runtime.batcher import Batcher
 from headrace.runtime.decode import JsonDecoder, failure
 from headrace.runtime.delivery import AtLeastOnce, Delivery
@@ -32,12 +32,18 @@ from headrace.runtime.offsets import OffsetTracker
 from headrace.runtime.priority import SHED_STAGE, Priorities, ShedPolicy, shed
 from headrace.runtime.rollout import Rollout
 from headrace.runtime.scoring import FailurePolicy, ModelCaller
+from headrace.windows.operator import REJECT_STAGE
+from headrace.windows.stage import WindowStage
 
 log = logging.getLogger("headrace")
 
 
 class PipelineError(RuntimeError):
     """The pipeline stopped because something it cannot skip went wrong."""
+
+
+class CommitPointTimeout(TimeoutError):
+    """A windowed commit found no moment when every closed window was written."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,10 @@ class EngineSettings:
     commit_interval: float = 1.0
     shutdown_timeout: float = 30.0
     revoke_timeout: float = 60.0
+    # Windowed pipelines: how often time alone may close windows (idle partitions), and
+    # how long a periodic commit waits for a commit point before trying again later.
+    window_tick: float = 0.25
+    commit_point_timeout: float = 10.0
 
 
 @dataclass
@@ -127,6 +137,8 @@ class Engine:
         shed_sink: Sink | None = None,
         failures: FailurePolicy | None = None,
         rollout: Rollout | None = None,
+        windows: WindowStage | None = None,
+        late_sink: Sink | None = None,
         name: str = "pipeline",
     ) -> None:
         if not sinks:
@@ -135,6 +147,11 @@ class Engine:
             raise ValueError("give a model, or a rollout that manages versions, not both")
         if shedding is not None and shed_sink is None:
             raise ValueError("a shedding policy needs a shed sink to write shed records to")
+        if windows is not None and (priorities is not None or shedding is not None):
+            raise ValueError(
+                "priorities and shedding apply to events, not to windows: a windowed "
+                "pipeline takes neither"
+            )
         self.name = name
         self.source = source
         self._model = model
@@ -153,6 +170,8 @@ class Engine:
         self.priorities = priorities
         self.shedding = shedding
         self.shed_sink = shed_sink
+        self.windows = windows
+        self.late_sink = late_sink
         self.caller = ModelCaller(
             policy=failures or FailurePolicy(),
             metrics=self.metrics,
@@ -164,12 +183,18 @@ class Engine:
         # Sources that pause partitions one by one get a fair share each (see
         # PartitionShares); ``_held`` are the partitions paused for holding theirs.
         self._shares = (
-            PartitionShares(s.max_in_flight, s.resume_at) if source.keeps_polling else None
+            PartitionShares(s.max_in_flight, s.resume_at)
+            if source.keeps_polling and windows is None  # windows, not events, are in flight
+            else None
         )
         self._held: set[PartitionKey] = set()
         self._pause_reasons: set[str] = set()
         self._resumed = asyncio.Event()
         self._resumed.set()
+        # Closed while a windowed commit waits for a commit point: no records are taken
+        # in and no windows closed until it has its snapshot.
+        self._gate = asyncio.Event()
+        self._gate.set()
         self._aside: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -242,6 +267,8 @@ class Engine:
         watchers: list[asyncio.Task[None]] = []
         shadow_sink = None
         shadow_threads: ThreadPoolExecutor | None = None
+        changelog_open = False
+        ticker: asyncio.Task[None] | None = None
         try:
             if self.rollout is not None:
                 for manager in self.rollout.managers():
@@ -263,6 +290,9 @@ class Engine:
                 # Opened, written and closed, but never flushed before a commit: the
                 # shadow does not hold the pipeline back.
                 await shadow_sink.open()
+            if self.windows is not None:
+                await self.windows.changelog.open()
+                changelog_open = True
             self.source.bind(self)
             await self.source.open()
             opened.append(self.source)
@@ -278,6 +308,8 @@ class Engine:
             self._reader = asyncio.create_task(self._read(batcher), name="headrace-reader")
             committer = asyncio.create_task(self._commit_every(settings.commit_interval))
             observer = asyncio.create_task(self._observe_every(1.0))
+            if self.windows is not None:
+                ticker = asyncio.create_task(self._tick_windows(batcher, settings.window_tick))
             self._committer_stop.clear()
             await asyncio.wait({self._reader, batches}, return_when=asyncio.FIRST_COMPLETED)
             if batches.done() and not self._reader.done():
@@ -307,6 +339,8 @@ class Engine:
                 task.cancel()
             if observer is not None:
                 observer.cancel()
+            if ticker is not None:
+                ticker.cancel()
             if committer is not None:
                 # Let a commit in progress finish (cancelling it could leave a transaction
                 # half done); the final commit follows.
@@ -324,6 +358,12 @@ class Engine:
                     await part.close()
                 except Exception as exc:
                     log.error("closing %s failed: %s", part.name, exc)
+            if changelog_open:
+                assert self.windows is not None
+                try:
+                    await self.windows.changelog.close()
+                except Exception as exc:
+                    log.error("closing the window changelog failed: %s", exc)
             self._executor.shutdown(wait=self._fatal is None, cancel_futures=True)
             if shadow_threads is not None:
                 shadow_threads.shutdown(wait=False, cancel_futures=True)
@@ -370,7 +410,7 @@ class Engine:
 
     def _all_sinks(self) -> list[Sink]:
         sinks = [b.sink for b in self.sinks]
-        for extra in (self.dead_letter, self.shed_sink):
+        for extra in (self.dead_letter, self.shed_sink, self.late_sink):
             if extra is not None and all(extra is not s for s in sinks):
                 sinks.append(extra)
         return sinks
@@ -382,7 +422,10 @@ class Engine:
         records_in = self.metrics.records_in
         decode, priorities = self._decode, self.priorities
         in_flight, in_flight_bytes = self.metrics.in_flight, self.metrics.in_flight_bytes
+        windows, gate = self.windows, self._gate
         async for chunk in source.chunks():
+            if not gate.is_set():
+                await gate.wait()  # a commit is taking its snapshot of the window state
             n = len(chunk)
             # How full the pipeline was before this chunk: what arrival shedding judges by,
             # so that one large chunk does not shed itself.
@@ -402,7 +445,9 @@ class Engine:
                 chunk, failed = decode(chunk)
                 if failed:
                     self._set_aside(failed)
-            if priorities is None and self.shedding is None:
+            if windows is not None:
+                self._window(batcher, windows, chunk)
+            elif priorities is None and self.shedding is None:
                 batcher.put(chunk)
             else:
                 self._put_by_priority(batcher, chunk, fraction)
@@ -410,6 +455,44 @@ class Engine:
                 self._pause("in-flight", True)
             if not source.keeps_polling:
                 await self._resumed.wait()
+        if windows is not None and not self._stopping:
+            # The end of the input (a file, a generator): every window is complete.
+            self._emit_windows(batcher, windows.flush())
+
+    def _window(self, batcher: Batcher[Record], windows: WindowStage, chunk: list[Record]) -> None:
+        """Fold a decoded chunk into the windows: records a window took are finished (the
+        state holds them now), the others go to the side output, closed windows to the
+        model."""
+        closed, rejected = windows.absorb(chunk, time.time())
+        if rejected:
+            self._set_aside(rejected)
+            for f in rejected:
+                self.metrics.window_rejected.labels(f.error_type).inc()
+            taken = {id(f.record) for f in rejected}
+            chunk = [r for r in chunk if id(r) not in taken]
+        self._finish(chunk, scored=0)
+        self._emit_windows(batcher, closed)
+
+    def _emit_windows(self, batcher: Batcher[Record], closed: list[WindowRecord]) -> None:
+        if closed:
+            self.flow.admit(len(closed), 0)
+            self.metrics.windows_closed.inc(len(closed))
+            batcher.put(list[Record](closed))
+            if self.flow.over_high:
+                self._pause("in-flight", True)
+
+    async def _tick_windows(self, batcher: Batcher[Record], interval: float) -> None:
+        """Close windows as time passes without records: a partition idle for longer than
+        its timeout stops holding the watermark back, so silent keys still get scored."""
+        windows, gate, metrics = self.windows, self._gate, self.metrics
+        assert windows is not None
+        while True:
+            await asyncio.sleep(interval)
+            if gate.is_set() and not self._stopping:
+                self._emit_windows(batcher, windows.advance(time.time()))
+            op = windows.operator
+            metrics.windows_open.set(op.live_states)
+            metrics.watermark.set(op.watermark or 0.0)
 
     def _put_by_priority(
         self, batcher: Batcher[Record], chunk: list[Record], fraction: float
@@ -580,6 +663,11 @@ class Engine:
             latencies = acked - np.fromiter((r.event_time for r in records), np.float64, n)
             self.stats.latency.add(latencies)
             self.metrics.latency.observe_many(latencies)
+            if type(records[0]) is WindowRecord:
+                closed_at = np.fromiter(
+                    (r.closed_at for r in records if isinstance(r, WindowRecord)), np.float64, n
+                )
+                self.metrics.window_output_delay.observe_many(acked - closed_at)
         self._finish(batch.records, scored=n)
 
     async def _dead_letter(self, failed: list[FailedRecord]) -> None:
@@ -587,6 +675,12 @@ class Engine:
         if shed_records:
             failed = [f for f in failed if f.stage != SHED_STAGE]
             await self._write_shed(shed_records)
+        if self.late_sink is not None:
+            rejected = [f for f in failed if f.stage == REJECT_STAGE]
+            if rejected:
+                failed = [f for f in failed if f.stage != REJECT_STAGE]
+                await self.late_sink.write_failures(rejected)
+                self._finish([f.record for f in rejected], scored=0)
         if not failed:
             return
         if self.dead_letter is None:
@@ -616,7 +710,11 @@ class Engine:
         self._finish([f.record for f in shed_records], scored=0)
 
     def _finish(self, records: Sequence[Record], *, scored: int) -> None:
-        self.tracker.done(records)
+        windows = self.windows
+        if windows is not None and records and type(records[0]) is WindowRecord:
+            windows.finished += len(records)  # windows have no source position to commit
+        else:
+            self.tracker.done(records)
         flow = self.flow
         flow.release(len(records), _size(records) if self._count_bytes else 0)
         if "in-flight" in self._pause_reasons and (
@@ -678,12 +776,17 @@ class Engine:
                 return
             try:
                 await self._commit()
+            except CommitPointTimeout as exc:
+                log.warning("%s; committing later", exc)
             except Exception as exc:
                 self._fatal = self._fatal or exc
                 self.stop()
                 return
 
     async def _commit(self) -> None:
+        if self.windows is not None:
+            await self._commit_windowed()
+            return
         if not self.delivery.exactly_once:
             await self._commit_positions()
             return
@@ -709,12 +812,74 @@ class Engine:
             self.tracker.mark_committed(positions)
             self._committed.update(positions)
 
+    async def _commit_windowed(self, *, hand_back: bool = False) -> dict[PartitionKey, int]:
+        """Commit window state, outputs and positions at a commit point: a moment when
+        every closed window's output and every rejected record is written, so all three
+        describe the same prefix of the input.
+
+        Reading stops while the commit waits for that moment (no record comes in, no
+        window closes), then resumes as soon as the state's changes are taken. With
+        ``hand_back`` the positions are returned for the source to commit itself (during a
+        rebalance) instead of committed here."""
+        windows, tracker = self.windows, self.tracker
+        assert windows is not None
+        async with self._commit_lock:
+            mine: asyncio.Future[None] | None = None
+            previous: asyncio.Future[None] | None = None
+            self._gate.clear()
+            try:
+                quiet = self.stopping or not self._running or hand_back
+                timeout = (
+                    self.settings.shutdown_timeout if quiet else self.settings.commit_point_timeout
+                )
+                try:
+                    await self._until(
+                        lambda: windows.pending == 0 and tracker.in_flight() == 0, timeout
+                    )
+                except TimeoutError:
+                    raise CommitPointTimeout(
+                        f"no commit point within {timeout}s: {windows.pending} closed windows "
+                        f"and {tracker.in_flight()} rejected records still being written"
+                    ) from None
+                positions = tracker.positions()
+                changes = windows.changes(positions)
+                if self.delivery.exactly_once:
+                    # Nothing written after this snapshot may join its transaction.
+                    previous, mine = self._take_turn()
+            finally:
+                self._gate.set()
+            try:
+                if previous is not None:
+                    await previous
+                self.metrics.changelog_records.inc(windows.write(changes))
+                await windows.changelog.flush()  # state before the positions it covers
+                if hand_back:
+                    for sink in self._all_sinks():
+                        await sink.flush()
+                    return positions
+                committed = tracker.committable()
+                if committed or self.delivery.exactly_once:
+                    await self.delivery.commit(committed, self._all_sinks(), self.source)
+                    tracker.mark_committed(committed)
+                    self._committed.update(committed)
+                return committed
+            finally:
+                if mine is not None:
+                    mine.set_result(None)
+
     # -- partitions moving between workers -----------------------------------------------
 
     async def partitions_assigned(
         self, partitions: Sequence[PartitionKey]
     ) -> Mapping[PartitionKey, int] | None:
-        return await self.delivery.start_positions(partitions)
+        starts = await self.delivery.start_positions(partitions)
+        if self.windows is not None:
+            # Before the partitions' first record: their state, and where it leaves off.
+            restored = await self.windows.restore(partitions)
+            self.metrics.state_restore_seconds.set(self.windows.restore_seconds)
+            if restored:
+                starts = {**(starts or {}), **restored}
+        return starts
 
     async def partitions_revoked(
         self, partitions: Sequence[PartitionKey]
@@ -735,7 +900,15 @@ class Engine:
                 f"{timeout}s; stopping without committing them"
             ) from None
         positions: dict[PartitionKey, int] = {}
-        if self.delivery.exactly_once:
+        if self.windows is not None:
+            # The state of the revoked partitions goes to the changelog with their offsets.
+            try:
+                handed = await self._commit_windowed(hand_back=not self.delivery.exactly_once)
+            except CommitPointTimeout as exc:
+                raise PipelineError(f"revoking {partitions}: {exc}") from None
+            if not self.delivery.exactly_once:
+                positions = {k: handed[k] for k in partitions if k in handed}
+        elif self.delivery.exactly_once:
             await self._commit()  # the transaction takes the revoked partitions' offsets
         else:
             # The source commits these itself, in its rebalance callback: a commit sent
@@ -749,6 +922,8 @@ class Engine:
         return positions
 
     def _forget(self, partitions: Sequence[PartitionKey]) -> None:
+        if self.windows is not None:
+            self.windows.revoke(partitions)
         for key in partitions:
             self.tracker.forget(*key)
             self._held.discard(key)

@@ -1,0 +1,219 @@
+"""The engine with a windows stage: windows scored, late records set aside, state written
+at commit points and restored where it left off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+from helpers import ListSource, MemorySink, wait_for
+
+from headrace.models.base import CallableModel
+from headrace.record import Record
+from headrace.runtime.engine import Engine, EngineSettings
+from headrace.windows import Count, Max, Sum, Tumbling, WindowOperator
+from headrace.windows.changelog import MemoryChangelog
+from headrace.windows.stage import OFFSET_KEY, WindowStage
+
+
+def total(values: list[Any]) -> list[float]:
+    return [float(v["total"]) for v in values]
+
+
+MODEL = CallableModel(total, name="sum", version="1")
+
+
+def operator(**kw: Any) -> WindowOperator:
+    return WindowOperator(
+        Tumbling(10),
+        {"n": (None, Count()), "total": ("amount", Sum()), "top": ("amount", Max())},
+        key_field="user",
+        time_source="ts",
+        **kw,
+    )
+
+
+def events(n: int, *, partitions: int = 1, users: int = 5, start: int = 0) -> list[Record]:
+    """Event time 1 s apart per partition, in order; amounts 1..n. Keyed like a Kafka
+    topic: each user's events are in one partition."""
+    out = []
+    for i in range(start, start + n):
+        p = i % partitions
+        value = {"user": f"p{p}u{i % users}", "ts": float(i // partitions), "amount": i + 1}
+        out.append(Record(None, value, 0.0, "t", p, i // partitions))
+    return out
+
+
+def expected(records: list[Record]) -> dict[tuple[Any, float], tuple[int, float]]:
+    """Batch recomputation: per (user, window start), the count and sum."""
+    out: dict[tuple[Any, float], list[float]] = defaultdict(lambda: [0, 0.0])
+    for r in records:
+        v = r.value
+        acc = out[(v["user"], v["ts"] // 10 * 10)]
+        acc[0] += 1
+        acc[1] += v["amount"]
+    return {k: (int(c), s) for k, (c, s) in out.items()}
+
+
+def got(sink: MemorySink) -> dict[tuple[Any, float], tuple[int, float]]:
+    return {
+        (o["key"], o["window"]["start"]): (o["count"], o["features"]["total"]) for o in sink.outputs
+    }
+
+
+def engine(source: Any, stage: WindowStage, sink: MemorySink, **kw: Any) -> Engine:
+    return Engine(
+        source=source,
+        model=MODEL,
+        sinks=[sink],
+        windows=stage,
+        settings=EngineSettings(max_wait=0.001, commit_interval=0.05, window_tick=0.01),
+        **kw,
+    )
+
+
+async def test_every_window_is_scored_once_with_its_key_bounds_count_and_model() -> None:
+    recs = events(500, partitions=2)
+    sink = MemorySink()
+    source = ListSource([recs[i : i + 37] for i in range(0, len(recs), 37)])
+    summary = await engine(source, WindowStage(operator()), sink).run()
+    assert got(sink) == expected(recs)
+    assert len(sink.outputs) == len(expected(recs))
+    first = sink.outputs[0]
+    assert first["prediction"] == first["features"]["total"]
+    assert (
+        first["model"]["name"] == "sum" and first["window"]["end"] - first["window"]["start"] == 10
+    )
+    assert summary.committed == {("t", 0): 250, ("t", 1): 250}
+
+
+async def test_late_records_go_to_the_late_sink_with_the_reason_and_are_counted() -> None:
+    recs = events(40)
+    late = Record(None, {"user": "p0u1", "ts": 3.0, "amount": 5}, 0.0, "t", 0, 40)
+    bad = Record(None, {"user": "p0u1", "amount": 5}, 0.0, "t", 0, 41)
+    sink, late_sink = MemorySink(), MemorySink("late")
+    e = engine(ListSource([recs, [late, bad]]), WindowStage(operator()), sink, late_sink=late_sink)
+    summary = await e.run()
+    assert [(f.record.offset, f.error_type) for f in late_sink.failures] == [
+        (40, "late"),
+        (41, "invalid"),
+    ]
+    assert "behind the watermark" in late_sink.failures[0].error
+    assert e.metrics.window_rejected.labels("late")._value.get() == 1
+    assert got(sink) == expected(recs)
+    assert summary.committed == {("t", 0): 42}
+
+
+async def test_a_silent_key_gets_its_last_window_scored_while_the_source_stays_open() -> None:
+    # u-silent has one event at t=2, then never again; the others go on past t=10.
+    silent = Record(None, {"user": "silent", "ts": 2.0, "amount": 7}, 0.0, "t", 0, 0)
+    others = [
+        Record(None, {"user": "busy", "ts": float(t), "amount": 1}, 0.0, "t", 0, t)
+        for t in range(1, 15)
+    ]
+    sink = MemorySink()
+    source = ListSource([[silent], others], hold_open=True)
+    e = engine(source, WindowStage(operator()), sink)
+    task = asyncio.create_task(e.run())
+    await wait_for(lambda: any(o["key"] == "silent" for o in sink.outputs))
+    assert [o["count"] for o in sink.outputs if o["key"] == "silent"] == [1]
+    e.stop()
+    await task
+
+
+async def test_a_silent_partition_stops_holding_windows_back_after_the_idle_timeout() -> None:
+    def at(p: int, t: int) -> Record:
+        return Record(None, {"user": f"p{p}", "ts": float(t), "amount": 1}, 0.0, "t", p, t)
+
+    # Partition 1 stops at t=5; partition 0 goes on to t=30, then the source stays open.
+    chunk = [at(1, t) for t in range(6)] + [at(0, t) for t in range(31)]
+    sink = MemorySink()
+    e = engine(ListSource([chunk], hold_open=True), WindowStage(operator(idle_timeout=0.2)), sink)
+    task = asyncio.create_task(e.run())
+    # Until partition 1 idles out the watermark is min(30, 5): nothing can close.
+    await wait_for(lambda: len(sink.outputs) == 4)
+    assert sorted((o["key"], o["window"]["start"]) for o in sink.outputs) == [
+        ("p0", 0.0),
+        ("p0", 10.0),
+        ("p0", 20.0),
+        ("p1", 0.0),
+    ]
+    e.stop()
+    await task
+
+
+class AssigningSource(ListSource):
+    """Like a Kafka source: asks the engine where to start (restoring its state), then
+    delivers the records from there on."""
+
+    def __init__(self, records: list[Record], *, stop_after: int | None = None) -> None:
+        super().__init__([], hold_open=stop_after is not None)
+        self.all = records
+        self.stop_after = stop_after
+        self.started_at: Mapping[tuple[str, int], int] | None = None
+
+    async def chunks(self) -> AsyncIterator[list[Record]]:
+        keys = sorted({(r.topic, r.partition) for r in self.all})
+        self.started_at = await self.listener.partitions_assigned(keys) or {}
+        todo = [r for r in self.all if r.offset >= self.started_at.get((r.topic, r.partition), 0)]
+        if self.stop_after is not None:
+            todo = todo[: self.stop_after]
+        for i in range(0, len(todo), 25):
+            yield todo[i : i + 25]
+        if self.hold_open:
+            await self.release.wait()
+
+    def bind(self, listener: Any) -> None:
+        self.listener = listener
+
+
+@pytest.mark.parametrize("cut", [7, 180, 333])
+async def test_a_restarted_worker_restores_state_and_resumes_where_the_state_left_off(
+    cut: int,
+) -> None:
+    recs = events(400, partitions=2)
+    changelog = MemoryChangelog()
+    first, second = MemorySink(), MemorySink()
+    one = engine(
+        AssigningSource(recs, stop_after=cut), WindowStage(operator(), changelog=changelog), first
+    )
+    task = asyncio.create_task(one.run())
+    await wait_for(lambda: one.stats.records_in == cut)
+    one.stop()  # graceful: the final commit writes the state of the open windows
+    await task
+    assert changelog.partitions, "state was written"
+    source = AssigningSource(recs)
+    two = engine(source, WindowStage(operator(), changelog=changelog), second)
+    await two.run()
+    assert source.started_at == one.summary().committed  # state and positions agree
+    merged = got(first) | got(second)
+    assert merged == expected(recs)
+    assert len(first.outputs) + len(second.outputs) == len(expected(recs)), "none twice"
+
+
+async def test_state_is_written_before_the_positions_it_covers() -> None:
+    recs = events(60)
+    changelog = MemoryChangelog()
+    source = ListSource([recs[:30], recs[30:]], hold_open=True)
+    e = engine(source, WindowStage(operator(), changelog=changelog), MemorySink())
+    task = asyncio.create_task(e.run())
+    await wait_for(lambda: source.committed.get(("t", 0)) == 60)
+    offsets = [v for k, v in changelog.partitions[0] if k == OFFSET_KEY]
+    assert offsets and offsets[-1] == b"\x3c"  # msgpack 60: the state covers them
+    e.stop()
+    await task
+
+
+async def test_a_windowed_pipeline_refuses_priorities() -> None:
+    from headrace.runtime.priority import Priorities
+
+    with pytest.raises(ValueError, match="not to windows"):
+        engine(
+            ListSource([]),
+            WindowStage(operator()),
+            MemorySink(),
+            priorities=Priorities("p", ["high", "low"], "low"),
+        )
