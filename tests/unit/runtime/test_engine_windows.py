@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
-from helpers import ListSource, MemorySink, wait_for
 
 from headrace.models.base import CallableModel
 from headrace.record import Record
@@ -17,6 +16,7 @@ from headrace.runtime.engine import Engine, EngineSettings
 from headrace.windows import Count, Max, Sum, Tumbling, WindowOperator
 from headrace.windows.changelog import MemoryChangelog
 from headrace.windows.stage import OFFSET_KEY, WindowStage
+from helpers import ListSource, MemorySink, wait_for
 
 
 def total(values: list[Any]) -> list[float]:
