@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,6 +29,23 @@ from headrace.runtime.engine import EngineSettings
 from headrace.runtime.manager import ModelSource, Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.scoring import FailurePolicy
+from headrace.windows.aggregators import (
+    Aggregator,
+    Count,
+    CountsByType,
+    DistinctCount,
+    First,
+    Last,
+    LastN,
+    Max,
+    Mean,
+    Min,
+    Std,
+    Sum,
+)
+from headrace.windows.assigners import Assigner, Hopping, Session, Sliding, Tumbling
+from headrace.windows.changelog import Changelog, KafkaChangelog
+from headrace.windows.operator import WindowOperator
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka import KafkaProducer
@@ -101,7 +119,74 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
     )
     if config.metrics is not None:
         p.metrics(port=config.metrics.port, host=config.metrics.host)
+    if config.windows is not None:
+        _configure_windows(p, config, kafka)
     return p
+
+
+def _configure_windows(p: Pipeline, config: cfg.PipelineConfig, kafka: KafkaParts) -> None:
+    w = config.windows
+    assert w is not None
+    operator = WindowOperator(
+        build_assigner(w),
+        {name: (f.field, build_aggregator(f)) for name, f in w.features.items()},
+        key_field=w.key_field,
+        time_source=w.time_field,
+        allowed_lateness=w.allowed_lateness_s,
+        grace=w.grace_s,
+        idle_timeout=w.idle_timeout_s,
+    )
+    changelog: Changelog | None = None
+    topic: str | None = None
+    src = config.source
+    if isinstance(src, cfg.KafkaSourceConfig):
+        topic = src.topics[0]
+        c = w.changelog
+        changelog = KafkaChangelog(
+            c.topic or f"headrace-state-{src.group_id}-{topic}",
+            input_topic=topic,
+            producer=kafka.producer(),
+            client=kafka.base(),
+            create=c.create,
+            settle=c.restore_settle_ms / 1000.0,
+        )
+    late = None
+    if w.late_destination is not None:
+        late = build_sink(w.late_destination, kafka, default_name="late")
+    p.windows(operator, changelog=changelog, topic=topic, late=late)
+
+
+def build_assigner(w: cfg.WindowsConfig) -> Assigner:
+    if w.type == "session":
+        assert w.gap_s is not None
+        return Session(w.gap_s)
+    assert w.size_s is not None
+    if w.type == "hopping":
+        assert w.hop_s is not None
+        return Hopping(w.size_s, w.hop_s)
+    return Sliding(w.size_s) if w.type == "sliding" else Tumbling(w.size_s)
+
+
+_AGGREGATORS: dict[str, Callable[[], Aggregator[Any]]] = {
+    "count": Count,
+    "sum": Sum,
+    "mean": Mean,
+    "min": Min,
+    "max": Max,
+    "std": Std,
+    "first": First,
+    "last": Last,
+    "distinct_count": DistinctCount,
+}
+
+
+def build_aggregator(f: cfg.WindowFeatureConfig) -> Aggregator[Any]:
+    if f.agg == "last_n":
+        assert f.n is not None
+        return LastN(f.n)
+    if f.agg == "counts_by_type":
+        return CountsByType(types=f.types, max_types=f.max_types)
+    return _AGGREGATORS[f.agg]()
 
 
 class KafkaParts:

@@ -362,6 +362,58 @@ class KafkaConfig(_Section, kw_only=True):
     transactional_id: str | None = None
 
 
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Aggregation = Literal[
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "std",
+    "first",
+    "last",
+    "last_n",
+    "distinct_count",
+    "counts_by_type",
+]
+
+
+class WindowFeatureConfig(_Section, kw_only=True):
+    """One feature of a window: an aggregation of a field (``count`` may leave the field
+    out: it then counts records)."""
+
+    agg: Aggregation
+    field: str | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None  # last_n
+    types: list[str] | None = None  # counts_by_type: a fixed set of types, the rest "other"
+    max_types: Annotated[int, msgspec.Meta(ge=0)] = 32  # counts_by_type without types
+
+
+class ChangelogConfig(_Section, kw_only=True):
+    """The compacted topic window state is written to (Kafka sources only)."""
+
+    topic: str | None = None  # default: headrace-state-<group_id>-<input topic>
+    create: bool = True
+    restore_settle_ms: NonNegative = 200.0
+
+
+class WindowsConfig(_Section, kw_only=True):
+    """Score windows of events per key instead of single events."""
+
+    type: Literal["tumbling", "hopping", "sliding", "session"]
+    size_s: Seconds | None = None  # tumbling, hopping, sliding
+    hop_s: Seconds | None = None  # hopping
+    gap_s: Seconds | None = None  # session
+    key_field: str | None = None  # default: the record key
+    time_field: str | None = None  # default: the record's event time
+    allowed_lateness_s: NonNegative = 0.0
+    grace_s: NonNegative = 0.0
+    idle_timeout_s: Seconds | None = 30.0
+    features: Annotated[dict[str, WindowFeatureConfig], msgspec.Meta(min_length=1)]
+    late_destination: SinkConfig | None = None  # default: the dead_letter sink
+    changelog: ChangelogConfig = msgspec.field(default_factory=ChangelogConfig)
+
+
 class PipelineConfig(_Section, kw_only=True):
     source: SourceConfig
     model: ModelConfig
@@ -375,6 +427,7 @@ class PipelineConfig(_Section, kw_only=True):
     failures: FailuresConfig = msgspec.field(default_factory=FailuresConfig)
     updates: UpdatesConfig | None = None
     admin: AdminConfig | None = None
+    windows: WindowsConfig | None = None
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     metrics: MetricsConfig | None = None
     kafka: KafkaConfig | None = None
@@ -451,10 +504,15 @@ def check(config: PipelineConfig, origin: str) -> None:
     if config.updates is not None and config.updates.shadow is not None:
         sinks.append(config.updates.shadow.destination)
         wheres.append("updates.shadow.destination")
+    if config.windows is not None and config.windows.late_destination is not None:
+        sinks.append(config.windows.late_destination)
+        wheres.append("windows.late_destination")
     for sink, where in zip(sinks, wheres, strict=True):
         name = sink_name(sink, dead_letter=where == "dead_letter", shed=where.startswith("shed"))
         if where.startswith("updates.shadow") and not sink.name:
             name = "shadow"
+        if where.startswith("windows.") and not sink.name:
+            name = "late"
         if name in names:
             raise ConfigError(
                 f"{origin}: at {where}: sink name {name!r} is used twice; give each sink a "
@@ -469,6 +527,7 @@ def check(config: PipelineConfig, origin: str) -> None:
         )
     _check_priorities(config, origin)
     _check_updates(config, origin)
+    _check_windows(config, origin)
     f = config.failures
     if f.max_backoff_ms < f.backoff_ms:
         raise ConfigError(
@@ -479,6 +538,76 @@ def check(config: PipelineConfig, origin: str) -> None:
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
+
+
+_WINDOW_SIZES = {
+    "tumbling": ("size_s",),
+    "hopping": ("size_s", "hop_s"),
+    "sliding": ("size_s",),
+    "session": ("gap_s",),
+}
+
+
+def _check_windows(config: PipelineConfig, origin: str) -> None:
+    w = config.windows
+    if w is None:
+        return
+    at = f"{origin}: at windows"
+    needed = _WINDOW_SIZES[w.type]
+    for key in ("size_s", "hop_s", "gap_s"):
+        given = getattr(w, key) is not None
+        if key in needed and not given:
+            raise ConfigError(f"{at}.{key}: {w.type} windows need `{key}`")
+        if key not in needed and given:
+            raise ConfigError(f"{at}.{key}: {w.type} windows take no `{key}`")
+    if w.hop_s is not None and w.size_s is not None and w.hop_s > w.size_s:
+        raise ConfigError(f"{at}.hop_s: {w.hop_s} is more than size_s={w.size_s}")
+    for name, f in w.features.items():
+        where = f"{at}.features.{name}"
+        if f.field is None and f.agg != "count":
+            raise ConfigError(f"{where}: `{f.agg}` needs a `field`")
+        if (f.n is not None) != (f.agg == "last_n"):
+            raise ConfigError(f"{where}.n: `n` goes with last_n, which needs it")
+        if f.types is not None and f.agg != "counts_by_type":
+            raise ConfigError(f"{where}.types: `types` goes with counts_by_type only")
+    for key in ("priority", "shedding"):
+        if getattr(config, key) is not None:
+            raise ConfigError(
+                f"{origin}: at {key}: applies to events, not windows; a windowed pipeline "
+                f"takes no `{key}`"
+            )
+    if config.updates is not None and (
+        config.updates.shadow is not None or config.updates.canary is not None
+    ):
+        raise ConfigError(
+            f"{origin}: at updates: shadow and canary are for event pipelines; a windowed "
+            "pipeline takes neither (yet)"
+        )
+    for i, sink in enumerate(config.sinks):
+        if isinstance(sink, PostgresSinkConfig | SqliteSinkConfig):
+            kind = sink_name(sink) if sink.name is None else type(sink).__struct_config__.tag
+            raise ConfigError(
+                f"{origin}: at sinks[{i}]: a windowed pipeline writes to kafka, jsonl or "
+                f"stdout; {kind} tables are keyed by source position, which a window "
+                "does not have"
+            )
+    src = config.source
+    if isinstance(src, KafkaSourceConfig):
+        if len(src.topics) != 1:
+            raise ConfigError(
+                f"{origin}: at source.topics: a windowed pipeline reads exactly one topic "
+                "(its state is partitioned like it)"
+            )
+    elif isinstance(src, MqttSourceConfig):
+        raise ConfigError(
+            f"{origin}: at windows: MQTT sources have no partitions to keep window state "
+            "by, and acknowledge messages the state alone would hold; use Kafka"
+        )
+    elif isinstance(src, JsonLinesSourceConfig) and src.checkpoint is not None:
+        raise ConfigError(
+            f"{origin}: at source.checkpoint: window state of a file source lives in memory, "
+            "so a checkpoint would skip records a restart needs; leave it out"
+        )
 
 
 def _check_updates(config: PipelineConfig, origin: str) -> None:
