@@ -554,11 +554,11 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
         return
     at = f"{origin}: at windows"
     needed = _WINDOW_SIZES[w.type]
-    for key in ("size_s", "hop_s", "gap_s"):
-        given = getattr(w, key) is not None
-        if key in needed and not given:
+    for key in needed:
+        if getattr(w, key) is None:
             raise ConfigError(f"{at}.{key}: {w.type} windows need `{key}`")
-        if key not in needed and given:
+    for key in ("size_s", "hop_s", "gap_s"):
+        if key not in needed and getattr(w, key) is not None:
             raise ConfigError(f"{at}.{key}: {w.type} windows take no `{key}`")
     if w.hop_s is not None and w.size_s is not None and w.hop_s > w.size_s:
         raise ConfigError(f"{at}.hop_s: {w.hop_s} is more than size_s={w.size_s}")
