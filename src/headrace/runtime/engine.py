@@ -857,7 +857,9 @@ class Engine:
                     for sink in self._all_sinks():
                         await sink.flush()
                     return positions
-                committed = tracker.committable()
+                # The snapshot's positions, not the tracker's current ones: records read
+                # since are in no state written yet.
+                committed = {k: v for k, v in positions.items() if self._committed.get(k) != v}
                 if committed or self.delivery.exactly_once:
                     await self.delivery.commit(committed, self._all_sinks(), self.source)
                     tracker.mark_committed(committed)
