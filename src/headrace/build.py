@@ -80,7 +80,8 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
             assert isinstance(dead, cfg.PostgresSinkConfig)
             sink = msgspec.structs.replace(sink, failures_table=dead.failures_table)
         f = sink.filter
-        built.append(build_sink(sink, kafka, transactional=transactional))
+        windowed = config.windows is not None
+        built.append(build_sink(sink, kafka, transactional=transactional, windowed=windowed))
         p.sink(built[-1], above=f.above if f else None, below=f.below if f else None)
     if dead is not None:
         p.dead_letter(built[0] if shared_dead else build_sink(dead, kafka, dead_letter=True))
@@ -418,6 +419,7 @@ def build_sink(
     shed: bool = False,
     transactional: bool = False,
     default_name: str | None = None,
+    windowed: bool = False,
 ) -> Sink:
     name = c.name or default_name or cfg.sink_name(c, dead_letter=dead_letter, shed=shed)
     if isinstance(c, cfg.SqliteSinkConfig):
@@ -425,6 +427,7 @@ def build_sink(
             c.path,
             table=c.table,
             failures_table=c.failures_table,
+            windows_table=c.windows_table if windowed else None,
             mode=c.mode,
             store_input=c.store_input,
             name=name,
@@ -443,6 +446,7 @@ def build_sink(
             table=c.table,
             failures_table=c.failures_table,
             offsets_table=c.offsets_table,
+            windows_table=c.windows_table if windowed else None,
             mode=c.mode,
             store_input=c.store_input,
             transactional=transactional,

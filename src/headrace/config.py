@@ -211,6 +211,7 @@ class SqliteSinkConfig(_SinkSection, kw_only=True, tag="sqlite", tag_field="type
     path: str
     table: str = "predictions"
     failures_table: str = "dead_letters"
+    windows_table: str = "window_scores"  # windowed pipelines
     mode: Literal["upsert", "insert"] = "upsert"
     store_input: bool = True
 
@@ -229,6 +230,7 @@ class PostgresSinkConfig(_SinkSection, kw_only=True, tag="postgres", tag_field="
     table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "predictions"
     failures_table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "dead_letters"
     offsets_table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "headrace_offsets"
+    windows_table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "window_scores"
     mode: Literal["upsert", "insert"] = "upsert"
     store_input: bool = True
 
@@ -583,14 +585,14 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at updates: shadow and canary are for event pipelines; a windowed "
             "pipeline takes neither (yet)"
         )
-    for i, sink in enumerate(config.sinks):
-        if isinstance(sink, PostgresSinkConfig | SqliteSinkConfig):
-            kind = sink_name(sink) if sink.name is None else type(sink).__struct_config__.tag
-            raise ConfigError(
-                f"{origin}: at sinks[{i}]: a windowed pipeline writes to kafka, jsonl or "
-                f"stdout; {kind} tables are keyed by source position, which a window "
-                "does not have"
-            )
+    if config.delivery == "exactly-once" and any(
+        isinstance(s, PostgresSinkConfig) for s in config.sinks
+    ):
+        raise ConfigError(
+            f"{origin}: at delivery: windows with exactly-once need Kafka sinks (Kafka "
+            "transactions): the state's changelog topic cannot join a PostgreSQL transaction. "
+            "At-least-once into PostgreSQL upserts one row per key and window"
+        )
     src = config.source
     if isinstance(src, KafkaSourceConfig):
         if len(src.topics) != 1:

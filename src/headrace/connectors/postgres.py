@@ -14,8 +14,12 @@ from headrace.connectors.base import PartitionKey, Sink
 from headrace.connectors.rows import (
     FAILURE_COLUMNS,
     PREDICTION_COLUMNS,
+    WINDOW_COLUMNS,
+    WINDOW_KEY,
     failure_rows,
+    is_windows,
     prediction_rows,
+    window_rows,
 )
 from headrace.record import FailedRecord, ScoredBatch
 
@@ -37,6 +41,22 @@ CREATE TABLE IF NOT EXISTS {table} (
     processed_at double precision NOT NULL,
     input jsonb,
     PRIMARY KEY (topic, partition, "offset")
+)"""
+
+_WINDOWS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    key text NOT NULL,
+    window_start double precision NOT NULL,
+    window_end double precision NOT NULL,
+    partition integer NOT NULL,
+    count integer NOT NULL,
+    prediction jsonb NOT NULL,
+    model_name text NOT NULL,
+    model_version text NOT NULL,
+    model_sha256 text,
+    processed_at double precision NOT NULL,
+    features jsonb,
+    PRIMARY KEY (key, window_start, window_end, partition)
 )"""
 
 _FAILURES = """
@@ -86,19 +106,21 @@ class PostgresSink(Sink):
         table: str = "predictions",
         failures_table: str = "dead_letters",
         offsets_table: str = "headrace_offsets",
+        windows_table: str | None = None,
         mode: Literal["upsert", "insert"] = "upsert",
         store_input: bool = True,
         transactional: bool = False,
         consumer_group: str = "headrace",
         name: str = "postgres",
     ) -> None:
-        for t in (table, failures_table, offsets_table):
+        for t in (table, failures_table, offsets_table, windows_table or "x"):
             if not _NAME.match(t):
                 raise ValueError(f"table name {t!r} is not a plain (schema.)identifier")
         self.dsn = dsn
         self.table = table
         self.failures_table = failures_table
         self.offsets_table = offsets_table
+        self.windows_table = windows_table
         self.mode = mode
         self.store_input = store_input
         self.transactional = transactional
@@ -122,6 +144,15 @@ class PostgresSink(Sink):
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             + conflict.format(cols=_excluded(cols[1]))
         )
+        self._insert_window = (
+            f"INSERT INTO {windows_table} ({WINDOW_COLUMNS}) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            + (
+                f" ON CONFLICT ({WINDOW_KEY}) DO UPDATE SET {_excluded(WINDOW_COLUMNS)}"
+                if mode == "upsert"
+                else ""
+            )
+        )
 
     def __repr__(self) -> str:
         # The DSN may hold a password: never show it.
@@ -136,8 +167,10 @@ class PostgresSink(Sink):
                 (_PREDICTIONS, self.table),
                 (_FAILURES, self.failures_table),
                 (_OFFSETS, self.offsets_table),
+                (_WINDOWS, self.windows_table),
             ):
-                await self.conn.execute(ddl.format(table=table))
+                if table is not None:
+                    await self.conn.execute(ddl.format(table=table))
         await self.conn.commit()
 
     async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -153,7 +186,14 @@ class PostgresSink(Sink):
         return self._encode(value).decode()
 
     async def write(self, batch: ScoredBatch) -> None:
-        if len(batch):
+        if len(batch) and is_windows(batch):
+            if self.windows_table is None:
+                raise ValueError(f"sink {self.name!r} has no windows_table for window outputs")
+            rows = window_rows(
+                batch, prediction=self._json, value=self._json if self.store_input else None
+            )
+            await self._executemany(self._insert_window, rows)
+        elif len(batch):
             rows = prediction_rows(
                 batch, prediction=self._json, value=self._json if self.store_input else None
             )

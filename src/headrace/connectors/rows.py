@@ -6,11 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from headrace.record import FailedRecord, ScoredBatch
+from headrace.record import FailedRecord, ScoredBatch, WindowRecord
 
 PREDICTION_COLUMNS = (
     "key, prediction, model_name, model_version, model_sha256, event_time, processed_at, input"
 )
+WINDOW_COLUMNS = (
+    "key, window_start, window_end, partition, count, prediction, model_name, "
+    "model_version, model_sha256, processed_at, features"
+)
+#: A window's row is unique per key, window and input partition.
+WINDOW_KEY = "key, window_start, window_end, partition"
 FAILURE_COLUMNS = "key, stage, error_type, error, model_name, model_version, input, raw, attempts"
 
 Encode = Callable[[Any], Any]
@@ -39,6 +45,39 @@ def prediction_rows(
         )
         for r, p in zip(batch.records, batch.predictions, strict=True)
     ]
+
+
+def is_windows(batch: ScoredBatch) -> bool:
+    """Whether ``batch`` holds closed windows rather than events."""
+    return bool(batch.records) and type(batch.records[0]) is WindowRecord
+
+
+def window_rows(
+    batch: ScoredBatch, *, prediction: Encode, value: Encode | None
+) -> list[tuple[Any, ...]]:
+    """``WINDOW_COLUMNS`` per closed window; ``value`` encodes the features, or ``None``
+    to leave them out."""
+    name, version, digest = batch.model.name, batch.model.version, batch.model.sha256
+    at = batch.processed_at
+    rows = []
+    for r, p in zip(batch.records, batch.predictions, strict=True):
+        assert isinstance(r, WindowRecord)
+        rows.append(
+            (
+                "" if r.key is None else str(r.key),
+                r.window_start,
+                r.event_time,
+                r.partition,
+                r.count,
+                prediction(p),
+                name,
+                version,
+                digest,
+                at,
+                value(r.value) if value is not None else None,
+            )
+        )
+    return rows
 
 
 def failure_rows(

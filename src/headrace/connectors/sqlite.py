@@ -16,8 +16,11 @@ from headrace.connectors.base import Sink
 from headrace.connectors.rows import (
     FAILURE_COLUMNS,
     PREDICTION_COLUMNS,
+    WINDOW_COLUMNS,
     failure_rows,
+    is_windows,
     prediction_rows,
+    window_rows,
 )
 from headrace.record import FailedRecord, ScoredBatch
 
@@ -37,6 +40,22 @@ CREATE TABLE IF NOT EXISTS {table} (
     processed_at REAL NOT NULL,
     input TEXT,
     PRIMARY KEY (topic, partition, "offset")
+)"""
+
+_WINDOWS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    key TEXT NOT NULL,
+    window_start REAL NOT NULL,
+    window_end REAL NOT NULL,
+    partition INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    prediction NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    model_sha256 TEXT,
+    processed_at REAL NOT NULL,
+    features TEXT,
+    PRIMARY KEY (key, window_start, window_end, partition)
 )"""
 
 _FAILURES = """
@@ -73,16 +92,18 @@ class SqliteSink(Sink):
         *,
         table: str = "predictions",
         failures_table: str = "dead_letters",
+        windows_table: str | None = None,
         mode: Literal["upsert", "insert"] = "upsert",
         store_input: bool = True,
         name: str = "sqlite",
     ) -> None:
-        for t in (table, failures_table):
+        for t in (table, failures_table, windows_table or "x"):
             if not _IDENTIFIER.match(t):
                 raise ValueError(f"table name {t!r} is not a plain SQL identifier")
         self.path = str(path)
         self.table = table
         self.failures_table = failures_table
+        self.windows_table = windows_table
         self.mode = mode
         self.store_input = store_input
         self.name = name
@@ -97,6 +118,9 @@ class SqliteSink(Sink):
         self._insert_failure = (
             f'{verb} INTO {failures_table} (topic, partition, "offset", {FAILURE_COLUMNS}) '
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+        )
+        self._insert_window = (
+            f"{verb} INTO {windows_table} ({WINDOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         )
 
     def _encode(self, value: Any) -> str:
@@ -116,6 +140,8 @@ class SqliteSink(Sink):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(_PREDICTIONS.format(table=self.table))
         conn.execute(_FAILURES.format(table=self.failures_table))
+        if self.windows_table is not None:
+            conn.execute(_WINDOWS.format(table=self.windows_table))
         self._conn = conn
 
     async def open(self) -> None:
@@ -137,11 +163,18 @@ class SqliteSink(Sink):
         if not len(batch):
             return
         enc = self._encode
-        rows = prediction_rows(
-            batch,
-            prediction=lambda p: p if isinstance(p, int | float) else enc(p),
-            value=enc if self.store_input else None,
-        )
+
+        def prediction(p: Any) -> Any:
+            return p if isinstance(p, int | float) else enc(p)
+
+        value = enc if self.store_input else None
+        if is_windows(batch):
+            if self.windows_table is None:
+                raise ValueError(f"sink {self.name!r} has no windows_table for window outputs")
+            rows = window_rows(batch, prediction=prediction, value=value)
+            await self._call(self._executemany, self._insert_window, rows)
+            return
+        rows = prediction_rows(batch, prediction=prediction, value=value)
         await self._call(self._executemany, self._insert, rows)
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
