@@ -167,7 +167,7 @@ def test_uppercase_sha256_is_accepted() -> None:
         (
             ("sinks", 0),
             "sinks[0]",
-            "failures_table filter mode name path store_input table",
+            "failures_table filter mode name path store_input table windows_table",
         ),
         (("model", "features"), "model.features", "allow_nan fields vector"),
         (("model",), "model", "features name output path sha256 threads version"),
