@@ -142,6 +142,13 @@ def validate(
         shed = cfg.shedding
         levels = ", ".join(shed.priorities) if shed.priorities else "lowest level"
         typer.echo(f"  shedding    {levels} to {sink_name(shed.destination, shed=True)}")
+    if cfg.windows is not None:
+        w = cfg.windows
+        length = {"session": f"gap {w.gap_s}", "hopping": f"{w.size_s} every {w.hop_s}"}
+        typer.echo(
+            f"  windows     {w.type} {length.get(w.type, w.size_s)} s by "
+            f"{w.key_field or 'record key'}: {', '.join(w.features)}"
+        )
 
 
 @app.command()

@@ -29,6 +29,13 @@ def test_validate_accepts_a_good_file_and_names_what_it_runs(
     assert "valid" in result.stdout and "slow version 3" in result.stdout
 
 
+def test_validate_names_the_windows_of_the_example() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "windows.yaml"
+    result = run_cli("validate", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "windows     tumbling 10.0 s by entity_id: events, mean_value" in result.stdout
+
+
 def test_validate_rejects_an_unknown_key_with_exit_2(tmp_path: Path, events_file: Path) -> None:
     config = pipeline_yaml(tmp_path, events_file, "  - type: stdout\n    colour: blue")
     result = run_cli("validate", str(config))
