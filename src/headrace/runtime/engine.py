@@ -823,19 +823,29 @@ class Engine:
         rebalance) instead of committed here."""
         windows, tracker = self.windows, self.tracker
         assert windows is not None
-        async with self._commit_lock:
+        # A rebalance callback holds the poll thread, which a periodic commit holding the
+        # lock may be waiting for (a source commit runs there): taking the lock here could
+        # deadlock. Without it, the two snapshots follow each other, and so do their
+        # changelog writes; the older commit's positions for the revoked partitions are
+        # no longer assigned when it lands, so the source leaves them out.
+        lock = contextlib.nullcontext() if hand_back else self._commit_lock
+
+        def quiet() -> bool:
+            return windows.pending == 0 and tracker.in_flight() == 0
+
+        async with lock:
             mine: asyncio.Future[None] | None = None
             previous: asyncio.Future[None] | None = None
             self._gate.clear()
             try:
-                quiet = self.stopping or not self._running or hand_back
+                final = self.stopping or not self._running or hand_back
                 timeout = (
-                    self.settings.shutdown_timeout if quiet else self.settings.commit_point_timeout
+                    self.settings.shutdown_timeout if final else self.settings.commit_point_timeout
                 )
                 try:
-                    await self._until(
-                        lambda: windows.pending == 0 and tracker.in_flight() == 0, timeout
-                    )
+                    async with asyncio.timeout(timeout):
+                        while not quiet():  # again after waking: another task may have run
+                            await self._until(quiet, timeout)
                 except TimeoutError:
                     raise CommitPointTimeout(
                         f"no commit point within {timeout}s: {windows.pending} closed windows "
