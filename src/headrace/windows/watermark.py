@@ -3,7 +3,10 @@
 A partition's watermark is the latest event time it has delivered minus
 ``allowed_lateness``: events up to that much out of order are still on time. The worker's
 watermark is the minimum over its partitions, since any of them may still deliver events
-down to its own watermark, and it never goes back.
+down to its own watermark. It never goes back while the worker keeps its partitions; a
+partition assigned to it (a rebalance) that is behind pulls it back, since its events are
+on time by its own watermark (windows other partitions closed stay closed: each
+partition's state keeps its own horizon).
 
 A partition that has delivered nothing for longer than ``idle_timeout`` (by the clock the
 caller passes in as ``now``, so tests control it) stops holding the worker's watermark back:
@@ -88,6 +91,12 @@ class Watermarks:
         # one move the watermark before the others are back. The next refresh or event does.
         self._partitions[partition] = _Partition(max_ms)
         self._idle.discard(partition)
+        current = self._current
+        if current is not None and (max_ms is None or max_ms - self.lateness_ms < current):
+            # A partition behind the worker's watermark (moved here by a rebalance, with its
+            # state) pulls it back: its records up to its own watermark are on time. What
+            # the other partitions closed stays closed: each store keeps its own horizon.
+            self._current = None  # the next refresh or event recomputes it
 
     def forget(self, partition: int) -> None:
         self._partitions.pop(partition, None)
