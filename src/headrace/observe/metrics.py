@@ -188,7 +188,8 @@ class PipelineMetrics:
         )
         self.window_output_delay = BulkHistogram(
             "headrace_window_output_delay_seconds",
-            "From a window's close (the watermark passing it) to its output's acknowledgement",
+            "From a window's close (the watermark passing it) to its output written to every "
+            "sink (queued there; acknowledged by the broker at the next commit)",
             LATENCY_BUCKETS,
         )
         r.register(self.window_output_delay)

@@ -134,7 +134,7 @@ POSITION_KEY = _encode(None)
 
 
 @contextmanager
-def _bulk_load() -> Iterator[None]:
+def bulk_load() -> Iterator[None]:
     """No garbage collection while a partition's state is rebuilt or encoded in bulk.
 
     A restore creates millions of small containers and no garbage; each of them counts
@@ -286,7 +286,7 @@ class WindowOperator:
     def restore(self, partition: int, data: bytes) -> None:
         """Replace ``partition``'s state with a :meth:`snapshot` of it (from this operator or
         another with the same kind of window and the same features)."""
-        with _bulk_load():
+        with bulk_load():
             snap = _decode_snapshot(data)
             self._install(partition, snap, snap.rows)
 
@@ -296,7 +296,7 @@ class WindowOperator:
         (a tombstone), and last the partition's position under :data:`POSITION_KEY`.
         Needs ``track_changes``."""
         store = self._stores[partition]
-        with _bulk_load():  # the first call after a restart may cover every window
+        with bulk_load():  # the first call after a restart may cover every window
             out: list[tuple[bytes, bytes | None]] = [
                 (_encode(ident), None if row is None else _encode(row))
                 for ident, row in store.changes()
@@ -323,7 +323,7 @@ class WindowOperator:
             pos = _Position(SNAPSHOT_VERSION, self.kind, self.features.names, None, NEVER)
         else:
             pos = _decode_position(raw)
-        with _bulk_load():
+        with bulk_load():
             self._install(partition, pos, [_decode_row(v) for v in latest.values()])
 
     def revoke(self, partition: int) -> bytes:

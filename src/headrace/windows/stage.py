@@ -29,6 +29,7 @@ One input topic per stage: the operator and the changelog know partitions by num
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ import msgspec
 from headrace.connectors.base import PartitionKey
 from headrace.record import FailedRecord, Record, WindowRecord
 from headrace.windows.changelog import Change, Changelog, MemoryChangelog
-from headrace.windows.operator import WindowOperator, WindowResult
+from headrace.windows.operator import WindowOperator, WindowResult, bulk_load
 
 log = logging.getLogger("headrace.windows")
 
@@ -150,25 +151,37 @@ class WindowStage:
         if not mine:
             return {}
         started = time.monotonic()
-        stored = await self.changelog.read(mine)
         starts: dict[PartitionKey, int] = {}
-        for p in mine:
-            records = stored.get(p, [])
-            offset: int | None = None
-            windows: list[Change] = []
-            for key, value in records:
-                if key == OFFSET_KEY:
-                    offset = None if value is None else _decode_offset(value)
+        # No collection while the state is read and rebuilt, and none over it afterwards:
+        # the restored windows live until they close and hold no reference cycles, so they
+        # are frozen (gc.freeze) before the collector is back on. Otherwise the first
+        # collection walks every object the restore made, and every full collection walks
+        # them again. Measured on 1,000,000 windows (bench/windows.py): 20.3 s, then 0.7 s
+        # and 2.9 s in the next collections (2.9 s in every full one); this way 8.3 s, none.
+        # Frozen objects are still freed by reference counting when their window closes;
+        # only cyclic garbage made meanwhile (by other tasks) would stay.
+        with bulk_load():
+            stored = await self.changelog.read(mine)
+            for p in mine:
+                records = stored.pop(p, [])
+                offset: int | None = None
+                windows: list[Change] = []
+                for key, value in records:
+                    if key == OFFSET_KEY:
+                        offset = None if value is None else _decode_offset(value)
+                    else:
+                        windows.append((key, value))
+                del records
+                if windows:
+                    self.operator.restore_changes(p, windows)
                 else:
-                    windows.append((key, value))
-            if windows:
-                self.operator.restore_changes(p, windows)
-            else:
-                self.operator.assign_partitions([p])
-            if offset is not None:
-                topic = self.topic or next(t for t, q in partitions if q == p)
-                starts[(topic, p)] = offset
-                self._written[p] = offset
+                    self.operator.assign_partitions([p])
+                del windows
+                if offset is not None:
+                    topic = self.topic or next(t for t, q in partitions if q == p)
+                    starts[(topic, p)] = offset
+                    self._written[p] = offset
+            gc.freeze()
         self.restore_seconds = time.monotonic() - started
         log.info(
             "restored window state of partitions %s in %.3fs (%d windows open)",
