@@ -38,6 +38,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.kafka_throughput
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.model_swap
+	$(BIN)/python -m bench.windows
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
