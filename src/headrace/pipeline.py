@@ -142,7 +142,7 @@ class Pipeline:
     ) -> Pipeline:
         """Score windows of events instead of events: ``operator`` says which windows and
         features; its closed windows are what the model gets. State goes to ``changelog``
-        (in memory if not given); records no window takes go to ``late`` (the dead-letter
+        (kept in memory only if none); records no window takes go to ``late`` (the dead-letter
         sink if not given). One input ``topic`` (the source's, if not given)."""
         self._windows = WindowStage(operator, topic=topic, changelog=changelog)
         self._late_sink = late

@@ -291,7 +291,7 @@ class Engine:
                 # shadow does not hold the pipeline back.
                 await shadow_sink.open()
             if self.windows is not None:
-                await self.windows.changelog.open()
+                await self.windows.open()
                 changelog_open = True
             self.source.bind(self)
             await self.source.open()
@@ -361,7 +361,7 @@ class Engine:
             if changelog_open:
                 assert self.windows is not None
                 try:
-                    await self.windows.changelog.close()
+                    await self.windows.close()
                 except Exception as exc:
                     log.error("closing the window changelog failed: %s", exc)
             self._executor.shutdown(wait=self._fatal is None, cancel_futures=True)
@@ -457,7 +457,7 @@ class Engine:
                 await self._resumed.wait()
         if windows is not None and not self._stopping:
             # The end of the input (a file, a generator): every window is complete.
-            self._emit_windows(batcher, windows.flush())
+            self._emit_windows(batcher, windows.close_all())
 
     def _window(self, batcher: Batcher[Record], windows: WindowStage, chunk: list[Record]) -> None:
         """Fold a decoded chunk into the windows: records a window took are finished (the
@@ -862,7 +862,7 @@ class Engine:
                 if previous is not None:
                     await previous
                 self.metrics.changelog_records.inc(windows.write(changes))
-                await windows.changelog.flush()  # state before the positions it covers
+                await windows.flush()  # state before the positions it covers
                 if hand_back:
                     for sink in self._all_sinks():
                         await sink.flush()

@@ -4,8 +4,8 @@ A changelog takes ``(key, value)`` byte pairs per input partition (``value`` ``N
 deletes the key) and gives back, on restore, every pair written, oldest first: the latest
 value per key is the state. :class:`KafkaChangelog` keeps them in a compacted Kafka topic
 partitioned like the input, so that whichever worker is assigned input partition ``p``
-restores it from changelog partition ``p``. :class:`MemoryChangelog` keeps them in memory,
-for sources with no Kafka to write to and for tests.
+restores it from changelog partition ``p``. :class:`MemoryChangelog` keeps the latest
+value per key in memory, for tests.
 """
 
 from __future__ import annotations
@@ -55,20 +55,25 @@ class Changelog(ABC):
 
 
 class MemoryChangelog(Changelog):
-    """A changelog in this process's memory: state survives a rebalance inside one
-    process, not a restart."""
+    """A changelog in this process's memory, compacted as it is written (the latest value
+    per key): state survives a rebalance inside one process, not a restart. For tests."""
 
     name = "memory"
     durable = False
 
     def __init__(self) -> None:
-        self.partitions: dict[int, list[Change]] = {}
+        self.partitions: dict[int, dict[bytes, bytes]] = {}
 
     async def read(self, partitions: Sequence[int]) -> dict[int, list[Change]]:
-        return {p: list(self.partitions.get(p, ())) for p in partitions}
+        return {p: list(self.partitions.get(p, {}).items()) for p in partitions}
 
     def write(self, partition: int, changes: Sequence[Change]) -> None:
-        self.partitions.setdefault(partition, []).extend(changes)
+        latest = self.partitions.setdefault(partition, {})
+        for key, value in changes:
+            if value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = value
 
     async def flush(self) -> None:
         pass

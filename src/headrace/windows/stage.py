@@ -38,7 +38,7 @@ import msgspec
 
 from headrace.connectors.base import PartitionKey
 from headrace.record import FailedRecord, Record, WindowRecord
-from headrace.windows.changelog import Change, Changelog, MemoryChangelog
+from headrace.windows.changelog import Change, Changelog
 from headrace.windows.operator import WindowOperator, WindowResult, bulk_load
 
 log = logging.getLogger("headrace.windows")
@@ -52,8 +52,9 @@ _decode_offset = msgspec.msgpack.Decoder(int).decode
 class WindowStage:
     """A :class:`WindowOperator` with its changelog, for one input ``topic``.
 
-    ``changelog`` defaults to a :class:`MemoryChangelog` (state lasts as long as the
-    process). The operator must track changes; the stage turns that on.
+    Without a ``changelog`` the state lives in the operator only, as long as the process
+    (sources that cannot rewind to it, files and generators, need no more), and no change
+    is tracked or encoded.
     """
 
     def __init__(
@@ -65,10 +66,11 @@ class WindowStage:
     ) -> None:
         if operator.partitions:
             raise ValueError("give the stage a new operator: this one already holds state")
-        operator.track_changes = True  # its stores are made per partition from now on
+        # Its stores are made per partition from now on, tracking changes or not.
+        operator.track_changes = changelog is not None
         self.operator = operator
         self.topic = topic
-        self.changelog = changelog or MemoryChangelog()
+        self.changelog = changelog
         self.emitted = 0
         self.finished = 0
         self.restore_seconds = 0.0
@@ -95,7 +97,7 @@ class WindowStage:
         """Windows closed by time alone (idle partitions stop holding the watermark)."""
         return self._records(self.operator.advance(now))
 
-    def flush(self) -> list[WindowRecord]:
+    def close_all(self) -> list[WindowRecord]:
         """End of input: every open window, closed now."""
         return self._records(self.operator.flush())
 
@@ -121,10 +123,25 @@ class WindowStage:
 
     # -- state ---------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        if self.changelog is not None:
+            await self.changelog.open()
+
+    async def flush(self) -> None:
+        """Make every change written so far durable."""
+        if self.changelog is not None:
+            await self.changelog.flush()
+
+    async def close(self) -> None:
+        if self.changelog is not None:
+            await self.changelog.close()
+
     def changes(self, positions: dict[PartitionKey, int]) -> list[tuple[int, list[Change]]]:
         """What changed per partition since the last call, with each partition's source
         position from ``positions``. Call it only at a commit point."""
         out: list[tuple[int, list[Change]]] = []
+        if self.changelog is None:
+            return out
         for p in self.operator.partitions:
             changes = self.operator.changes(p)
             offset = positions.get((self.topic or "", p))
@@ -139,8 +156,11 @@ class WindowStage:
     def write(self, changes: list[tuple[int, list[Change]]]) -> int:
         """Queue ``changes`` (from :meth:`changes`) to the changelog; how many records."""
         n = 0
+        changelog = self.changelog
+        if changelog is None:
+            return n
         for p, records in changes:
-            self.changelog.write(p, records)
+            changelog.write(p, records)
             n += len(records)
         return n
 
@@ -150,6 +170,10 @@ class WindowStage:
         mine = [p for t, p in partitions if self.topic is None or t == self.topic]
         if not mine:
             return {}
+        if self.changelog is None:
+            self.operator.assign_partitions(mine)
+            return {}
+        changelog = self.changelog
         started = time.monotonic()
         starts: dict[PartitionKey, int] = {}
         # No collection while the state is read and rebuilt, and none over it afterwards:
@@ -161,7 +185,7 @@ class WindowStage:
         # Frozen objects are still freed by reference counting when their window closes;
         # only cyclic garbage made meanwhile (by other tasks) would stay.
         with bulk_load():
-            stored = await self.changelog.read(mine)
+            stored = await changelog.read(mine)
             for p in mine:
                 records = stored.pop(p, [])
                 offset: int | None = None

@@ -81,7 +81,7 @@ async def test_state_written_over_several_commits_is_restored_whole(tansu: Tansu
     assert reader.operator.live_states == writer.operator.live_states > 0
 
     def flushed(s: WindowStage) -> list[tuple[Any, ...]]:
-        return sorted((w.key, w.window_start, w.count, w.value["s"]) for w in s.flush())
+        return sorted((w.key, w.window_start, w.count, w.value["s"]) for w in s.close_all())
 
     assert flushed(reader) == flushed(writer)
     await log.close()
