@@ -68,7 +68,7 @@ class WindowRecord(Record):
     state it came from, ``closed_at`` when the watermark closed it. Its ``offset`` numbers
     the windows a worker closed; it is no source position, and nothing commits it.
 
-    >>> w = WindowRecord("pump-1", {"n": 3}, "sensors", 0, 0, 10.0, 3)
+    >>> w = WindowRecord("pump-1", {"n": 3}, "sensors", 0, 0, 0.0, 10.0, 3)
     >>> w.window_start, w.event_time, w.count
     (0.0, 10.0, 3)
     """
