@@ -329,9 +329,14 @@ class WindowOperator:
     def revoke(self, partition: int) -> bytes:
         """Stop handling ``partition`` (a rebalance took it): its last snapshot."""
         data = self.snapshot(partition)
+        self.drop(partition)
+        return data
+
+    def drop(self, partition: int) -> None:
+        """Stop handling ``partition``, whose state is already kept elsewhere (a
+        changelog): no snapshot is made."""
         del self._stores[partition]
         self.clock.forget(partition)
-        return data
 
     # -- inside ------------------------------------------------------------------------
 

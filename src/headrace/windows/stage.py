@@ -220,5 +220,5 @@ class WindowStage:
         held = set(self.operator.partitions)
         for _topic, p in partitions:
             if p in held:
-                self.operator.revoke(p)
+                self.operator.drop(p)
                 self._written.pop(p, None)
