@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import hashlib
 import itertools
 import json
 import os
@@ -73,7 +72,7 @@ import numpy as np
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.machine import describe
+from bench.machine import describe, source_state
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -756,26 +755,6 @@ def timeline(a: dict[str, Any], b: dict[str, Any]) -> str:
         mark = " *" if lo <= k + 1 and k < hi else "  "
         lines.append(f"{k:>3}{mark}" + " |".join(cells))
     return "\n".join(lines)
-
-
-def source_state() -> dict[str, Any]:
-    """The commit and a digest of each file under src/ that differs from it (the tree may
-    change while the benchmark runs; workers import it afresh)."""
-
-    def git(*args: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        return ""
-
-    changed = {}
-    for line in git("status", "--porcelain", "--", "src").splitlines():
-        path = ROOT / line[3:].strip()
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            if f.is_file():
-                changed[str(f.relative_to(ROOT))] = hashlib.sha1(f.read_bytes()).hexdigest()[:12]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "src_changed": changed}
 
 
 def main() -> None:

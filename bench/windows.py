@@ -112,7 +112,7 @@ import numpy as np
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.machine import describe
+from bench.machine import describe, source_state
 from bench.window_model import FEATURES_YAML, TYPES, features, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1361,29 +1361,6 @@ def restore(
 
 
 # -- main --------------------------------------------------------------------------------
-
-
-def source_state() -> dict[str, Any]:
-    """The commit, and a digest of each file under src/ that differs from it (the tree may
-    change while the benchmark runs, and every worker imports it afresh)."""
-    import hashlib
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = {}
-    for line in git("status", "--porcelain", "--", "src").splitlines():
-        path = ROOT / line[3:].strip()
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file():
-                changed[str(f.relative_to(ROOT))] = hashlib.sha1(f.read_bytes()).hexdigest()[:12]
-    return {"commit": git("rev-parse", "--short", "HEAD") or None, "src_changed": changed}
 
 
 NOTES = [
