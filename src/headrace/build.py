@@ -44,7 +44,7 @@ from headrace.windows.aggregators import (
     Sum,
 )
 from headrace.windows.assigners import Assigner, Hopping, Session, Sliding, Tumbling
-from headrace.windows.changelog import Changelog, KafkaChangelog
+from headrace.windows.changelog import Changelog, KafkaChangelog, PostgresChangelog
 from headrace.windows.operator import WindowOperator
 
 if TYPE_CHECKING:
@@ -80,8 +80,17 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
             assert isinstance(dead, cfg.PostgresSinkConfig)
             sink = msgspec.structs.replace(sink, failures_table=dead.failures_table)
         f = sink.filter
-        windowed = config.windows is not None
-        built.append(build_sink(sink, kafka, transactional=transactional, windowed=windowed))
+        windows = config.windows
+        state = windows.changelog.table if windows is not None and transactional else None
+        built.append(
+            build_sink(
+                sink,
+                kafka,
+                transactional=transactional,
+                windowed=windows is not None,
+                state_table=state,
+            )
+        )
         p.sink(built[-1], above=f.above if f else None, below=f.below if f else None)
     if dead is not None:
         p.dead_letter(built[0] if shared_dead else build_sink(dead, kafka, dead_letter=True))
@@ -121,11 +130,15 @@ def configure(p: Pipeline, config: cfg.PipelineConfig) -> Pipeline:
     if config.metrics is not None:
         p.metrics(port=config.metrics.port, host=config.metrics.host)
     if config.windows is not None:
-        _configure_windows(p, config, kafka)
+        _configure_windows(p, config, kafka, built[0] if transactional else None)
     return p
 
 
-def _configure_windows(p: Pipeline, config: cfg.PipelineConfig, kafka: KafkaParts) -> None:
+def _configure_windows(
+    p: Pipeline, config: cfg.PipelineConfig, kafka: KafkaParts, database: Sink | None
+) -> None:
+    """``database``: the PostgreSQL sink of exactly-once delivery, whose transaction the
+    state joins; otherwise state goes to a changelog topic (Kafka sources)."""
     w = config.windows
     assert w is not None
     operator = WindowOperator(
@@ -143,14 +156,20 @@ def _configure_windows(p: Pipeline, config: cfg.PipelineConfig, kafka: KafkaPart
     if isinstance(src, cfg.KafkaSourceConfig):
         topic = src.topics[0]
         c = w.changelog
-        changelog = KafkaChangelog(
-            c.topic or f"headrace-state-{src.group_id}-{topic}",
-            input_topic=topic,
-            producer=kafka.producer(),
-            client=kafka.base(),
-            create=c.create,
-            settle=c.restore_settle_ms / 1000.0,
-        )
+        if database is not None:
+            from headrace.connectors.postgres import PostgresSink
+
+            assert isinstance(database, PostgresSink)
+            changelog = PostgresChangelog(database, topic=topic)
+        else:
+            changelog = KafkaChangelog(
+                c.topic or f"headrace-state-{src.group_id}-{topic}",
+                input_topic=topic,
+                producer=kafka.producer(),
+                client=kafka.base(),
+                create=c.create,
+                settle=c.restore_settle_ms / 1000.0,
+            )
     late = None
     if w.late_destination is not None:
         late = build_sink(w.late_destination, kafka, default_name="late")
@@ -420,6 +439,7 @@ def build_sink(
     transactional: bool = False,
     default_name: str | None = None,
     windowed: bool = False,
+    state_table: str | None = None,
 ) -> Sink:
     name = c.name or default_name or cfg.sink_name(c, dead_letter=dead_letter, shed=shed)
     if isinstance(c, cfg.SqliteSinkConfig):
@@ -447,6 +467,7 @@ def build_sink(
             failures_table=c.failures_table,
             offsets_table=c.offsets_table,
             windows_table=c.windows_table if windowed else None,
+            state_table=state_table,
             mode=c.mode,
             store_input=c.store_input,
             transactional=transactional,

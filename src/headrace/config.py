@@ -392,11 +392,13 @@ class WindowFeatureConfig(_Section, kw_only=True):
 
 
 class ChangelogConfig(_Section, kw_only=True):
-    """The compacted topic window state is written to (Kafka sources only)."""
+    """Where window state is written (Kafka sources only): a compacted topic, or with
+    exactly-once into PostgreSQL, a table in the sink's database."""
 
     topic: str | None = None  # default: headrace-state-<group_id>-<input topic>
     create: bool = True
     restore_settle_ms: NonNegative = 200.0
+    table: Annotated[str, msgspec.Meta(pattern=_TABLE)] = "headrace_window_state"
 
 
 class WindowsConfig(_Section, kw_only=True):
@@ -585,14 +587,6 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at updates: shadow and canary are for event pipelines; a windowed "
             "pipeline takes neither (yet)"
         )
-    if config.delivery == "exactly-once" and any(
-        isinstance(s, PostgresSinkConfig) for s in config.sinks
-    ):
-        raise ConfigError(
-            f"{origin}: at delivery: windows with exactly-once need Kafka sinks (Kafka "
-            "transactions): the state's changelog topic cannot join a PostgreSQL transaction. "
-            "At-least-once into PostgreSQL upserts one row per key and window"
-        )
     src = config.source
     if isinstance(src, KafkaSourceConfig):
         if len(src.topics) != 1:
@@ -687,6 +681,9 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
     sinks = list(config.sinks) + ([config.dead_letter] if config.dead_letter else [])
     if config.shedding is not None:
         sinks.append(config.shedding.destination)
+    late = config.windows.late_destination if config.windows is not None else None
+    if late is not None:
+        sinks.append(late)
     # The shadow destination needs the connection too, though no commit waits for it.
     shadow = config.updates.shadow if config.updates is not None else None
     uses_kafka = isinstance(config.source, KafkaSourceConfig) or any(
@@ -724,6 +721,7 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
         len(config.sinks) == 1
         and len(pg_sinks) == 1
         and config.shedding is None
+        and late is None
         and (
             config.dead_letter is None
             or (
@@ -734,10 +732,11 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
     )
     if not (all_kafka or one_pg):
         raise ConfigError(
-            f"{origin}: at delivery: exactly-once needs every sink (and the dead_letter and "
-            "shed destination) to be Kafka, committed in one Kafka transaction, or one "
-            "postgres sink (with, if any, a postgres dead_letter on the same dsn, and no "
-            "shedding), committed in one database transaction"
+            f"{origin}: at delivery: exactly-once needs every sink (and the dead_letter, "
+            "shed and late destinations) to be Kafka, committed in one Kafka transaction, or "
+            "one postgres sink (with, if any, a postgres dead_letter on the same dsn, and no "
+            "shedding or late destination: late events go to that dead_letter), committed in "
+            "one database transaction"
         )
 
 

@@ -33,3 +33,29 @@ async def test_window_outputs_are_upserted_by_key_window_and_partition(pg_dsn: P
         ("e1", 0.0, 10.0, 1, 2, {"score": 0.1}, "2", {"n": 2, "avg": 0.5}),
         ("e2", 0.0, 10.0, 0, 3, {"score": 0.2}, "2", {"n": 3, "avg": 0.5}),
     ]
+
+
+async def test_window_state_commits_with_the_transaction_or_not_at_all(pg_dsn: PgSchema) -> None:
+    from headrace.windows.changelog import PostgresChangelog
+
+    sink = PostgresSink(pg_dsn.dsn, state_table="state", transactional=True, consumer_group="g")
+    await sink.open()
+    log = PostgresChangelog(sink, topic="events")
+    log.write(0, [(b"a", b"1"), (b"b", b"2")])
+    log.write(1, [(b"c", b"3")])
+    await log.flush()
+    await sink.commit_transaction({("events", 0): 10})
+    log.write(0, [(b"a", None), (b"b", b"22")])
+    await log.flush()
+    assert await log.read([0, 1]) == {0: [(b"b", b"22")], 1: [(b"c", b"3")]}  # its own view
+    await sink.close()  # a crash before the commit: rolled back
+    sink = PostgresSink(pg_dsn.dsn, state_table="state", transactional=True, consumer_group="g")
+    await sink.open()
+    state = await PostgresChangelog(sink, topic="events").read([0, 1, 2])
+    assert {p: sorted(v) for p, v in state.items()} == {
+        0: [(b"a", b"1"), (b"b", b"2")],
+        1: [(b"c", b"3")],
+        2: [],
+    }
+    assert await sink.stored_positions([("events", 0)]) == {("events", 0): 10}
+    await sink.close()

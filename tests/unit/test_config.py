@@ -751,7 +751,7 @@ def test_exactly_once_refuses_shedding_outside_the_transaction() -> None:
     rule = {"in_flight_above": 0.5}
     message = error_of(config(**base, shedding={"destination": SHED_TO, **rule}))
     assert "at delivery: exactly-once needs every sink" in message
-    assert "shed destination" in message
+    assert "shed and late destinations" in message
 
     kafka_shed = {"destination": {"type": "kafka", "topic": "shed"}, **rule}
     cfg = parse_config(config(**base, shedding=kafka_shed), env={})

@@ -84,15 +84,6 @@ def test_window_mistakes_name_the_key(windows: dict[str, Any], message: str) -> 
     [
         ({"priority": {"field": "priority"}}, "at priority: applies to events, not windows"),
         (
-            {
-                "source": {"type": "kafka", "group_id": "g", "topics": ["a"]},
-                "kafka": {"bootstrap_servers": "k:9092"},
-                "sinks": [{"type": "postgres", "dsn": "postgresql://x/y"}],
-                "delivery": "exactly-once",
-            },
-            "at delivery: windows with exactly-once need Kafka sinks",
-        ),
-        (
             {"source": {"type": "jsonl", "path": "in.jsonl", "checkpoint": "c"}},
             "at source.checkpoint",
         ),
@@ -111,6 +102,17 @@ def test_window_mistakes_name_the_key(windows: dict[str, Any], message: str) -> 
 )
 def test_what_a_windowed_pipeline_refuses(changes: dict[str, Any], message: str) -> None:
     assert message in error_of(config(**changes))
+
+
+def test_exactly_once_into_postgres_takes_no_late_destination() -> None:
+    data = config(
+        {"late_destination": {"type": "stdout"}},
+        source={"type": "kafka", "group_id": "g", "topics": ["a"]},
+        kafka={"bootstrap_servers": "k:9092"},
+        sinks=[{"type": "postgres", "dsn": "postgresql://x/y"}],
+        delivery="exactly-once",
+    )
+    assert "shed and late destinations" in error_of(data)
 
 
 def test_a_late_destination_gets_its_own_name() -> None:
@@ -177,3 +179,23 @@ def test_table_sinks_keep_one_row_per_key_window_and_partition(tmp_path: Path) -
         ).fetchall()
     assert len(rows) == 4 * 10  # 4 entities, 100 s of events in 10 s windows: upserted once
     assert all(r[4] == 5 and r[2] - r[1] == 10 and json.loads(r[5])["n"] == 5 for r in rows)
+
+
+def test_exactly_once_into_postgres_keeps_the_state_in_the_database() -> None:
+    from headrace.windows.changelog import KafkaChangelog, PostgresChangelog
+
+    kafka = {
+        "source": {"type": "kafka", "group_id": "g", "topics": ["a"]},
+        "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+    }
+    pg = {"sinks": [{"type": "postgres", "dsn": "postgresql://x/y"}]}
+    eos = configure(
+        Pipeline("w"), parse_config(config(**kafka, **pg, delivery="exactly-once"), env={})
+    )
+    stage = eos.build().windows
+    assert stage is not None and isinstance(stage.changelog, PostgresChangelog)
+    assert stage.changelog.sink.state_table == "headrace_window_state"
+    alos = configure(Pipeline("w"), parse_config(config(**kafka, **pg), env={}))
+    stage = alos.build().windows
+    assert stage is not None and isinstance(stage.changelog, KafkaChangelog)
+    assert stage.changelog.topic == "headrace-state-g-a"

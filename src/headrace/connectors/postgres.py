@@ -59,6 +59,16 @@ CREATE TABLE IF NOT EXISTS {table} (
     PRIMARY KEY (key, window_start, window_end, partition)
 )"""
 
+_STATE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (consumer_group, topic, partition, key)
+)"""
+
 _FAILURES = """
 CREATE TABLE IF NOT EXISTS {table} (
     topic text NOT NULL,
@@ -107,13 +117,14 @@ class PostgresSink(Sink):
         failures_table: str = "dead_letters",
         offsets_table: str = "headrace_offsets",
         windows_table: str | None = None,
+        state_table: str | None = None,
         mode: Literal["upsert", "insert"] = "upsert",
         store_input: bool = True,
         transactional: bool = False,
         consumer_group: str = "headrace",
         name: str = "postgres",
     ) -> None:
-        for t in (table, failures_table, offsets_table, windows_table or "x"):
+        for t in (table, failures_table, offsets_table, windows_table or "x", state_table or "x"):
             if not _NAME.match(t):
                 raise ValueError(f"table name {t!r} is not a plain (schema.)identifier")
         self.dsn = dsn
@@ -121,6 +132,7 @@ class PostgresSink(Sink):
         self.failures_table = failures_table
         self.offsets_table = offsets_table
         self.windows_table = windows_table
+        self.state_table = state_table
         self.mode = mode
         self.store_input = store_input
         self.transactional = transactional
@@ -168,6 +180,7 @@ class PostgresSink(Sink):
                 (_FAILURES, self.failures_table),
                 (_OFFSETS, self.offsets_table),
                 (_WINDOWS, self.windows_table),
+                (_STATE, self.state_table),
             ):
                 if table is not None:
                     await self.conn.execute(ddl.format(table=table))
@@ -223,6 +236,42 @@ class PostgresSink(Sink):
                     [(self.consumer_group, t, p, o) for (t, p), o in positions.items()],
                 )
         await conn.commit()
+
+    async def write_state(self, topic: str, partition: int, changes: Sequence[Any]) -> None:
+        """Window state changes ``(key, value or None)`` of one input partition, in the
+        open transaction: they commit with the outputs and offsets (exactly-once)."""
+        group, table = self.consumer_group, self.state_table
+        upserts = [(group, topic, partition, k, v) for k, v in changes if v is not None]
+        deletes = [(group, topic, partition, k) for k, v in changes if v is None]
+        async with self.conn.cursor() as cur:
+            if deletes:
+                await cur.executemany(
+                    f"DELETE FROM {table} WHERE consumer_group = %s AND topic = %s "
+                    "AND partition = %s AND key = %s",
+                    deletes,
+                )
+            if upserts:
+                await cur.executemany(
+                    f"INSERT INTO {table} (consumer_group, topic, partition, key, value) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition, "
+                    "key) DO UPDATE SET value = excluded.value",
+                    upserts,
+                )
+        if not self.transactional:
+            await self.conn.commit()
+
+    async def read_state(self, topic: str, partitions: Sequence[int]) -> dict[int, list[Any]]:
+        """The stored window state of ``partitions`` of ``topic``: ``(key, value)`` pairs."""
+        out: dict[int, list[Any]] = {p: [] for p in partitions}
+        async with self.conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT partition, key, value FROM {self.state_table} "
+                "WHERE consumer_group = %s AND topic = %s AND partition = ANY(%s)",
+                (self.consumer_group, topic, list(partitions)),
+            )
+            for p, key, value in await cur.fetchall():
+                out[p].append((bytes(key), bytes(value)))
+        return out
 
     async def stored_positions(self, partitions: Sequence[PartitionKey]) -> dict[PartitionKey, int]:
         """The committed positions of ``partitions``, where this sink has any."""

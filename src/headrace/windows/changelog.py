@@ -15,9 +15,12 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headrace.connectors.kafka import KafkaFatalError, KafkaProducer
+
+if TYPE_CHECKING:
+    from headrace.connectors.postgres import PostgresSink
 
 log = logging.getLogger("headrace.windows")
 
@@ -77,6 +80,33 @@ class MemoryChangelog(Changelog):
 
     async def flush(self) -> None:
         pass
+
+
+class PostgresChangelog(Changelog):
+    """Window state in a table of a PostgreSQL sink's database (``state_table``), written
+    on the sink's connection. With exactly-once delivery into PostgreSQL the changes join
+    the sink's open transaction, so state, outputs and offsets commit together. The sink
+    opens and closes the connection; this only uses it."""
+
+    name = "postgres-changelog"
+
+    def __init__(self, sink: PostgresSink, *, topic: str) -> None:
+        if sink.state_table is None:
+            raise ValueError(f"sink {sink.name!r} has no state_table for window state")
+        self.sink = sink
+        self.topic = topic
+        self._queued: list[tuple[int, list[Change]]] = []
+
+    async def read(self, partitions: Sequence[int]) -> dict[int, list[Change]]:
+        return await self.sink.read_state(self.topic, partitions)
+
+    def write(self, partition: int, changes: Sequence[Change]) -> None:
+        self._queued.append((partition, list(changes)))
+
+    async def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for partition, changes in queued:
+            await self.sink.write_state(self.topic, partition, changes)
 
 
 class KafkaChangelog(Changelog):

@@ -31,6 +31,7 @@ import pytest
 from confluent_kafka import Producer
 
 from kafka_helpers import TansuBroker
+from pg_helpers import PgSchema
 from workers import (
     TopicReader,
     Worker,
@@ -570,3 +571,76 @@ def test_windows_with_exactly_once_delivery_clean_run(tansu: TansuBroker, tmp_pa
         worker.stop()
         reader.close()
     assert assert_matches(outputs(reader), events) == 0
+
+
+def pg_windows(dsn: str) -> list[dict[str, Any]]:
+    """The windows table as outputs (the shape ``assert_matches`` takes)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT key, window_start, window_end, partition, count, prediction, "
+                "model_name, model_version, features FROM window_scores"
+            ).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return []  # the worker has not created it yet
+    return [
+        {
+            "key": key,
+            "window": {"start": start, "end": end},
+            "source": {"topic": "events", "partition": partition},
+            "count": count,
+            "prediction": prediction,
+            "model": {"name": name, "version": version},
+            "features": features,
+            "event_time": end,
+        }
+        for key, start, end, partition, count, prediction, name, version, features in rows
+        if not key.startswith(SENTINEL)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_exactly_once_into_postgres_survives_sigkill_with_each_window_once(
+    tansu: TansuBroker, tmp_path: Path, pg_dsn: PgSchema
+) -> None:
+    """Window state, outputs and offsets in one PostgreSQL transaction: a worker killed
+    with SIGKILL mid-run, and its successor, write every window exactly once (the table
+    takes inserts only: a second write of a window would fail the worker) with the
+    recomputed counts and features."""
+    topics(tansu)
+    dsn = pg_dsn.dsn
+    config = kafka_pipeline(
+        tmp_path / "pg.yaml",
+        tansu.bootstrap,
+        sinks=f"  - type: postgres\n    dsn: {dsn}\n    mode: insert",
+        group=GROUP,
+        model=MODEL,
+        delivery="exactly-once",
+        commit_interval_ms=300,
+        extra=WINDOWS.split("  late_destination:")[0]
+        + f"dead_letter:\n  type: postgres\n  dsn: {dsn}\n",
+    )
+    env = model_env(tmp_path)
+    feeder = Feeder(tansu.bootstrap, make_events(LONG, seed=5), rate=RATE).start()
+    first = Worker(config, env, tmp_path / "first.log").start()
+    second = Worker(config, env, tmp_path / "second.log")
+    try:
+        wait_until(lambda: len(pg_windows(dsn)) >= 100, 60, "windows committed", (first,))
+        first.kill()
+        second.start()
+        wait_until(lambda: bool(restored_windows(second)), 60, "the restore", (second,))
+        feeder.stop()
+        events = feeder.sent
+        produce(tansu, sentinels(end_of(events)))
+        want = expected(events)
+        wait_until(lambda: len(pg_windows(dsn)) >= len(want), 30, "every window", (second,))
+        assert second.terminate() == 0, second.tail()
+    finally:
+        feeder.stop()
+        first.stop()
+        second.stop()
+    assert assert_matches(pg_windows(dsn), events) == 0
+    assert sum(restored_windows(second)) > 0, "the state should have held open windows"
