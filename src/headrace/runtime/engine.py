@@ -431,7 +431,8 @@ class Engine:
             # so that one large chunk does not shed itself.
             fraction = flow.fraction()
             tracker.track(chunk)
-            flow.admit(n, _size(chunk) if self._count_bytes else 0)
+            size = _size(chunk) if self._count_bytes else 0
+            flow.admit(n, size)
             stats.records_in += n
             records_in.inc(n)
             in_flight.set(flow.count)
@@ -446,7 +447,8 @@ class Engine:
                 if failed:
                     self._set_aside(failed)
             if windows is not None:
-                self._window(batcher, windows, chunk)
+                # The whole chunk's size, unless decoding set records aside.
+                self._window(batcher, windows, chunk, size if len(chunk) == n else None)
             elif priorities is None and self.shedding is None:
                 batcher.put(chunk)
             else:
@@ -459,10 +461,16 @@ class Engine:
             # The end of the input (a file, a generator): every window is complete.
             self._emit_windows(batcher, windows.close_all())
 
-    def _window(self, batcher: Batcher[Record], windows: WindowStage, chunk: list[Record]) -> None:
+    def _window(
+        self,
+        batcher: Batcher[Record],
+        windows: WindowStage,
+        chunk: list[Record],
+        size: int | None,
+    ) -> None:
         """Fold a decoded chunk into the windows: records a window took are finished (the
         state holds them now), the others go to the side output, closed windows to the
-        model."""
+        model. ``size``: the chunk's bytes, as admitted, when known."""
         closed, rejected = windows.absorb(chunk, time.time())
         if rejected:
             self._set_aside(rejected)
@@ -470,7 +478,8 @@ class Engine:
                 self.metrics.window_rejected.labels(f.error_type).inc()
             taken = {id(f.record) for f in rejected}
             chunk = [r for r in chunk if id(r) not in taken]
-        self._finish(chunk, scored=0)
+            size = None
+        self._finish(chunk, scored=0, size=size)
         self._emit_windows(batcher, closed)
 
     def _emit_windows(self, batcher: Batcher[Record], closed: list[WindowRecord]) -> None:
@@ -709,14 +718,18 @@ class Engine:
         self.stats.records_shed += len(shed_records)
         self._finish([f.record for f in shed_records], scored=0)
 
-    def _finish(self, records: Sequence[Record], *, scored: int) -> None:
+    def _finish(self, records: Sequence[Record], *, scored: int, size: int | None = None) -> None:
+        """``records`` reached a terminal state; ``size``: their bytes, if the caller
+        knows them (else they are summed again)."""
         windows = self.windows
         if windows is not None and records and type(records[0]) is WindowRecord:
             windows.finished += len(records)  # windows have no source position to commit
         else:
             self.tracker.done(records)
         flow = self.flow
-        flow.release(len(records), _size(records) if self._count_bytes else 0)
+        if size is None:
+            size = _size(records) if self._count_bytes else 0
+        flow.release(len(records), size)
         if "in-flight" in self._pause_reasons and (
             # Hysteresis is for sources whose pause costs something (a Kafka consumer
             # drops what it prefetched): the others resume as soon as there is room,
@@ -804,13 +817,15 @@ class Engine:
         # One commit at a time: a slower, older commit must not land after a newer one.
         async with self._commit_lock:
             positions = self.tracker.committable()
-            if not positions:
-                return
-            # The delivery flushes sinks first: a position is committed only for outputs
-            # that are durable. Marked only once done: an interrupted commit is retried.
-            await self.delivery.commit(positions, self._all_sinks(), self.source)
-            self.tracker.mark_committed(positions)
-            self._committed.update(positions)
+            if positions:
+                await self._deliver(positions)
+
+    async def _deliver(self, positions: dict[PartitionKey, int]) -> None:
+        # The delivery flushes sinks first: a position is committed only for outputs that
+        # are durable. Marked only once done: an interrupted commit is retried.
+        await self.delivery.commit(positions, self._all_sinks(), self.source)
+        self.tracker.mark_committed(positions)
+        self._committed.update(positions)
 
     async def _commit_windowed(self, *, hand_back: bool = False) -> dict[PartitionKey, int]:
         """Commit window state, outputs and positions at a commit point: a moment when
@@ -871,9 +886,7 @@ class Engine:
                 # since are in no state written yet.
                 committed = {k: v for k, v in positions.items() if self._committed.get(k) != v}
                 if committed or self.delivery.exactly_once:
-                    await self.delivery.commit(committed, self._all_sinks(), self.source)
-                    tracker.mark_committed(committed)
-                    self._committed.update(committed)
+                    await self._deliver(committed)
                 return committed
             finally:
                 if mine is not None:

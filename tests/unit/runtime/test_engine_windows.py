@@ -340,3 +340,25 @@ async def test_memory_stays_flat_over_a_long_run_with_many_keys(
     (live_10, mem_10), (live_40, mem_40) = samples[9], samples[39]
     assert live_10 == live_40 <= 2 * keys
     assert mem_40 < mem_10 * 1.2, f"{mem_10} -> {mem_40} bytes"
+
+
+async def test_bytes_in_flight_return_to_zero_with_raw_records_and_decode_failures() -> None:
+    """Records read as bytes are admitted by size and released by the same size, whether a
+    chunk was absorbed whole or some of it was set aside."""
+
+    class RawSource(ListSource):
+        decoded = False
+
+    def raw(i: int, payload: bytes) -> Record:
+        return Record(None, None, 0.0, "t", 0, i, raw=payload)
+
+    good = [raw(i, b'{"user": "u%d", "ts": %d, "amount": 1}' % (i % 3, i)) for i in range(40)]
+    chunks = [good[:20], [*good[20:30], raw(40, b"{not json")], good[30:]]
+    for i, r in enumerate(chunks[2]):
+        r.offset = 41 + i
+    dead = MemorySink("dead")
+    e = engine(RawSource(chunks), WindowStage(operator()), MemorySink(), dead_letter=dead)
+    summary = await e.run()
+    assert [f.stage for f in dead.failures] == ["decode"]
+    assert summary.peak_in_flight_bytes > 0
+    assert (e.flow.count, e.flow.bytes) == (0, 0)
