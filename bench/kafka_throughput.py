@@ -69,6 +69,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.machine import describe
+from bench.pipelines import kafka_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -131,19 +132,7 @@ def headrace_yaml(
     path.write_text(
         f"""\
 name: bench-{model}
-kafka:
-  bootstrap_servers: {bootstrap}
-  consumer:
-    session.timeout.ms: 6000
-    fetch.wait.max.ms: 10
-  producer:
-    linger.ms: 5
-source:
-  type: kafka
-  topics: [{topic}]
-  group_id: {group}
-  key_field: entity_id
-  time_field: ts{poll}
+{kafka_source(bootstrap, topic, group)}{poll}
 model:
 {model_yaml}
   features:

@@ -73,6 +73,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.machine import describe, source_state
+from bench.pipelines import kafka_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -174,19 +175,7 @@ def pipeline_yaml(path: Path, bootstrap: str, registry: LocalRegistry, topic: st
     path.write_text(
         f"""\
 name: model-swap
-kafka:
-  bootstrap_servers: {bootstrap}
-  consumer:
-    session.timeout.ms: 6000
-    fetch.wait.max.ms: 10
-  producer:
-    linger.ms: 5
-source:
-  type: kafka
-  topics: [{topic}]
-  group_id: swap-{uuid.uuid4().hex[:8]}
-  key_field: entity_id
-  time_field: ts
+{kafka_source(bootstrap, topic, f"swap-{uuid.uuid4().hex[:8]}")}
 model:
   type: registry
   ref: registry:{NAME}@production

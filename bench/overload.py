@@ -64,6 +64,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import slow_model
 from bench.kafka_throughput import cpu_seconds, tail, wait_assigned
 from bench.machine import describe, source_state
+from bench.pipelines import kafka_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -130,19 +131,7 @@ shedding:
     path.write_text(
         f"""\
 name: overload-{system.key}
-kafka:
-  bootstrap_servers: {bootstrap}
-  consumer:
-    session.timeout.ms: 6000
-    fetch.wait.max.ms: 10
-  producer:
-    linger.ms: 5
-source:
-  type: kafka
-  topics: [{topic}]
-  group_id: {group}
-  key_field: entity_id
-  time_field: ts
+{kafka_source(bootstrap, topic, group)}
 model:
   type: callable
   name: slow

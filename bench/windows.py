@@ -113,6 +113,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.machine import describe, source_state
+from bench.pipelines import kafka_source
 from bench.window_model import FEATURES_YAML, TYPES, features, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,19 +198,7 @@ def headrace_yaml(
     path.write_text(
         f"""\
 name: bench-windows
-kafka:
-  bootstrap_servers: {bootstrap}
-  consumer:
-    session.timeout.ms: 6000
-    fetch.wait.max.ms: 10
-  producer:
-    linger.ms: 5
-source:
-  type: kafka
-  topics: [{topic}]
-  group_id: {group}
-  key_field: entity_id
-  time_field: ts
+{kafka_source(bootstrap, topic, group)}
 model:
   type: callable
   name: window-score
