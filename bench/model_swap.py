@@ -73,7 +73,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.machine import describe, source_state
-from bench.pipelines import kafka_source
+from bench.pipelines import PacedProducer, kafka_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -295,65 +295,6 @@ def cli(registry: LocalRegistry, *args: str) -> str:
 # -- input and output ----------------------------------------------------------------
 
 
-class Paced(threading.Thread):
-    """Reference events at ``rate``/s for ``seconds`` (ids from 0, ``ts`` when produced)."""
-
-    def __init__(self, bootstrap: str, topic: str, rate: float, seconds: float) -> None:
-        super().__init__(name="paced-producer", daemon=True)
-        self.bootstrap, self.topic, self.rate, self.seconds = bootstrap, topic, rate, seconds
-        self.produced = 0
-        self.failed = 0
-        self.started_at = 0.0  # wall clock
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
-
-    def _run(self) -> None:
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self.failed += 1
-
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "linger.ms": LINGER_MS,
-                "delivery.report.only.error": True,
-                "on_delivery": delivered,
-            }
-        )
-        gen = SensorEvents(entities=ENTITIES, seed=5)
-        encode = msgspec.json.Encoder().encode
-        start = time.monotonic()
-        self.started_at = time.time()
-        tick, deadline = start, start + self.seconds
-        while True:
-            tick += TICK
-            now = time.monotonic()
-            if tick > now:
-                producer.poll(tick - now)
-                now = time.monotonic()
-            if now >= deadline:
-                break
-            due = int((now - start) * self.rate) - self.produced
-            if due <= 0:
-                continue
-            events, _ = gen.make(start_id=self.produced, n=min(due, 2000), ts=time.time())
-            for e in events:
-                while True:
-                    try:
-                        producer.produce(self.topic, encode(e), e["entity_id"])
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            self.produced += len(events)
-            producer.poll(0)
-        self.failed += producer.flush(30)
-
-
 def backlog(bootstrap: str, topic: str, n: int) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
     gen = SensorEvents(entities=ENTITIES, seed=9)
@@ -510,7 +451,15 @@ def one_run(
     try:
         worker.start()
         sampler.start()
-        producer = Paced(broker.bootstrap, topic, rate, seconds)
+        producer = PacedProducer(
+            broker.bootstrap,
+            topic,
+            rate,
+            seconds,
+            entities=ENTITIES,
+            linger_ms=LINGER_MS,
+            chunk=2000,
+        )
         producer.start()
         while producer.started_at == 0.0:
             time.sleep(0.001)

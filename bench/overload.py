@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import urllib.request
 import uuid
@@ -59,18 +58,18 @@ from typing import Any
 import msgspec
 import numpy as np
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from bench import slow_model
 from bench.kafka_throughput import cpu_seconds, tail, wait_assigned
 from bench.machine import describe, source_state
-from bench.pipelines import kafka_source
+from bench.pipelines import PacedProducer, kafka_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from headrace.connectors.generator import PRIORITIES, SensorEvents  # noqa: E402
+from headrace.connectors.generator import PRIORITIES  # noqa: E402
 from kafka_helpers import TansuBroker, broker_binary, free_port  # noqa: E402
 
 PARTITIONS = 4
@@ -198,79 +197,6 @@ def start_worker(
 
 
 # -- the input -----------------------------------------------------------------------
-
-
-class PacedProducer(threading.Thread):
-    """Reference events at ``rate``/s for ``seconds``, ids from 0; keeps each one's ts and
-    priority, and how many were handed to the producer so far."""
-
-    def __init__(self, bootstrap: str, topic: str, rate: float, seconds: float) -> None:
-        super().__init__(name="overload-producer", daemon=True)
-        self.bootstrap, self.topic, self.rate, self.seconds = bootstrap, topic, rate, seconds
-        self.produced = 0
-        self.ts: list[float] = []
-        self.priority: list[int] = []
-        self.failed = 0
-        self.started_at = 0.0  # wall clock
-        self.elapsed = 0.0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:
-            self.error = exc
-
-    def _run(self) -> None:
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self.failed += 1
-
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                # Tansu's CPU grows with the number of record batches: at 2,000/s over 4
-                # partitions, 5 ms would make batches of 2 or 3 records.
-                "linger.ms": LINGER_MS,
-                "delivery.report.only.error": True,
-                "on_delivery": delivered,
-            }
-        )
-        gen = SensorEvents(entities=100, seed=5)
-        encode = msgspec.json.Encoder().encode
-        lane = {p: i for i, p in enumerate(PRIORITIES)}
-        rate, topic = self.rate, self.topic
-        start = time.monotonic()
-        self.started_at = time.time()
-        deadline = start + self.seconds
-        tick = start
-        while True:
-            # Every TICK, what is due since the last one: one record per wake-up would
-            # cost this process most of a core.
-            tick += TICK
-            now = time.monotonic()
-            if tick > now:
-                producer.poll(tick - now)
-                now = time.monotonic()
-            if now >= deadline:
-                break
-            due = int((now - start) * rate) - self.produced
-            if due <= 0:
-                continue
-            events, _ = gen.make(start_id=self.produced, n=min(due, 1000), ts=time.time())
-            for e in events:
-                while True:
-                    try:
-                        producer.produce(topic, encode(e), e["entity_id"])
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            self.ts.extend(e["ts"] for e in events)
-            self.priority.extend(lane[e["priority"]] for e in events)
-            self.produced += len(events)
-            producer.poll(0)
-        self.elapsed = time.monotonic() - start
-        self.failed += producer.flush(30)
 
 
 # -- the outputs ---------------------------------------------------------------------
@@ -425,7 +351,15 @@ def overload_run(
     assert broker._proc is not None
     tansu = psutil.Process(broker._proc.pid)
     outputs = Outputs(broker.bootstrap, output, shed_topic)
-    producer = PacedProducer(broker.bootstrap, topic, plan.rate, plan.seconds)
+    producer = PacedProducer(
+        broker.bootstrap,
+        topic,
+        plan.rate,
+        plan.seconds,
+        entities=100,
+        linger_ms=LINGER_MS,
+        chunk=1000,
+    )
     rss_peak = 0
     rss_second = 0
     series: list[dict[str, Any]] = []
