@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,16 +52,27 @@ def load_skops(path: str | Path, *, sha256: str, trusted: list[str] | None = Non
     skops refuses types outside its safe defaults unless ``trusted`` names them; the error
     lists the untrusted types found, so a user can review them before trusting any.
     """
+    return skops_loads(
+        read_verified(path, sha256),
+        trusted=trusted or (),
+        where=str(path),
+        remedy="Review them, then list them under model.trusted_types to load it.",
+    )
+
+
+def skops_loads(data: bytes, *, trusted: Iterable[str], where: str, remedy: str) -> Any:
+    """Deserialise verified skops bytes, refusing (with ``where`` and ``remedy`` in the
+    error) any type outside skops' safe defaults that ``trusted`` does not name."""
     import skops.io as sio
 
     from headrace.models.integrity import ModelLoadError
 
-    data = read_verified(path, sha256)
     untrusted = sio.get_untrusted_types(data=data)
-    missing = sorted(set(untrusted) - set(trusted or ()))
+    missing = sorted(set(untrusted) - set(trusted))
     if missing:
         raise ModelLoadError(
-            f"{path}: the skops file holds types that are not trusted: {', '.join(missing)}. "
-            "Review them, then list them under model.trusted_types to load it."
+            f"{where}: the skops file holds types that are not trusted: "
+            f"{', '.join(missing)}. {remedy}"
         )
+    # Exactly the types found, all of which were trusted.
     return sio.loads(data, trusted=list(untrusted))

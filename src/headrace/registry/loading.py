@@ -22,7 +22,7 @@ import numpy as np
 from headrace.models.base import CallableModel, Model
 from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.models.onnx import OnnxModel
-from headrace.models.sklearn import SklearnModel
+from headrace.models.sklearn import SklearnModel, skops_loads
 from headrace.registry.local import LocalRegistry, VersionInfo
 
 
@@ -180,17 +180,15 @@ def _load_onnx(data: bytes, info: VersionInfo, _: Any) -> Model:
     )
 
 
-def _load_skops(data: bytes, info: VersionInfo, sio: Any) -> Model:
-    untrusted = sio.get_untrusted_types(data=data)
-    missing = sorted(set(untrusted) - set(info.trusted_types))
-    if missing:
-        raise ModelLoadError(
-            f"model {info.name!r} version {info.version!r}: the skops file holds types that "
-            f"are not trusted: {', '.join(missing)}. Review them, then register the version "
-            "again listing them as trusted types (--trusted-type)."
-        )
-    # Exactly the types found, all of which the registration trusted.
-    return _estimator(sio.loads(data, trusted=list(untrusted)), info)
+def _load_skops(data: bytes, info: VersionInfo, _: Any) -> Model:
+    obj = skops_loads(
+        data,
+        trusted=info.trusted_types,
+        where=f"model {info.name!r} version {info.version!r}",
+        remedy="Review them, then register the version again listing them as trusted types "
+        "(--trusted-type).",
+    )
+    return _estimator(obj, info)
 
 
 def _estimator(obj: Any, info: VersionInfo) -> Model:
