@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -672,10 +672,9 @@ class Engine:
             latencies = acked - np.fromiter((r.event_time for r in records), np.float64, n)
             self.stats.latency.add(latencies)
             self.metrics.latency.observe_many(latencies)
-            if type(records[0]) is WindowRecord:
-                closed_at = np.fromiter(
-                    (r.closed_at for r in records if isinstance(r, WindowRecord)), np.float64, n
-                )
+            if type(records[0]) is WindowRecord:  # a batch holds windows or events, never both
+                windows = cast(Sequence[WindowRecord], records)
+                closed_at = np.fromiter((r.closed_at for r in windows), np.float64, n)
                 self.metrics.window_output_delay.observe_many(acked - closed_at)
         self._finish(batch.records, scored=n)
 
