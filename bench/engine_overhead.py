@@ -45,6 +45,7 @@ from headrace import (
     SklearnModel,
     Source,
 )
+from headrace.connectors.base import DecodedSource
 from headrace.models.base import Model
 
 BATCH = 256
@@ -82,10 +83,8 @@ def heavy_onnx_model(directory: Path) -> Model:
     )
 
 
-class ReplaySource(Source):
+class ReplaySource(DecodedSource):
     """Replays pre-built events as fresh records: the engine's cost without the generator's."""
-
-    decoded = True
 
     def __init__(self, events: list[dict[str, Any]], chunk: int = 512) -> None:
         self.events = events
@@ -96,7 +95,14 @@ class ReplaySource(Source):
         now = time.time()
         for start in range(0, len(events), chunk):
             yield [
-                Record(e["entity_id"], e, now, "replay", 0, start + i)
+                Record(
+                    key=e["entity_id"],
+                    value=e,
+                    event_time=now,
+                    topic="replay",
+                    partition=0,
+                    offset=start + i,
+                )
                 for i, e in enumerate(events[start : start + chunk])
             ]
             await asyncio.sleep(0)

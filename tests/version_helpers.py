@@ -51,6 +51,7 @@ class FakeSource:
         self.loads: list[str] = []
         self.models: dict[str, VersionModel] = {}
         self.rolled_back: list[str] = []
+        self.rolled_back_to: list[str | None] = []
         self.rolled = threading.Event()
         self.polls = 0
         self.fail_latest: list[BaseException] = []
@@ -85,10 +86,13 @@ class FakeSource:
         self.models[version] = model
         return model
 
-    def roll_back(self, bad_version: str) -> None:
+    def roll_back(self, bad_version: str, to: str | None = None) -> None:
         with self._lock:
             self.rolled_back.append(bad_version)
-            if self.current == bad_version and self.history:
+            self.rolled_back_to.append(to)
+            if self.current == bad_version and to is not None:
+                self.current = to
+            elif self.current == bad_version and self.history:
                 self.current = self.history.pop()
         self.rolled.set()
 
@@ -121,5 +125,14 @@ def make_records(
     for i in range(start, start + n):
         key = f"k{i % keys if keys else i}"
         value = {"id": i, "key": key, "x": float(i)}
-        out.append(Record(key, value, time.time(), topic, i % partitions, i // partitions))
+        out.append(
+            Record(
+                key=key,
+                value=value,
+                event_time=time.time(),
+                topic=topic,
+                partition=i % partitions,
+                offset=i // partitions,
+            )
+        )
     return out

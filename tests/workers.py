@@ -29,6 +29,7 @@ ROW_DELAY = float(os.environ.get("MODEL_ROW_DELAY", "0.0"))
 SLOW_WHILE = os.environ.get("MODEL_SLOW_WHILE", "")
 DOWN_WHILE = os.environ.get("MODEL_DOWN_WHILE", "")
 POISON = float(os.environ.get("MODEL_POISON", "999.0"))
+HANG = float(os.environ.get("MODEL_HANG", "-999.0"))
 
 
 def score(x):
@@ -55,10 +56,21 @@ def flaky(x):
     if DOWN_WHILE and os.path.exists(DOWN_WHILE):
         raise ConnectionError("model server unavailable")
     return slow(x)
+
+
+def hangs(x):
+    # A call with a row whose feature 0 is HANG never returns (a deadlock in the model).
+    if (x[:, 0] == HANG).any():
+        import threading
+
+        threading.Event().wait()
+    return slow(x)
 """
 
 #: A feature value ``workermodels:poisoned`` raises for (in feature 0).
 POISON = 999.0
+#: A feature value ``workermodels:hangs`` never returns for (in feature 0).
+HANG = -999.0
 
 
 def models_env(
@@ -78,7 +90,9 @@ def models_env(
     * ``poisoned`` like ``slow``, but raises for a batch with a row whose feature 0 is
       :data:`POISON`;
     * ``flaky`` like ``slow``, but raises for every call while the file ``down_while``
-      exists.
+      exists;
+    * ``hangs`` like ``slow``, but a call with a row whose feature 0 is :data:`HANG` never
+      returns.
     """
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
@@ -90,6 +104,7 @@ def models_env(
     env["MODEL_SLOW_WHILE"] = str(slow_while or "")
     env["MODEL_DOWN_WHILE"] = str(down_while or "")
     env["MODEL_POISON"] = str(POISON)
+    env["MODEL_HANG"] = str(HANG)
     return env
 
 
@@ -115,11 +130,15 @@ def kafka_pipeline(
     source: Mapping[str, Any] | None = None,
     batching: Mapping[str, Any] | None = None,
     model: str | None = None,
+    producer: Mapping[str, Any] | None = None,
+    shutdown_timeout_s: float = 20,
 ) -> Path:
     """Write a Kafka pipeline YAML: `topic` -> ``function`` -> ``sinks``. ``consumer``,
     ``source`` and ``batching`` add (or override) keys of those sections;
     ``max_in_flight_bytes`` None keeps the default byte bound. ``model``, YAML text
-    starting ``model:``, replaces the callable model (e.g. a ``registry`` one)."""
+    starting ``model:``, replaces the callable model (e.g. a ``registry`` one);
+    ``producer`` adds librdkafka producer settings."""
+    producer_settings = {"linger.ms": 5, **(producer or {})}
     consumer_settings = {"session.timeout.ms": 6000, "fetch.wait.max.ms": 10, **(consumer or {})}
     batching_settings = {"max_size": 64, "max_wait_ms": 5, **(batching or {})}
     flow = {"max_in_flight": max_in_flight}
@@ -132,8 +151,7 @@ kafka:
   bootstrap_servers: {bootstrap}
   consumer:
 {_yaml_map(consumer_settings, 4)}  producer:
-    linger.ms: 5
-source:
+{_yaml_map(producer_settings, 4)}source:
   type: kafka
   topics: [{topic}]
   group_id: {group}
@@ -144,7 +162,7 @@ batching:
 {_yaml_map(batching_settings, 2)}flow:
 {_yaml_map(flow, 2)}runtime:
   commit_interval_ms: {commit_interval_ms}
-  shutdown_timeout_s: 20
+  shutdown_timeout_s: {shutdown_timeout_s}
 delivery: {delivery}
 sinks:
 {sinks}
@@ -189,7 +207,7 @@ class Worker:
                     str(self.config),
                     "--no-progress",
                     "--log-level",
-                    "info",
+                    os.environ.get("HEADRACE_TEST_LOG_LEVEL", "info"),
                 ],
                 env=self.env,
                 stdout=subprocess.DEVNULL,
@@ -204,6 +222,15 @@ class Worker:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stands still (no heartbeats, no commits) until resumed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None

@@ -1,7 +1,15 @@
 """Headrace: streaming inference for Python.
 
-The public API is what this module exports; everything else may change.
+The public API is what this module exports, and :mod:`headrace.testing` for tests of your
+own pipelines; everything else may change. The connectors that need an optional extra
+(Kafka, MQTT, PostgreSQL) are imported when first used, so that ``import headrace`` works,
+and stays fast, without them.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from headrace.config import ConfigError, PipelineConfig, load_config
 from headrace.connectors import (
@@ -15,9 +23,7 @@ from headrace.connectors import (
     SqliteSink,
     StdoutSink,
 )
-from headrace.connectors.kafka import KafkaProducer, KafkaSink, KafkaSource
-from headrace.connectors.mqtt import MqttSource
-from headrace.connectors.postgres import PostgresSink
+from headrace.errors import ErrorType, HeadraceError, Stage
 from headrace.models import (
     CallableModel,
     Featurizer,
@@ -29,40 +35,21 @@ from headrace.models import (
     sha256_of,
 )
 from headrace.pipeline import Pipeline
-from headrace.record import FailedRecord, ModelRef, Position, Record, ScoredBatch, WindowRecord
-from headrace.registry import (
-    LocalRegistry,
-    ModelValidationError,
-    RegistryError,
-    load_version,
-    parse_reference,
-    validate_model,
-)
+from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.registry import LocalRegistry, RegistryError, parse_reference
 from headrace.registry.source import RegistrySource
-from headrace.runtime.batcher import Batcher, MicroBatcher, OutputCountError
+from headrace.runtime.batcher import MicroBatcher, OutputCountError
 from headrace.runtime.decode import JsonDecoder
-from headrace.runtime.delivery import (
-    AtLeastOnce,
-    Delivery,
-    KafkaTransactions,
-    PostgresTransactions,
-)
-from headrace.runtime.engine import Engine, EngineSettings, PipelineError, RunSummary
-from headrace.runtime.flow import FlowControl
-from headrace.runtime.manager import ModelManager, ModelSource, Probation
-from headrace.runtime.offsets import OffsetTracker
+from headrace.runtime.delivery import KafkaTransactions, PostgresTransactions
+from headrace.runtime.engine import EngineSettings, PipelineError, RunSummary
+from headrace.runtime.manager import ModelSource, Probation
 from headrace.runtime.priority import Priorities, ShedPolicy
-from headrace.runtime.scoring import (
-    FailurePolicy,
-    ModelTimeoutError,
-    ModelUnavailableError,
-)
+from headrace.runtime.scoring import FailurePolicy
 from headrace.windows import (
     Aggregator,
     Count,
     CountsByType,
     DistinctCount,
-    Features,
     First,
     Hopping,
     Last,
@@ -76,33 +63,54 @@ from headrace.windows import (
     Sum,
     Tumbling,
     WindowOperator,
-    WindowResult,
 )
-from headrace.windows.changelog import Changelog, KafkaChangelog, MemoryChangelog
-from headrace.windows.stage import WindowStage
+from headrace.windows.changelog import KafkaChangelog
+
+if TYPE_CHECKING:
+    from headrace.connectors.kafka import KafkaProducer, KafkaSink, KafkaSource
+    from headrace.connectors.mqtt import MqttSource
+    from headrace.connectors.postgres import PostgresSink
 
 __version__ = "0.1.0"
 
+# Imported on first use (see __getattr__): each needs an optional extra at run time.
+_LAZY = {
+    "KafkaProducer": "headrace.connectors.kafka",
+    "KafkaSink": "headrace.connectors.kafka",
+    "KafkaSource": "headrace.connectors.kafka",
+    "MqttSource": "headrace.connectors.mqtt",
+    "PostgresSink": "headrace.connectors.postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headrace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
     "Aggregator",
-    "AtLeastOnce",
-    "Batcher",
     "CallableModel",
-    "Changelog",
     "ConfigError",
     "Count",
     "CountsByType",
-    "Delivery",
     "DistinctCount",
-    "Engine",
     "EngineSettings",
+    "ErrorType",
     "FailedRecord",
     "FailurePolicy",
-    "Features",
     "Featurizer",
     "First",
-    "FlowControl",
     "GeneratorSource",
+    "HeadraceError",
     "Hopping",
     "JsonDecoder",
     "JsonLinesSink",
@@ -117,26 +125,18 @@ __all__ = [
     "LocalRegistry",
     "Max",
     "Mean",
-    "MemoryChangelog",
     "MicroBatcher",
     "Min",
     "Model",
     "ModelLoadError",
-    "ModelManager",
-    "ModelRef",
     "ModelSource",
-    "ModelTimeoutError",
-    "ModelUnavailableError",
-    "ModelValidationError",
     "MqttSource",
     "NullSink",
-    "OffsetTracker",
     "OnnxModel",
     "OutputCountError",
     "Pipeline",
     "PipelineConfig",
     "PipelineError",
-    "Position",
     "PostgresSink",
     "PostgresTransactions",
     "Priorities",
@@ -154,19 +154,15 @@ __all__ = [
     "Sliding",
     "Source",
     "SqliteSink",
+    "Stage",
     "Std",
     "StdoutSink",
     "Sum",
     "Tumbling",
     "WindowOperator",
-    "WindowRecord",
-    "WindowResult",
-    "WindowStage",
     "__version__",
     "load_config",
     "load_skops",
-    "load_version",
     "parse_reference",
     "sha256_of",
-    "validate_model",
 ]

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from headrace.build import registry_source
+from headrace import defaults
+from headrace.build import check_model, registry_source
 from headrace.config import (
-    CallableModelConfig,
     ConfigError,
     PipelineConfig,
     RegistryModelConfig,
     load_config,
     sink_name,
 )
-from headrace.models.integrity import ModelLoadError, read_verified
+from headrace.connectors.extras import MissingExtraError
+from headrace.models.integrity import ModelLoadError
+from headrace.observe.http import MetricsPortError
 from headrace.observe.live import LiveLine, summary_table
 from headrace.pipeline import Pipeline
 from headrace.registry.commands import app as registry_app
@@ -39,6 +44,7 @@ EXIT_PIPELINE = 1
 EXIT_CONFIG = 2
 
 ConfigPath = Annotated[Path, typer.Argument(help="Pipeline YAML file.", show_default=False)]
+ConfigPaths = Annotated[list[Path], typer.Argument(help="Pipeline YAML files.", show_default=False)]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 
 
@@ -48,11 +54,17 @@ def _logging(level: str) -> None:
     )
 
 
+def _config_error(exc: Exception) -> None:
+    """One line on stderr: what is wrong with a pipeline file, and where. ``run`` and
+    ``validate`` print the same line for the same mistake."""
+    err.print(f"[red]configuration error[/red] {escape(str(exc))}", highlight=False)
+
+
 def _load(path: Path) -> PipelineConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]configuration error[/red] {exc}", highlight=False)
+        _config_error(exc)
         raise typer.Exit(EXIT_CONFIG) from None
 
 
@@ -69,19 +81,23 @@ def run(
     _logging(log_level)
     cfg = _load(config)
     try:
-        pipeline = Pipeline.from_config(cfg)
+        pipeline = Pipeline.from_config(cfg, path=config)
     except (ConfigError, ModelLoadError) as exc:
-        err.print(f"[red]cannot build the pipeline[/red] {exc}", highlight=False)
+        _config_error(exc)
+        raise typer.Exit(EXIT_CONFIG) from None
+    except MissingExtraError as exc:
+        _missing_extra(exc)
         raise typer.Exit(EXIT_CONFIG) from None
     if metrics_port is not None:
-        pipeline.metrics(port=metrics_port, host=cfg.metrics.host if cfg.metrics else "127.0.0.1")
+        host = cfg.metrics.host if cfg.metrics else defaults.METRICS_HOST
+        pipeline.metrics(port=metrics_port, host=host)
 
     async def main() -> None:
         lines: list[LiveLine] = []
 
         def started(engine: Engine) -> None:
             if progress:
-                lines.append(LiveLine(engine, err))
+                lines.append(LiveLine(engine.stats, err))
                 lines[0].start()
 
         try:
@@ -93,41 +109,79 @@ def run(
 
     try:
         asyncio.run(main())
-    except PipelineError as exc:
-        err.print(f"[red]pipeline stopped[/red] {exc}", highlight=False)
+    except MetricsPortError as exc:
+        setting = "--metrics-port" if metrics_port is not None else f"metrics.port in {config}"
+        err.print(
+            f"[red]pipeline not started:[/red] {escape(str(exc))} — the port comes from {setting}",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_PIPELINE) from None
+    except PipelineError as exc:
+        _stopped(exc)
+
+
+def _missing_extra(exc: MissingExtraError, path: Path | None = None) -> None:
+    """One line on stderr for a connector whose client library is not installed: which
+    extra to install (``validate`` also names the file: it may check several)."""
+    where = f"{path}: " if path is not None else ""
+    err.print(f"[red]{escape(where + str(exc))}[/red]", highlight=False)
+
+
+def _stopped(exc: PipelineError) -> None:
+    """One line on stderr for a pipeline that stopped on an error; exits 1."""
+    err.print(f"[red]pipeline stopped:[/red] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(EXIT_PIPELINE) from None
 
 
 @app.command()
 def validate(
-    config: ConfigPath,
+    configs: ConfigPaths,
     load_model: Annotated[
         bool, typer.Option("--load-model", help="Also load the model into its runtime.")
     ] = False,
 ) -> None:
-    """Check a pipeline file: schema, cross-key rules, and the model file's sha256.
+    """Check pipeline files: schema, cross-key rules, the model file's sha256, or that a
+    callable model's module imports (its code runs) and has the function.
 
-    Prints what the pipeline would do, never the values of its settings (they may hold
-    secrets).
+    One file: prints what the pipeline would do, never the values of its settings (they
+    may hold secrets). Several files: one line each. Exits 2 if any is invalid.
     """
-    cfg = _load(config)
-    model = cfg.model
+    invalid = [path for path in configs if not _validate(path, load_model, len(configs) == 1)]
+    if invalid:
+        raise typer.Exit(EXIT_CONFIG)
+
+
+def _validate(config: Path, load_model: bool, details: bool) -> bool:
+    """Check one file: print its line (and with ``details``, what it runs); False if invalid."""
     try:
-        if isinstance(model, RegistryModelConfig):
-            if load_model:
-                # Resolve the reference, check the sha256, load and validate: what the
-                # pipeline does when it starts.
+        cfg = load_config(config)
+        model = cfg.model
+        check_model(cfg, path=config)
+        if isinstance(model, RegistryModelConfig) and load_model:
+            # Resolve the reference, check the sha256, load and validate: what the
+            # pipeline does when it starts.
+            try:
                 source = registry_source(model.ref, model)
                 source.load(source.latest())
-        elif not isinstance(model, CallableModelConfig):
-            read_verified(model.path, model.sha256)
+            except (ModelLoadError, RegistryError) as exc:
+                raise ModelLoadError(f"{config}: at model.ref: {exc}") from exc
         if load_model:
-            Pipeline.from_config(cfg)
+            Pipeline.from_config(cfg, path=config)
     except (ConfigError, ModelLoadError, RegistryError) as exc:
-        err.print(f"[red]invalid[/red] {config}: {exc}", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from None
-    sinks = ", ".join(f"{sink_name(s)} ({type(s).__struct_config__.tag})" for s in cfg.sinks)
+        _config_error(exc)
+        return False
+    except MissingExtraError as exc:
+        _missing_extra(exc, config)
+        return False
     typer.echo(f"{config}: valid")
+    if details:
+        _describe(cfg)
+    return True
+
+
+def _describe(cfg: PipelineConfig) -> None:
+    model = cfg.model
+    sinks = ", ".join(f"{sink_name(s)} ({type(s).__struct_config__.tag})" for s in cfg.sinks)
     typer.echo(f"  pipeline    {cfg.name}")
     typer.echo(f"  source      {type(cfg.source).__struct_config__.tag}")
     typer.echo(
@@ -161,26 +215,55 @@ def demo(
         "demo-output"
     ),
     rebuild: Annotated[bool, typer.Option(help="Rebuild the model even if one exists.")] = False,
+    model_only: Annotated[
+        bool,
+        typer.Option(
+            "--model-only",
+            help="Only build (or reuse) the model, and print the shell lines that export "
+            "DEMO_DIR and DEMO_MODEL_SHA256 for the example pipelines: "
+            'eval "$(headrace demo --model-only)".',
+        ),
+    ] = False,
 ) -> None:
     """Build a small anomaly model and score synthetic sensor events with it: no broker,
     no server. Writes a SQLite table of predictions and a JSON-lines file of alerts."""
     try:
-        from headrace.demo import run_demo
+        from headrace.demo import demo_model, run_demo
     except ImportError as exc:
         err.print(
             f"[red]the demo needs the demo extras[/red] ({exc.name} is missing): "
             "pip install 'headrace[demo]'"
         )
         raise typer.Exit(EXIT_CONFIG) from None
+    if model_only:
+        out.mkdir(parents=True, exist_ok=True)
+        _, sha256 = demo_model(out, rebuild=rebuild, console=err)
+        typer.echo(f"export DEMO_DIR={shlex.quote(str(out))}")
+        typer.echo(f"export DEMO_MODEL_SHA256={sha256}")
+        return
     try:
         run_demo(directory=out, rate=rate, seconds=seconds, rebuild=rebuild, console=err)
     except PipelineError as exc:
-        err.print(f"[red]pipeline stopped[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_PIPELINE) from None
+        _stopped(exc)
 
 
 register_tools(app)
 app.add_typer(registry_app, name="registry")
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Make each paragraph of every command's help one line, for rich to wrap at the
+    terminal's width: a docstring wraps at the source's, and typer keeps its line breaks."""
+    for command in typer_app.registered_commands:
+        text = command.help or inspect.getdoc(command.callback)
+        if text:
+            command.help = "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
+import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from cli_helpers import HEADRACE, pipeline_yaml
 
@@ -21,10 +26,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_validate_accepts_a_good_file_and_names_what_it_runs(
-    tmp_path: Path, events_file: Path
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
 ) -> None:
     config = pipeline_yaml(tmp_path, events_file, "  - type: stdout")
-    result = run_cli("validate", str(config))
+    result = run_cli("validate", str(config), env=cli_env)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout and "slow version 3" in result.stdout
 
@@ -43,12 +48,12 @@ def test_validate_rejects_an_unknown_key_with_exit_2(tmp_path: Path, events_file
     assert "sinks[0]" in result.stderr and "colour" in result.stderr
 
 
-def test_validate_does_not_print_secret_values(tmp_path: Path, events_file: Path) -> None:
+def test_validate_does_not_print_secret_values(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
     config = pipeline_yaml(tmp_path, events_file, "  - type: jsonl\n    path: ${SECRET_PATH}")
     env = {"SECRET_PATH": str(tmp_path / "hunter2-secret.jsonl")}
-    import os
-
-    result = run_cli("validate", str(config), env={**os.environ, **env})
+    result = run_cli("validate", str(config), env={**cli_env, **env})
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout + result.stderr
 
@@ -180,3 +185,97 @@ def _wait_for_rows(db: Path, n: int, proc: subprocess.Popen[bytes]) -> None:
                 pass  # table not created yet
         time.sleep(0.02)
     raise AssertionError(f"{db} did not reach {n} rows")
+
+
+# -- a callable next to the pipeline file, errors in one line, several files -------------
+
+# The console script, as a user runs it: unlike `python -m`, it does not put the current
+# directory on sys.path.
+HEADRACE_SCRIPT = str(Path(sys.executable).with_name("headrace"))
+
+GENERATOR_YAML = """
+source: {type: generator, rate: 0, count: 50}
+model: {type: callable, name: m, version: "1", function: "MODULE:score",
+        features: {vector: features}}
+sinks: [{type: "null"}]
+"""
+
+
+def plain_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+@pytest.mark.parametrize("where", ["pipeline directory", "current directory"])
+def test_run_and_validate_find_a_callable_without_pythonpath(tmp_path: Path, where: str) -> None:
+    module = f"hr_cli_model_{uuid.uuid4().hex[:8]}"
+    pipelines, cwd = tmp_path / "pipelines", tmp_path / "cwd"
+    pipelines.mkdir()
+    cwd.mkdir()
+    config = pipelines / "pipeline.yaml"
+    config.write_text(GENERATOR_YAML.replace("MODULE", module))
+    home = pipelines if where == "pipeline directory" else cwd
+    (home / f"{module}.py").write_text("def score(rows):\n    return [0.5] * len(rows)\n")
+    for command in (["validate", str(config)], ["run", str(config), "--no-progress"]):
+        result = subprocess.run(
+            [HEADRACE_SCRIPT, *command],
+            capture_output=True,
+            text=True,
+            env=plain_env(),
+            cwd=cwd,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_validate_imports_the_callable_and_says_what_is_missing_in_one_line(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(GENERATOR_YAML.replace("MODULE", "hr_cli_model_nowhere"))
+    result = run_cli("validate", str(config), env=plain_env())
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        f"configuration error {config}: at model.function: cannot import "
+        "'hr_cli_model_nowhere:score': no module named 'hr_cli_model_nowhere'"
+    )
+    (tmp_path / "hr_cli_model_nowhere.py").write_text("def scores(rows):\n    return rows\n")
+    result = run_cli("validate", str(config), env=plain_env())
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "at model.function: " in result.stderr and "has no 'score'" in result.stderr
+
+
+def test_a_sha256_mismatch_is_the_same_one_line_from_validate_and_run(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"a file that is not the configured model")
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        GENERATOR_YAML.replace(
+            'type: callable, name: m, version: "1", function: "MODULE:score"',
+            f'type: onnx, name: m, version: "1", path: {model}, sha256: "{"0" * 64}"',
+        )
+    )
+    validated = run_cli("validate", str(config))
+    ran = run_cli("run", str(config), "--no-progress")
+    assert validated.returncode == ran.returncode == 2
+    assert validated.stderr == ran.stderr
+    assert ran.stderr == (
+        f"configuration error {config}: at model.sha256: the file {model} has sha256 "
+        f"{actual}, not {'0' * 64} as configured: it changed, or is not the file meant. "
+        "Restore that file, or, only if you trust this one, set model.sha256 to its sha256\n"
+    )
+
+
+def test_validate_takes_several_files_one_line_each(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    good = pipeline_yaml(tmp_path, events_file, "  - type: stdout", name="good.yaml")
+    bad = pipeline_yaml(tmp_path, events_file, "  - type: stdout\n    colour: blue", name="b.yaml")
+    result = run_cli("validate", str(good), str(bad), str(good), env=cli_env)
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [f"{good}: valid", f"{good}: valid"]
+    assert len(result.stderr.splitlines()) == 1 and f"{bad}: at sinks[0]" in result.stderr
+    result = run_cli("validate", str(good), str(good), env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{good}: valid", f"{good}: valid"]

@@ -3,7 +3,10 @@ candidate from a real directory registry, canary and shadow, end to end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,8 @@ import pytest
 from skl2onnx import to_onnx
 from sklearn.linear_model import LinearRegression
 
-from headrace import Pipeline, PipelineError
+from headrace import ModelLoadError, Pipeline, PipelineError
+from headrace.build import check_model
 from headrace.config import ConfigError, load_config
 from headrace.connectors.generator import N_FEATURES
 from headrace.registry import LocalRegistry, Sample, Signature
@@ -131,3 +135,107 @@ def test_a_missing_alias_fails_the_start_not_the_build(
     with pytest.raises(PipelineError, match="no alias 'staging'"):
         pipeline.run(install_signal_handlers=False)
     assert not (tmp_path / "o").exists()
+
+
+# -- a callable model's module, and the model file's sha256 -----------------------------
+
+CALLABLE_YAML = """
+source: {{type: generator, rate: 0, count: 20, seed: 1}}
+model:
+  type: callable
+  name: m
+  version: "1"
+  function: {module}:score
+  features: {{vector: features}}
+sinks:
+  - {{type: jsonl, path: {out}}}
+"""
+
+
+def write_model(directory: Path, module: str, score: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{module}.py").write_text(f"def score(rows):\n    return [{score}] * len(rows)\n")
+
+
+def fresh_module() -> str:
+    """A module name no test imported before (a module imported once stays imported)."""
+    return f"hr_model_{uuid.uuid4().hex}"
+
+
+@pytest.mark.parametrize("where", ["pipeline directory", "current directory", "both"])
+def test_a_callable_model_is_looked_up_next_to_the_pipeline_file_then_in_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The pipeline file's directory first, then the current directory; neither stays on
+    sys.path afterwards."""
+    module, pipelines, cwd = fresh_module(), tmp_path / "pipelines", tmp_path / "cwd"
+    cwd.mkdir()
+    if where != "current directory":
+        write_model(pipelines, module, 1.0)
+    if where != "pipeline directory":
+        write_model(cwd, module, 2.0)
+    pipelines.mkdir(exist_ok=True)
+    path, out = pipelines / "pipeline.yaml", tmp_path / "out.jsonl"
+    path.write_text(CALLABLE_YAML.format(module=module, out=out))
+    monkeypatch.chdir(cwd)
+    before = list(sys.path)
+    summary = Pipeline.from_yaml(path).run(install_signal_handlers=False)
+    assert sys.path == before
+    assert summary.records_out == 20
+    expected = 2.0 if where == "current directory" else 1.0
+    assert {o["prediction"] for o in read_jsonl(out)} == {expected}
+
+
+def test_a_missing_callable_is_one_line_naming_the_key_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    module = fresh_module()
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(CALLABLE_YAML.format(module=module, out=tmp_path / "out.jsonl"))
+    before = list(sys.path)
+    for check in (check_model, lambda config, path: Pipeline.from_config(config, path=path)):
+        with pytest.raises(ConfigError) as info:
+            check(load_config(path, env={}), path=path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: at model.function: cannot import '{module}:score'")
+        assert f"no module named '{module}'" in message and "\n" not in message
+    assert sys.path == before
+    write_model(tmp_path, module, 1.0)
+    path.write_text(path.read_text().replace(":score", ":scores"))
+    with pytest.raises(ConfigError, match=r"at model\.function: .*has no 'scores'"):
+        check_model(load_config(path, env={}), path=path)
+
+
+ONNX_YAML = """
+source: {{type: generator, rate: 0, count: 20}}
+model:
+  type: onnx
+  name: m
+  version: "1"
+  path: {model}
+  sha256: {sha256}
+sinks:
+  - {{type: "null"}}
+"""
+
+
+def test_a_sha256_mismatch_names_the_key_the_file_and_both_digests(tmp_path: Path) -> None:
+    """The same one line whether the pipeline is built or only validated."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not the model the configuration names")
+    actual = hashlib.sha256(model.read_bytes()).hexdigest()
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(ONNX_YAML.format(model=model, sha256="ab" * 32))
+    config = load_config(path, env={})
+    messages = []
+    for check in (check_model, lambda config, path: Pipeline.from_config(config, path=path)):
+        with pytest.raises(ModelLoadError) as info:
+            check(config, path=path)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(
+        f"{path}: at model.sha256: the file {model} has sha256 {actual}, not {'ab' * 32} "
+        "as configured"
+    )
+    assert "\n" not in messages[0]

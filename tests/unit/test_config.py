@@ -728,7 +728,7 @@ def test_load_section_ranges_name_the_key(
             {"destination": SHED_TO, "in_flight_above": 0.5},
             "destination in_flight_above max_event_age_s priorities",
         ),
-        ("failures", {}, "backoff_ms max_backoff_ms model_timeout_ms retries"),
+        ("failures", {}, "backoff_ms max_backoff_ms max_hung_calls model_timeout_ms retries"),
     ],
 )
 def test_unknown_key_in_a_load_section_lists_its_keys(

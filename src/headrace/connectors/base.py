@@ -1,4 +1,4 @@
-"""The two small protocols every connector follows."""
+"""What every connector follows: a source (plain, decoded or partitioned) or a sink."""
 
 from __future__ import annotations
 
@@ -30,23 +30,16 @@ class RebalanceListener(Protocol):
 class Source(ABC):
     """Reads records in chunks and commits the positions the engine says are finished.
 
-    ``decoded`` is false for sources that deliver bytes (``Record.raw``) for the engine's
-    decoder, true for sources that build values themselves.
+    A plain source delivers bytes (``Record.raw``) for the engine's decoder; one that builds
+    values itself is a :class:`DecodedSource`.
 
-    Flow control pauses a source in one of two ways. By default the engine just stops
-    iterating :meth:`chunks` until it resumes: right for files, generators and MQTT (whose
-    broker stops sending once enough messages wait unacknowledged). A source with
-    ``keeps_polling`` must be polled to keep its place (a Kafka consumer that is not polled
-    leaves its group): the engine calls :meth:`set_paused` and goes on iterating, and the
-    source stops fetching while it goes on polling.
+    Flow control pauses a source by not iterating :meth:`chunks` until it resumes: right
+    for files, standard input, generators and MQTT (whose broker stops sending once enough
+    messages wait unacknowledged). A source that must keep being polled is a
+    :class:`PartitionedSource`, paused another way.
     """
 
     name: str = "source"
-    decoded: bool = False
-    keeps_polling: bool = False
-
-    def bind(self, listener: RebalanceListener) -> None:  # noqa: B027 - optional hook
-        """Called by the engine before :meth:`open`, for sources whose partitions move."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, restore positions. Called once before :meth:`chunks`."""
@@ -58,17 +51,39 @@ class Source(ABC):
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:  # noqa: B027
         """Persist, per partition, the next position to read after a restart."""
 
-    def set_paused(self, paused: bool) -> None:  # noqa: B027 - optional hook
-        """Stop (or restart) fetching everything, for sources with ``keeps_polling``."""
+    async def close(self) -> None:  # noqa: B027
+        """Release resources. Called once, after the last commit."""
 
-    def pause_partitions(  # noqa: B027 - optional hook
-        self, partitions: Collection[PartitionKey], paused: bool
-    ) -> None:
-        """Stop (or restart) fetching some partitions, for sources with ``keeps_polling``;
-        :meth:`set_paused` overrides it while it holds."""
+
+class DecodedSource(Source):
+    """A source that builds its records' values itself (``Record.value`` set, ``raw`` left
+    ``None``, like the generator): the engine does not decode them."""
+
+
+class PartitionedSource(Source):
+    """A source whose partitions are shared with other workers and move between them, and
+    that must be polled to keep its place (a Kafka consumer that is not polled leaves its
+    group).
+
+    So flow control cannot pause it by not iterating: the engine calls :meth:`set_paused`
+    and goes on iterating :meth:`chunks`, and the source stops fetching while it goes on
+    polling. Under load the engine also holds single partitions
+    (:meth:`pause_partitions`), so that each gets a fair share of what may be in flight.
+    """
+
+    def bind(self, listener: RebalanceListener) -> None:
+        """Called by the engine before :meth:`open`: whom to tell when partitions move."""
+
+    @abstractmethod
+    def set_paused(self, paused: bool) -> None:
+        """Stop (or restart) fetching everything, while still being polled."""
+
+    def pause_partitions(self, partitions: Collection[PartitionKey], paused: bool) -> None:
+        """Stop (or restart) fetching some partitions; :meth:`set_paused` overrides it
+        while it holds."""
 
     def assigned(self) -> Sequence[PartitionKey]:
-        """The partitions this worker reads now (empty where the source cannot tell)."""
+        """The partitions this worker reads now."""
         return []
 
     def paused_partitions(self) -> Sequence[PartitionKey]:
@@ -80,14 +95,19 @@ class Source(ABC):
         read (0 when nothing is left to read). Empty where the source cannot tell."""
         return {}
 
-    async def close(self) -> None:  # noqa: B027
-        """Release resources. Called once, after the last commit."""
+    def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit for monitoring only, without waiting, where the positions' truth is kept
+        elsewhere (exactly-once into a database), so that lag as the source's own tools
+        see it stays current. Nothing to do where the source keeps no positions itself."""
 
 
 class Sink(ABC):
-    """Writes scored batches. ``write`` returning means the batch was accepted;
-    ``flush`` returning means everything accepted so far is durable, and only then does
-    the engine commit source positions."""
+    """Writes scored batches. ``write`` returning means the batch was accepted, except
+    the outputs it returns as refused (each a :class:`FailedRecord` saying why: it can
+    never be written, e.g. too large); the engine dead-letters those. ``flush``
+    returning means everything accepted so far is durable, and only then does the engine
+    commit source positions; a flush that raises once must raise until the outputs it
+    lost are written again, never report a loss once and then succeed."""
 
     name: str = "sink"
 
@@ -95,8 +115,8 @@ class Sink(ABC):
         """Connect, create tables. Called once before the first write."""
 
     @abstractmethod
-    async def write(self, batch: ScoredBatch) -> None:
-        """Accept one batch of outputs."""
+    async def write(self, batch: ScoredBatch) -> Sequence[FailedRecord] | None:
+        """Accept one batch of outputs; return those refused for good, if any."""
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
         """Accept records that failed, when this sink is the dead-letter destination."""

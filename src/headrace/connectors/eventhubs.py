@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from headrace.errors import HeadraceError
 
-class ConnectionStringError(ValueError):
+
+class ConnectionStringError(HeadraceError, ValueError):
     """A connection string that is not an Event Hubs one. The message never repeats it."""
 
 

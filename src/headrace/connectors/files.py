@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import stat
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -15,14 +18,15 @@ from typing import IO, Any
 import msgspec
 
 from headrace.connectors.base import PartitionKey, Sink, Source
-from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.errors import HeadraceError
+from headrace.record import FailedRecord, Record, ScoredBatch, source_record
 
 _READ_HINT = 256 * 1024
 
 log = logging.getLogger("headrace")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(HeadraceError, RuntimeError):
     """A stored position does not fit the file it belongs to."""
 
 
@@ -33,6 +37,10 @@ class JsonLinesSource(Source):
     ``checkpoint`` path, committed positions are stored there (line number and byte offset,
     written atomically), and a restart resumes at the first unfinished line. Values are
     decoded by the engine, so a malformed line becomes a dead letter, not a crash.
+
+    A regular file is read in large chunks. Anything else (standard input as a pipe or a
+    terminal, a named pipe) is read as it fills: a line is delivered as soon as it is
+    complete, without waiting for more input, and its arrival time is taken then.
     """
 
     def __init__(
@@ -82,27 +90,80 @@ class JsonLinesSource(Source):
         f = self._file
         if f is None:
             raise RuntimeError("open() the source before reading")
-        topic = self.topic
+        fd = _stream_fd(f)
+        reads = self._file_reads(f) if fd is None else self._stream_reads(fd)
+        async for lines, now, newline in reads:
+            records = self._records(lines, now, newline)
+            if records:
+                yield records
+
+    async def _file_reads(self, f: IO[bytes]) -> AsyncIterator[tuple[list[bytes], float, int]]:
+        """A regular file: large reads of whole lines (each with its newline)."""
         while True:
             lines = await asyncio.to_thread(f.readlines, _READ_HINT)
             if not lines:
                 return
-            now = time.time()
-            records = []
-            byte = self._end_byte
-            line = self._line
-            starts = self._starts
-            for raw in lines:
+            yield lines, time.time(), 0
+
+    async def _stream_reads(self, fd: int) -> AsyncIterator[tuple[list[bytes], float, int]]:
+        """A pipe, terminal or socket: the complete lines of each read, without their
+        newline, as soon as they can be read; a last line without one at the end of input.
+
+        The time is taken as each read returns, which is when its bytes arrived unless the
+        engine was not asking for more (paused, or busy): a line's arrival time, the
+        records' event time when no ``time_field`` gives one.
+        """
+        partial: list[bytes] = []  # the start of a line whose newline has not come yet
+        while True:
+            data, now = await _read_available(fd)
+            if not data:
+                if partial:
+                    yield [b"".join(partial)], now, 0
+                return
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                partial.append(data)
+                continue
+            if partial:
+                partial.append(data[:cut])
+                block = b"".join(partial)
+                partial = []
+            else:
+                block = data[:cut]
+            if cut + 1 < len(data):
+                partial.append(data[cut + 1 :])
+            # Only b"\n" ends a line, as for files: not bytes.splitlines()'s b"\r".
+            yield block.split(b"\n"), now, 1
+
+    def _records(self, lines: list[bytes], now: float, newline: int) -> list[Record]:
+        """Records for consecutive lines, each ``newline`` bytes longer than it is here."""
+        topic = self.topic
+        records = []
+        byte = self._end_byte
+        line = self._line
+        # Where each line starts is only needed to store a committed position.
+        starts = self._starts if self.checkpoint is not None else None
+        for raw in lines:
+            if starts is not None:
                 starts[line] = byte
-                byte += len(raw)
-                stripped = raw.strip()
-                if stripped:
-                    records.append(Record(None, None, now, topic, 0, line, raw=stripped))
-                line += 1
-            self._line = line
-            self._end_line, self._end_byte = line, byte
-            if records:
-                yield records
+            byte += len(raw) + newline
+            stripped = raw.strip()
+            if stripped:
+                records.append(
+                    source_record(
+                        key=None,
+                        value=None,
+                        event_time=now,
+                        topic=topic,
+                        partition=0,
+                        offset=line,
+                        raw=stripped,
+                    )
+                )
+            line += 1
+        self._line = line
+        self._end_line, self._end_byte = line, byte
+        return records
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
         line = positions.get((self.topic, 0))
@@ -130,6 +191,88 @@ class JsonLinesSource(Source):
         if self._file is not None and self._file is not sys.stdin.buffer:
             self._file.close()
         self._file = None
+
+
+def _stream_fd(f: IO[bytes]) -> int | None:
+    """The descriptor to read ``f`` through as it fills (anything but a regular file:
+    a pipe, terminal, socket), or None to read it in large chunks (a regular file, or an
+    object with no descriptor)."""
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return None
+    return fd
+
+
+async def _read_available(fd: int) -> tuple[bytes, float]:
+    """What ``fd`` has (up to ``_READ_HINT`` bytes) as soon as it has anything, ``b""`` at
+    the end of input; and the time the read returned.
+
+    The event loop watches the descriptor (``add_reader``) and reads it once it is
+    readable, so the read never waits for more and no thread is involved. That matters
+    when the engine stops: it cancels the reader, which here just stops watching, at once
+    and without reading anything it would then drop. A thread blocked in ``read`` on a
+    silent pipe could not be interrupted: ``asyncio.run`` (which joins the default
+    executor) and the interpreter's exit would wait for it, so ``headrace run`` would hang
+    on SIGTERM until stdin closed. The descriptor is left in blocking mode, unlike with
+    ``loop.connect_read_pipe``: stdin's mode is shared with the processes it came from (a
+    shell's terminal left non-blocking breaks it), and one read after readiness does not
+    block on a pipe, terminal or socket (unless another process reads the same pipe and
+    takes the bytes first: then the read waits for more, as any read of it would).
+
+    Descriptors the selector cannot watch (``/dev/null``, whose reads never wait) and
+    loops without ``add_reader`` are read in a daemon thread: one that waits on a silent
+    descriptor does not keep the process from exiting.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[bytes, float]] = loop.create_future()
+
+    def readable() -> None:
+        if done.done():
+            return
+        try:
+            data = os.read(fd, _READ_HINT)
+            done.set_result((data, time.time()))
+        except BlockingIOError:
+            return  # non-blocking, and another reader took the bytes: wait for more
+        except OSError as exc:
+            done.set_exception(exc)
+
+    try:
+        loop.add_reader(fd, readable)
+    except (PermissionError, NotImplementedError):
+        return await _read_in_thread(fd, loop)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _read_in_thread(fd: int, loop: asyncio.AbstractEventLoop) -> tuple[bytes, float]:
+    done: asyncio.Future[tuple[bytes, float]] = loop.create_future()
+
+    def settle(result: tuple[bytes, float] | OSError) -> None:
+        if done.done():
+            return  # cancelled: the engine stopped
+        if isinstance(result, OSError):
+            done.set_exception(result)
+        else:
+            done.set_result(result)
+
+    def read() -> None:
+        result: tuple[bytes, float] | OSError
+        try:
+            data = os.read(fd, _READ_HINT)
+            result = (data, time.time())
+        except OSError as exc:
+            result = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=read, name="headrace-stdin", daemon=True).start()
+    return await done
 
 
 class JsonLinesSink(Sink):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
-from headrace.connectors.base import Source
-from headrace.record import Record
+from headrace.connectors.base import DecodedSource
+from headrace.record import Record, source_record
 
 PRIORITIES = ("high", "normal", "low")
 TYPES = ("reading", "reading", "reading", "reading", "heartbeat", "alarm")
@@ -78,14 +79,35 @@ class SensorEvents:
         return events, int(anomalous.sum())
 
 
-class GeneratorSource(Source):
+def planned_events(rate: float, count: int | None, seconds: float | None) -> int | None:
+    """How many events a run paced at ``rate`` per second emits: ``rate * seconds``
+    (rounded to a whole number), or ``count`` if that is fewer; ``None`` when neither
+    bounds the run (or when it is unpaced, ``rate`` 0, and ``seconds`` is a time limit).
+
+    Event ``i`` (from 0) is due ``i / rate`` seconds after the start, so the events of
+    ``seconds`` seconds are the ``rate * seconds`` due before it ends.
+
+    >>> planned_events(2000, None, 0.5), planned_events(100, 20, 1.0), planned_events(0, None, 1.0)
+    (1000, 20, None)
+    """
+    planned = None if seconds is None or not rate else round(rate * seconds)
+    if count is None:
+        return planned
+    return count if planned is None else min(count, planned)
+
+
+class GeneratorSource(DecodedSource):
     """Emits :class:`SensorEvents` at ``rate`` events per second (0: as fast as possible),
     for ``count`` events or ``seconds`` seconds, or until stopped.
 
+    Paced (``rate`` above 0), ``seconds`` means exactly ``rate * seconds`` events (rounded
+    to a whole number; fewer if ``count`` says so): event ``i`` is due ``i / rate`` seconds
+    after the start. A source held back by flow control catches up on the events that fell
+    due meanwhile, so it may end after ``seconds``, never with fewer events. Unpaced,
+    ``seconds`` is a time limit.
+
     Record positions are ``(topic, 0, id)``; event time is the wall-clock time of emission.
     """
-
-    decoded = True
 
     def __init__(
         self,
@@ -114,30 +136,41 @@ class GeneratorSource(Source):
 
     async def chunks(self) -> AsyncIterator[list[Record]]:
         start = time.monotonic()
-        deadline = None if self.seconds is None else start + self.seconds
+        rate = self.rate
+        total = planned_events(rate, self.count, self.seconds)
+        # Unpaced, `seconds` is a time limit; paced, it was turned into `total`.
+        deadline = start + self.seconds if self.seconds is not None and not rate else None
         topic = self.topic
-        while self.count is None or self.emitted < self.count:
+        while total is None or self.emitted < total:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
             n = self.chunk_size
-            if self.rate:
-                due = int((now - start) * self.rate) - self.emitted
+            if rate:
+                # Events 0 .. due-1 are due by now (event i at start + i / rate).
+                due = math.floor((now - start) * rate) + 1 - self.emitted
                 if due <= 0:
-                    wake = start + (self.emitted + 1) / self.rate
-                    if deadline is not None:
-                        wake = min(wake, deadline)
-                    await asyncio.sleep(max(wake - now, 0.0))
+                    await asyncio.sleep(max(start + self.emitted / rate - now, 0.0))
                     continue
                 n = min(n, due)
-            if self.count is not None:
-                n = min(n, self.count - self.emitted)
+            if total is not None:
+                n = min(n, total - self.emitted)
             ts = time.time()
             events, anomalies = self.events.make(start_id=self.emitted, n=n, ts=ts)
             self.anomalies += anomalies
             first = self.emitted
             self.emitted += n
-            yield [Record(e["entity_id"], e, ts, topic, 0, first + i) for i, e in enumerate(events)]
+            yield [
+                source_record(
+                    key=e["entity_id"],
+                    value=e,
+                    event_time=ts,
+                    topic=topic,
+                    partition=0,
+                    offset=first + i,
+                )
+                for i, e in enumerate(events)
+            ]
             if not self.rate:
                 # Unpaced: let the rest of the pipeline run between chunks.
                 await asyncio.sleep(0)

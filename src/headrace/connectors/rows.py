@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from headrace.record import FailedRecord, ScoredBatch, WindowRecord
+from headrace.record import BatchKind, FailedRecord, ScoredBatch, WindowRecord
 
 PREDICTION_COLUMNS = (
     "key, prediction, model_name, model_version, model_sha256, event_time, processed_at, input"
@@ -49,7 +49,7 @@ def prediction_rows(
 
 def is_windows(batch: ScoredBatch) -> bool:
     """Whether ``batch`` holds closed windows rather than events."""
-    return bool(batch.records) and type(batch.records[0]) is WindowRecord
+    return batch.kind is BatchKind.WINDOWS
 
 
 def window_rows(

@@ -22,6 +22,7 @@ from headrace.connectors.rows import (
     prediction_rows,
     window_rows,
 )
+from headrace.errors import HeadraceError
 from headrace.record import FailedRecord, ScoredBatch
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -76,12 +77,19 @@ CREATE TABLE IF NOT EXISTS {table} (
 )"""
 
 
+class DuplicateRowError(HeadraceError, sqlite3.IntegrityError):
+    """In ``mode="insert"``, a row for the same source position (or key and window) is
+    already in the table. The message names the row and what to do."""
+
+
 class SqliteSink(Sink):
     """Writes outputs to a SQLite table, one transaction per batch.
 
     ``mode="upsert"`` (the default) replaces a row with the same source position, so
     records re-read after a crash overwrite their earlier outputs instead of duplicating
-    them. ``mode="insert"`` fails on such a duplicate. A scalar prediction is stored as a
+    them. ``mode="insert"`` fails on such a duplicate, with a :class:`DuplicateRowError`
+    that names the row: a restart after a crash (or a rerun of a source that does not
+    resume) then stops at the first record it writes again. A scalar prediction is stored as a
     number; other predictions, and inputs, as JSON text. All database work runs on one
     thread of its own, off the event loop.
     """
@@ -147,17 +155,54 @@ class SqliteSink(Sink):
     async def open(self) -> None:
         await self._call(self._open)
 
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]], table: str) -> None:
         conn = self._conn
         if conn is None:
             raise RuntimeError(f"sink {self.name!r} is not open")
         conn.execute("BEGIN")
         try:
             conn.executemany(sql, rows)
-        except BaseException:
+        except BaseException as exc:
             conn.execute("ROLLBACK")
+            if (
+                self.mode == "insert"
+                and isinstance(exc, sqlite3.IntegrityError)
+                and str(exc).startswith("UNIQUE constraint failed")
+            ):
+                raise DuplicateRowError(self._duplicate(conn, table, rows, exc)) from exc
             raise
         conn.execute("COMMIT")
+
+    def _duplicate(
+        self, conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], exc: Exception
+    ) -> str:
+        """What an insert-mode conflict means, naming the first row already in ``table``."""
+        windows = table == self.windows_table
+        if windows:
+            sql = (
+                f"SELECT 1 FROM {table} WHERE key = ? AND window_start = ? AND window_end = ? "
+                "AND partition = ?"
+            )
+        else:
+            sql = f'SELECT 1 FROM {table} WHERE topic = ? AND partition = ? AND "offset" = ?'
+        n = 4 if windows else 3
+        row = next((r for r in rows if conn.execute(sql, r[:n]).fetchone()), None)
+        if row is None:  # a duplicate within the batch itself
+            return f"sink {self.name!r} (mode: insert): {exc}"
+        if windows:
+            what = f"key {row[0]!r}, window [{row[1]}, {row[2]}) of partition {row[3]}"
+            again = "the windows closed since the last commit point are written again"
+        else:
+            what = f"source position {row[0]}[{row[1]}]@{row[2]}"
+            again = (
+                "the records not committed before it stopped are read again (all of them "
+                "from a source that does not resume)"
+            )
+        return (
+            f"sink {self.name!r} (mode: insert): table {table} already has a row for {what}. "
+            f"After a restart {again}, and insert mode refuses to write a row twice: use "
+            "mode: upsert (the default), which replaces such rows, or write into an empty table"
+        )
 
     async def write(self, batch: ScoredBatch) -> None:
         if not len(batch):
@@ -172,17 +217,17 @@ class SqliteSink(Sink):
             if self.windows_table is None:
                 raise ValueError(f"sink {self.name!r} has no windows_table for window outputs")
             rows = window_rows(batch, prediction=prediction, value=value)
-            await self._call(self._executemany, self._insert_window, rows)
+            await self._call(self._executemany, self._insert_window, rows, self.windows_table)
             return
         rows = prediction_rows(batch, prediction=prediction, value=value)
-        await self._call(self._executemany, self._insert, rows)
+        await self._call(self._executemany, self._insert, rows, self.table)
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
         if failures:
             rows = failure_rows(
                 failures, value=self._encode, raw=lambda b: b.decode("utf-8", "replace")
             )
-            await self._call(self._executemany, self._insert_failure, rows)
+            await self._call(self._executemany, self._insert_failure, rows, self.failures_table)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -32,8 +33,42 @@ def demo_config(directory: Path, *, rate: float, seconds: float, sha256: str) ->
         "DEMO_MODEL_SHA256": sha256,
     }
     data = interpolate(yaml.safe_load(text), env)
-    (directory / "pipeline.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return parse_config(data, env=env, origin="demo pipeline")
+    config = parse_config(data, env=env, origin="demo pipeline")
+    # ${...} fills in strings; the file a user runs again should hold numbers as numbers.
+    (directory / "pipeline.yaml").write_text(yaml.safe_dump(_typed(data, config), sort_keys=False))
+    return config
+
+
+def _typed(data: Any, parsed: Any) -> Any:
+    """``data`` (a parsed YAML document) with each string the configuration read as a
+    number (``rate: "2000.0"``) replaced by that number."""
+    if isinstance(data, dict):
+        return {
+            k: _typed(v, parsed.get(k) if isinstance(parsed, dict) else getattr(parsed, k, None))
+            for k, v in data.items()
+        }
+    if isinstance(data, list) and isinstance(parsed, list | tuple):
+        return [_typed(v, p) for v, p in zip(data, parsed, strict=False)]
+    if isinstance(data, str) and isinstance(parsed, int | float) and not isinstance(parsed, bool):
+        return parsed
+    return data
+
+
+def demo_model(
+    directory: str | Path = "demo-output", *, rebuild: bool = False, console: Console | None = None
+) -> tuple[Path, str]:
+    """Build the demo model as ``directory/anomaly.onnx`` (or reuse the one there, unless
+    ``rebuild``); returns its path and sha256."""
+    console = console or Console()
+    model_path = Path(directory) / "anomaly.onnx"
+    if rebuild or not model_path.exists():
+        with console.status("building the anomaly model (IsolationForest -> ONNX)"):
+            sha256 = build_demo_model(model_path)
+        console.print(f"model: {model_path} (sha256 {sha256[:16]}…)")
+    else:
+        sha256 = sha256_of(model_path)
+        console.print(f"model: {model_path} (reused; sha256 {sha256[:16]}…)")
+    return model_path, sha256
 
 
 def run_demo(
@@ -48,14 +83,7 @@ def run_demo(
     console = console or Console()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = out / "anomaly.onnx"
-    if rebuild or not model_path.exists():
-        with console.status("building the anomaly model (IsolationForest -> ONNX)"):
-            sha256 = build_demo_model(model_path)
-        console.print(f"model: {model_path} (sha256 {sha256[:16]}…)")
-    else:
-        sha256 = sha256_of(model_path)
-        console.print(f"model: {model_path} (reused; sha256 {sha256[:16]}…)")
+    _, sha256 = demo_model(out, rebuild=rebuild, console=console)
     for stale in (
         "predictions.db",
         "predictions.db-wal",
@@ -82,15 +110,17 @@ def run_demo(
 
 async def _run(pipeline: Pipeline, console: Console) -> tuple[RunSummary, Engine]:
     lines: list[LiveLine] = []
+    engines: list[Engine] = []
 
     def started(engine: Engine) -> None:
-        line = LiveLine(engine, console)
+        line = LiveLine(engine.stats, console)
         line.start()
         lines.append(line)
+        engines.append(engine)
 
     try:
         summary = await pipeline.run_async(on_start=started)
     finally:
         for line in lines:
             await line.stop()
-    return summary, lines[0].engine
+    return summary, engines[0]

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from headrace.errors import ErrorType, RecordError, json_kind
 
-class FeatureError(ValueError):
-    """One record's value cannot be turned into features."""
+
+class FeatureError(RecordError):
+    """One record's value cannot be turned into features; ``error_type`` says why."""
 
 
 class Featurizer:
@@ -23,8 +25,8 @@ class Featurizer:
 
     >>> f = Featurizer(fields=["a"], vector="v")
     >>> x, failures = f.transform([{"a": 1, "v": [2.0, 3.0]}, {"a": "x", "v": [1, 2]}])
-    >>> x.tolist(), failures
-    ([[1.0, 2.0, 3.0]], [(1, "field 'a' must be a number, got str")])
+    >>> x.tolist(), [(i, e.error_type.value, str(e)) for i, e in failures]
+    ([[1.0, 2.0, 3.0]], [(1, 'wrong-type', "field 'a' must be a number, got a string")])
     """
 
     def __init__(
@@ -45,8 +47,8 @@ class Featurizer:
         # Larger finite floats become infinity in the matrix.
         self._max = float(np.finfo(self.dtype).max) if self.dtype.kind == "f" else math.inf
 
-    def transform(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        """The feature matrix of the valid values, and (index, reason) for each invalid one."""
+    def transform(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, FeatureError]]]:
+        """The feature matrix of the valid values, and (index, why) for each invalid one."""
         try:
             x = self._fast(values)
         except (KeyError, TypeError, ValueError, IndexError):
@@ -57,8 +59,9 @@ class Featurizer:
             finite = np.isfinite(x).all(axis=1)
             if finite.all():
                 return x, []
-            bad = np.flatnonzero(~finite).tolist()
-            return x[finite], [(i, "features contain NaN or infinity") for i in bad]
+            # The row-by-row check names the field and tells NaN from a number too large
+            # for the matrix's type, so a record gets the same error in any batch.
+            return x[finite], [(i, self._why(values[i])) for i in np.flatnonzero(~finite).tolist()]
         return self._slow(values)
 
     def _fast(self, values: Sequence[Any]) -> np.ndarray | None:
@@ -80,53 +83,71 @@ class Featurizer:
             return None
         return arr.astype(self.dtype, copy=False)
 
-    def _slow(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    def _slow(self, values: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, FeatureError]]]:
         rows: list[list[float]] = []
-        failures: list[tuple[int, str]] = []
+        failures: list[tuple[int, FeatureError]] = []
         for i, value in enumerate(values):
             try:
                 rows.append(self.row(value))
             except FeatureError as exc:
-                failures.append((i, str(exc)))
+                failures.append((i, exc))
         width = self._width or 0
         x = np.array(rows, dtype=self.dtype) if rows else np.empty((0, width), self.dtype)
         return x, failures
 
+    def _why(self, value: Any) -> FeatureError:
+        try:
+            self.row(value)
+        except FeatureError as exc:
+            return exc
+        return FeatureError("features contain NaN or infinity", ErrorType.NON_FINITE)
+
     def row(self, value: Any) -> list[float]:
         """One value's features, or a :class:`FeatureError` saying what is wrong."""
         if not isinstance(value, dict):
-            raise FeatureError(f"expected a JSON object, got {type(value).__name__}")
+            raise FeatureError(
+                f"expected a JSON object, got {json_kind(value)}", ErrorType.NOT_AN_OBJECT
+            )
         row = [self._number(value, f) for f in self.fields]
         if self.vector is not None:
             if self.vector not in value:
-                raise FeatureError(f"missing field {self.vector!r}")
+                raise FeatureError(f"missing field {self.vector!r}", ErrorType.MISSING_FIELD)
             vec = value[self.vector]
             if not isinstance(vec, list):
                 raise FeatureError(
-                    f"field {self.vector!r} must be a list of numbers, got {type(vec).__name__}"
+                    f"field {self.vector!r} must be a list of numbers, got {json_kind(vec)}",
+                    ErrorType.WRONG_TYPE,
                 )
             for j, item in enumerate(vec):
                 row.append(self._check(item, f"{self.vector}[{j}]"))
         if self._width is not None and len(row) != self._width:
-            raise FeatureError(f"expected {self._width} features, got {len(row)}")
+            raise FeatureError(
+                f"expected {self._width} features, got {len(row)}", ErrorType.WRONG_SHAPE
+            )
         self._width = len(row)
         return row
 
     def _number(self, value: dict[str, Any], field: str) -> float:
         if field not in value:
-            raise FeatureError(f"missing field {field!r}")
+            raise FeatureError(f"missing field {field!r}", ErrorType.MISSING_FIELD)
         return self._check(value[field], field)
 
     def _check(self, item: Any, where: str) -> float:
         if not isinstance(item, int | float):
-            raise FeatureError(f"field {where!r} must be a number, got {type(item).__name__}")
+            raise FeatureError(
+                f"field {where!r} must be a number, got {json_kind(item)}", ErrorType.WRONG_TYPE
+            )
         try:
             number = float(item)
         except OverflowError:  # a JSON integer has no size limit
-            raise FeatureError(f"field {where!r} is too large for a float") from None
+            raise FeatureError(
+                f"field {where!r} is too large for a float", ErrorType.OUT_OF_RANGE
+            ) from None
         if not self.allow_nan:
             if not math.isfinite(number):
-                raise FeatureError(f"field {where!r} is NaN or infinity")
+                raise FeatureError(f"field {where!r} is NaN or infinity", ErrorType.NON_FINITE)
             if abs(number) > self._max:
-                raise FeatureError(f"field {where!r} is too large for {self.dtype.name}")
+                raise FeatureError(
+                    f"field {where!r} is too large for {self.dtype.name}", ErrorType.OUT_OF_RANGE
+                )
         return number

@@ -5,13 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from headrace.errors import HeadraceError
+
 _MAX_REQUEST = 8192
+
+
+class MetricsPortError(HeadraceError, OSError):
+    """The metrics server cannot listen where it was told to (the port is taken, or not
+    ours to take). Raised before the pipeline reads anything; the message says what is
+    wrong and what to do, in one sentence."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        if cause.errno == errno.EADDRINUSE:
+            why = "the port is already in use; stop what holds it, or choose another port"
+            why += " (0 picks a free one)"
+        elif cause.errno == errno.EACCES:
+            why = "no permission to use the port; choose one above 1023"
+        else:
+            why = f"{cause.strerror or cause}; check the host and port"
+        super().__init__(f"cannot serve metrics on {host}:{port}: {why}")
+        self.errno = cause.errno
+        self.host = host
+        self.port = port
 
 
 def _bearer(headers: list[bytes]) -> str | None:
@@ -50,7 +72,12 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        """Listen on ``host:port``; raises :class:`MetricsPortError` in one sentence (what
+        is wrong, and what to do) if it cannot."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise MetricsPortError(self.host, self.port, exc) from None
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
 

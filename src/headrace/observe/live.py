@@ -12,11 +12,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from headrace.runtime.engine import Engine, RunSummary
+from headrace.observe.stats import EngineStats, RunSummary
 
 
 def _ms(seconds: float) -> str:
-    """A latency in the unit a person reads best (replayed history can be days old)."""
+    """A latency or a run's length in the unit a person reads best (replayed history can be
+    days old; a run over a small file takes milliseconds).
+
+    >>> _ms(0.0032), _ms(3.456), _ms(600.0)
+    ('3.2 ms', '3.46 s', '10.0 min')
+    """
     if math.isnan(seconds):
         return "-"
     if abs(seconds) < 1:
@@ -28,20 +33,21 @@ def _ms(seconds: float) -> str:
 
 
 class LiveLine:
-    """Redraws one line with throughput, latency, batch size and alerts while a pipeline
-    runs. ``alerts`` names the sink whose writes count as alerts. Off a terminal (a CI log,
-    a pipe) it prints a plain line every ``plain_every`` seconds instead."""
+    """Redraws one line with throughput, latency, batch size and alerts from a running
+    pipeline's ``stats`` (``engine.stats``). ``alerts`` names the sink whose writes count
+    as alerts. Off a terminal (a CI log, a pipe) it prints a plain line every
+    ``plain_every`` seconds instead."""
 
     def __init__(
         self,
-        engine: Engine,
+        stats: EngineStats,
         console: Console,
         *,
         alerts: str = "alerts",
         every: float = 0.25,
         plain_every: float = 2.0,
     ) -> None:
-        self.engine = engine
+        self.stats = stats
         self.console = console
         self.alerts = alerts
         self.every = every if console.is_terminal else plain_every
@@ -58,7 +64,7 @@ class LiveLine:
                 await self._task
 
     def render(self) -> Text:
-        s = self.engine.stats
+        s = self.stats
         now = time.monotonic()
         then, before = self._last
         rate = (s.records_out - before) / (now - then) if now > then else 0.0
@@ -97,7 +103,8 @@ def summary_table(summary: RunSummary, *, title: str = "Summary") -> Table:
         ("dead letters", f"{summary.records_failed:,}"),
         ("shed", f"{summary.records_shed:,}"),
         ("peak in flight", f"{summary.peak_in_flight:,} records"),
-        ("elapsed", f"{summary.elapsed:.1f} s"),
+        # The throughput is records scored over this: both from the same measurement.
+        ("elapsed", _ms(summary.elapsed)),
         ("throughput", f"{summary.records_per_second:,.0f} records/s"),
         ("latency p50", _ms(summary.latency_p50)),
         ("latency p99", _ms(summary.latency_p99)),

@@ -61,6 +61,57 @@ class EngineStats:
     def mean_batch_size(self) -> float:
         return self.batched_records / self.batches if self.batches else 0.0
 
+    def restart(self) -> None:
+        """Count from zero again, from now (a run starts), keeping the sinks' names."""
+        fresh = EngineStats(written=dict.fromkeys(self.written, 0))
+        self.__dict__.update(fresh.__dict__)
+
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
+
+    def summary(
+        self, *, committed: dict[tuple[str, int], int], stopped: bool, peaks: tuple[int, int]
+    ) -> RunSummary:
+        """What the run did so far: these totals, the positions committed, whether it was
+        stopped, and the peaks in flight (records, bytes)."""
+        return RunSummary(
+            records_in=self.records_in,
+            records_out=self.records_out,
+            records_failed=self.records_failed,
+            batches=self.batches,
+            mean_batch_size=self.mean_batch_size,
+            elapsed=self.elapsed,
+            latency_p50=self.latency.percentile(50),
+            latency_p99=self.latency.percentile(99),
+            written=dict(self.written),
+            committed=dict(committed),
+            stopped=stopped,
+            records_shed=self.records_shed,
+            peak_in_flight=peaks[0],
+            peak_in_flight_bytes=peaks[1],
+        )
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the command line and for tests."""
+
+    records_in: int
+    records_out: int
+    records_failed: int
+    batches: int
+    mean_batch_size: float
+    elapsed: float
+    latency_p50: float
+    latency_p99: float
+    written: dict[str, int]
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    stopped: bool = False
+    records_shed: int = 0
+    peak_in_flight: int = 0
+    peak_in_flight_bytes: int = 0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records_out / self.elapsed if self.elapsed > 0 else 0.0

@@ -25,153 +25,48 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, cast
 
 import msgspec
-import numpy as np
 
 from headrace.models.integrity import sha256_of
+from headrace.registry.metadata import (
+    ARTIFACTS,
+    FORMATS,
+    NAME_PATTERN,
+    AliasState,
+    Format,
+    RegistryError,
+    Sample,
+    Signature,
+    VersionInfo,
+    check_options,
+    normalised,
+    version_key,
+)
 
-Format = Literal["onnx", "skops", "torchscript", "torch-weights", "pickle", "joblib"]
-FORMATS: Final[tuple[str, ...]] = get_args(Format)
-
-#: Names of models, versions and aliases: they become path components, so no separators,
-#: no leading dot (no ``..``), nothing a shell or a URL would need to quote.
-NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+__all__ = [
+    "FORMATS",
+    "HISTORY_LIMIT",
+    "NAME_PATTERN",
+    "AliasState",
+    "Format",
+    "LocalRegistry",
+    "RegistryError",
+    "Sample",
+    "Signature",
+    "VersionInfo",
+    "version_key",
+]
 
 #: How many earlier versions an alias remembers; rollback goes back one step at a time.
 HISTORY_LIMIT: Final = 100
 
-_ARTIFACT: Final[dict[str, str]] = {
-    "onnx": "model.onnx",
-    "skops": "model.skops",
-    "torchscript": "model.pt",
-    "torch-weights": "model.pt",
-    "pickle": "model.pkl",
-    "joblib": "model.joblib",
-}
-# The options each format understands, so that a typo fails at registration, not at load.
-_OPTIONS: Final[dict[str, dict[str, type | tuple[type, ...]]]] = {
-    "onnx": {"output": str, "threads": int},
-    "skops": {"method": str, "negate": bool},
-    "torchscript": {},
-    "torch-weights": {"factory": str, "factory_kwargs": dict},
-    "pickle": {"method": str, "negate": bool},
-    "joblib": {"method": str, "negate": bool},
-}
-_METHODS: Final = ("predict", "predict_proba", "decision_function", "score_samples")
 _VERSION_FILE: Final = "version.json"
 _ALIASES_FILE: Final = "_aliases.json"
 _LOCK_FILE: Final = "_lock"
 
-
-class RegistryError(ValueError):
-    """A registry mistake: names the root, the model (version, alias) and what is wrong."""
-
-
-class Signature(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """What a model takes: field names, the input shape (``None`` for the batch dimension,
-    e.g. ``[None, 8]``) and the element dtype.
-
-    >>> Signature(fields=["a", "b"], shape=[None, 2]).dtype
-    'float32'
-    >>> Signature(shape=[None, 0])
-    Traceback (most recent call last):
-    ...
-    ValueError: signature shape: dimensions must be positive integers or None, got [None, 0]
-    """
-
-    fields: list[str] | None = None
-    shape: list[int | None] = msgspec.field(default_factory=list)
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if any(d is not None and (isinstance(d, bool) or d < 1) for d in self.shape):
-            raise ValueError(
-                f"signature shape: dimensions must be positive integers or None, got {self.shape!r}"
-            )
-        kind: str
-        try:
-            kind = np.dtype(self.dtype).kind
-        except TypeError:
-            kind = ""
-        if not kind or kind not in "biuf":
-            raise ValueError(f"signature dtype: {self.dtype!r} is not a numeric NumPy dtype")
-
-
-class Sample(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One batch of inputs (nested lists) and the outputs the model must give for it,
-    numbers within ``tolerance`` (absolute)."""
-
-    input: Any
-    expected: Any
-    tolerance: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if not self.tolerance >= 0:  # also catches NaN
-            raise ValueError(f"sample tolerance must be >= 0, got {self.tolerance!r}")
-        rows = _batch_len(self.input)
-        if not rows:
-            raise ValueError("sample input must be a non-empty list (one batch)")
-        if _batch_len(self.expected) != rows:
-            got = _batch_len(self.expected)
-            raise ValueError(
-                f"sample expected must hold one output per input row: {rows} rows, "
-                f"expected has {'no list' if got is None else got}"
-            )
-
-
-def _batch_len(value: Any) -> int | None:
-    if isinstance(value, list | tuple) or (isinstance(value, np.ndarray) and value.ndim):
-        return len(value)
-    return None
-
-
-class VersionInfo(msgspec.Struct, kw_only=True):
-    """Everything the registry knows about one version. ``artifact`` is the file name in
-    the version's directory; ``options`` holds format-specific settings (onnx: ``output``,
-    ``threads``; skops/pickle/joblib: ``method``, ``negate``; torch-weights: ``factory``
-    as ``module:callable`` building the ``nn.Module``, ``factory_kwargs``)."""
-
-    name: str
-    version: str
-    format: Format
-    artifact: str
-    sha256: str
-    created_at: float
-    signature: Signature | None = None
-    metrics: dict[str, Any] = msgspec.field(default_factory=dict)
-    samples: list[Sample] = msgspec.field(default_factory=list)
-    trusted_types: list[str] = msgspec.field(default_factory=list)
-    options: dict[str, Any] = msgspec.field(default_factory=dict)
-
-    @property
-    def short_sha(self) -> str:
-        """The first 12 hex digits of the sha256: what outputs and listings show."""
-        return self.sha256[:12]
-
-
-class AliasState(msgspec.Struct, kw_only=True):
-    """Where an alias points, and where it pointed before (oldest first)."""
-
-    version: str
-    history: list[str] = msgspec.field(default_factory=list)
-    updated_at: float = 0.0
-
-
 _ALIASES_TYPE = dict[str, AliasState]
-
-
-def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
-    """Sorts versions naturally: runs of digits compare as numbers.
-
-    >>> sorted(["10", "9", "1.10", "1.9", "b", "a"], key=version_key)
-    ['1.9', '1.10', '9', '10', 'a', 'b']
-    """
-    return tuple(
-        (0, int(part), "") if part.isdecimal() else (1, 0, part)
-        for part in re.findall(r"[0-9]+|[^0-9]+", version)
-    )
 
 
 class LocalRegistry:
@@ -281,7 +176,7 @@ class LocalRegistry:
                 f"{where}: unknown format {format!r}; use one of {', '.join(FORMATS)}"
             )
         opts = dict(options or {})
-        self._check_options(where, format, opts)
+        check_options(where, format, opts)
         if trusted_types and format != "skops":
             raise RegistryError(f"{where}: trusted types apply only to the skops format")
         source = Path(artifact)
@@ -293,13 +188,13 @@ class LocalRegistry:
                     f"{where}: sample {i} is a {type(sample).__name__}, not a Sample"
                 )
         # Everything but the digest, version and time, checked before anything is written.
-        draft = _normalised(
+        draft = normalised(
             where,
             VersionInfo(
                 name=name,
                 version=version or "0",
                 format=cast(Format, format),
-                artifact=_ARTIFACT[format],
+                artifact=ARTIFACTS[format],
                 sha256="",
                 created_at=0.0,
                 signature=signature,
@@ -362,8 +257,11 @@ class LocalRegistry:
             self._write_aliases(name, aliases)
         return state
 
-    def rollback(self, name: str, alias: str = "production") -> AliasState:
-        """Point ``alias`` back at the version it pointed at before the last change."""
+    def rollback(
+        self, name: str, alias: str = "production", *, to: str | None = None
+    ) -> AliasState:
+        """Point ``alias`` back at the version it pointed at before the last change, or at
+        ``to`` (the history then drops what came after ``to``'s last place in it)."""
         self._check("alias", alias, name)
         self._model_dir(name)
         with self._locked(name):
@@ -375,14 +273,20 @@ class LocalRegistry:
                     f"{self.root}: model {name!r} has no alias {alias!r} to roll back "
                     f"(it has: {have})"
                 )
-            if not old.history:
+            if to is not None:
+                history = old.history
+                if to in history:
+                    history = history[: len(history) - 1 - history[::-1].index(to)]
+                previous = to
+            elif not old.history:
                 raise RegistryError(
                     f"{self.root}: model {name!r} alias {alias!r} has no earlier version to "
                     f"roll back to (it points at {old.version!r}; its history is empty)"
                 )
-            previous = old.history[-1]
+            else:
+                previous, history = old.history[-1], old.history[:-1]
             self.get(name, previous)
-            state = AliasState(version=previous, history=old.history[:-1], updated_at=time.time())
+            state = AliasState(version=previous, history=history, updated_at=time.time())
             aliases[alias] = state
             self._write_aliases(name, aliases)
         return state
@@ -432,31 +336,8 @@ class LocalRegistry:
         return str(max(numbers, default=0) + 1)
 
     def _check_options(self, where: str, format: str, options: dict[str, Any]) -> None:
-        known = _OPTIONS[format]
-        for key, value in options.items():
-            if key not in known:
-                accepted = ", ".join(known) or "none"
-                raise RegistryError(
-                    f"{where}: option {key!r} does not apply to {format} (it takes: {accepted})"
-                )
-            kind = known[key]
-            # bool is an int in Python; an option that wants an int must not take True.
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                expected = kind.__name__ if isinstance(kind, type) else kind
-                raise RegistryError(f"{where}: option {key!r} must be a {expected}, got {value!r}")
-        method = options.get("method")
-        if method is not None and method not in _METHODS:
-            raise RegistryError(
-                f"{where}: option 'method' must be one of {', '.join(_METHODS)}, got {method!r}"
-            )
-        if format == "torch-weights":
-            factory = options.get("factory")
-            module, _, attr = (factory or "").partition(":")
-            if not module or not attr:
-                raise RegistryError(
-                    f"{where}: torch-weights needs option 'factory' as 'module:callable' "
-                    f"(the function that builds the nn.Module), got {factory!r}"
-                )
+        # Kept for the MLflow registry, which checks options as registration does.
+        check_options(where, format, options)
 
     def _write_aliases(self, name: str, aliases: dict[str, AliasState]) -> None:
         directory = self.root / name
@@ -487,23 +368,6 @@ class LocalRegistry:
             yield
         finally:
             os.close(fd)  # closing releases the lock
-
-
-def _normalised(where: str, info: VersionInfo) -> VersionInfo:
-    """``info`` as it will read back from version.json: NumPy arrays and scalars in samples,
-    metrics or options become lists and numbers, and anything JSON cannot hold is refused
-    now rather than breaking the version file."""
-
-    def numpy_to_json(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray | np.generic):
-            return obj.tolist()
-        raise TypeError(f"{type(obj).__name__} is not a JSON value")
-
-    try:
-        data = msgspec.json.encode(info, enc_hook=numpy_to_json)
-        return msgspec.json.decode(data, type=VersionInfo)
-    except (TypeError, msgspec.EncodeError, msgspec.ValidationError) as exc:
-        raise RegistryError(f"{where}: the metadata must be JSON values: {exc}") from None
 
 
 def _fsync(path: Path) -> None:

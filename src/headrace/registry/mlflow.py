@@ -168,8 +168,9 @@ class MlflowSource:
                 del self._loaded[:-HISTORY_LIMIT]
         return model
 
-    def roll_back(self, bad_version: str) -> None:
-        """Point the alias back at the version before ``bad_version``, if it still points
+    def roll_back(self, bad_version: str, to: str | None = None) -> None:
+        """Point the alias back at ``to`` (the version that served before
+        ``bad_version``), else at the version before ``bad_version``, if it still points
         at ``bad_version`` (a pinned reference has nothing to move)."""
         alias = self.ref.alias
         if alias is None:
@@ -186,7 +187,12 @@ class MlflowSource:
             )
             return
         history = _read_history(tags, name, alias)
-        if history is not None and history[0] == bad_version and history[1]:
+        if to is not None:
+            older = history[1] if history is not None and history[0] == bad_version else []
+            if to in older:
+                older = older[: len(older) - 1 - older[::-1].index(to)]
+            previous = to
+        elif history is not None and history[0] == bad_version and history[1]:
             previous, older = history[1][-1], history[1][:-1]
         else:
             with self._lock:

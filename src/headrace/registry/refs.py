@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from headrace.errors import HeadraceError
 from headrace.registry.local import NAME_PATTERN
 
 Scheme = Literal["registry", "mlflow"]
@@ -22,7 +23,7 @@ _MLFLOW_NAME: Final = re.compile(r"[^@/:\s](?:[^@/:]*[^@/:\s])?")
 _MLFLOW_VERSION: Final = re.compile(r"[1-9][0-9]*")
 
 
-class ModelReferenceError(ValueError):
+class ModelReferenceError(HeadraceError, ValueError):
     """A model reference that cannot be parsed; the message says what form is expected."""
 
 

@@ -50,10 +50,10 @@ class RegistrySource:
         validate_model(model, info, latency_budget_s=self.latency_budget)
         return model
 
-    def roll_back(self, bad_version: str) -> None:
+    def roll_back(self, bad_version: str, to: str | None = None) -> None:
         alias = self.ref.alias
         if alias is None:
             return
         state = self.registry.aliases(self.ref.name).get(alias)
-        if state is not None and state.version == bad_version and state.history:
-            self.registry.rollback(self.ref.name, alias)
+        if state is not None and state.version == bad_version and (state.history or to):
+            self.registry.rollback(self.ref.name, alias, to=to)

@@ -23,16 +23,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar, cast
 
+from headrace.errors import ErrorType, HeadraceError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(HeadraceError, RuntimeError):
     """Raised when items are given to a batcher that is closing or closed."""
 
 
-class OutputCountError(ValueError):
+class OutputCountError(HeadraceError, ValueError):
     """A model returned a different number of outputs than it was given inputs."""
+
+    error_type = ErrorType.WRONG_OUTPUT_COUNT
 
     def __init__(self, expected: int, got: int) -> None:
         super().__init__(f"model returned {got} outputs for a batch of {expected} inputs")
@@ -203,9 +207,6 @@ class Batcher(Generic[T]):
                 head[0] -= remaining
                 remaining = 0
         return batch
-
-
-PredictBatch = Callable[[list[T]], "Sequence[R] | Awaitable[Sequence[R]]"]
 
 
 def is_async_callable(fn: Any) -> bool:

@@ -8,28 +8,11 @@ from typing import Any
 
 import msgspec
 
-from headrace.record import FailedRecord, ModelRef, Record
-
-MAX_ERROR_CHARS = 500
-
-
-def failure(
-    record: Record,
-    stage: str,
-    exc: BaseException | str,
-    *,
-    model: ModelRef | None = None,
-    attempts: int = 1,
-) -> FailedRecord:
-    """A failed record with a bounded error message."""
-    if isinstance(exc, BaseException):
-        message, kind = str(exc), type(exc).__name__
-    else:
-        message, kind = exc, "ValidationError"
-    return FailedRecord(record, stage, message[:MAX_ERROR_CHARS], kind, model, attempts)
+from headrace.errors import ErrorType, RecordError, Stage, failure, json_kind
+from headrace.record import FailedRecord, Record
 
 
-class DecodeError(ValueError):
+class DecodeError(RecordError):
     """A record's bytes are not a valid event."""
 
 
@@ -64,13 +47,19 @@ class JsonDecoder:
             raw = r.raw
             try:
                 if raw is None:
-                    raise DecodeError("record has no bytes to decode")
+                    raise DecodeError("record has no bytes to decode", ErrorType.NO_BYTES)
                 if len(raw) > limit:
-                    raise DecodeError(f"message of {len(raw)} bytes exceeds max_bytes={limit}")
+                    raise DecodeError(
+                        f"message of {len(raw)} bytes exceeds max_bytes={limit}",
+                        ErrorType.TOO_LARGE,
+                    )
                 value = decode(raw)
                 if key_field is not None or time_field is not None:
                     if not isinstance(value, dict):
-                        raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
+                        raise DecodeError(
+                            f"expected a JSON object, got {json_kind(value)}",
+                            ErrorType.NOT_AN_OBJECT,
+                        )
                     # Both are read before either is set: a failure leaves the record as is.
                     key = value.get(key_field) if key_field is not None else r.key
                     when = event_time(value, time_field) if time_field is not None else None
@@ -78,35 +67,57 @@ class JsonDecoder:
                     if when is not None:
                         r.event_time = when
                 r.value = value
-            # msgspec raises UnicodeDecodeError (not its DecodeError) for invalid UTF-8 in a
-            # string; one bad message must fail alone, never the whole chunk.
-            except (msgspec.DecodeError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
-                failed.append(failure(r, "decode", exc))
+            except DecodeError as exc:
+                failed.append(failure(r, Stage.DECODE, exc, exc.error_type))
+                continue
+            # One bad message must fail alone, never the whole chunk. What msgspec raises
+            # for bad bytes differs between releases (invalid UTF-8 was UnicodeDecodeError
+            # before 0.19 and is DecodeError since; deep nesting is RecursionError): the
+            # kind is read from the bytes, not from the class.
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+                assert raw is not None
+                failed.append(failure(r, Stage.DECODE, exc, _bad_bytes(raw, exc)))
                 continue
             good.append(r)
         return good, failed
 
 
+def _bad_bytes(raw: bytes, exc: BaseException) -> ErrorType:
+    """Why ``raw`` did not decode (called only for the few that do not)."""
+    if isinstance(exc, RecursionError):
+        return ErrorType.TOO_DEEP
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ErrorType.INVALID_UTF8
+    return ErrorType.INVALID_JSON
+
+
 def event_time(value: dict[str, Any], field: str) -> float:
     """Epoch seconds from a number, or from an ISO 8601 string that names its time zone."""
     if field not in value:
-        raise DecodeError(f"missing event-time field {field!r}")
+        raise DecodeError(f"missing event-time field {field!r}", ErrorType.MISSING_FIELD)
     t = value[field]
-    if isinstance(t, bool):
-        raise DecodeError(f"event-time field {field!r} must be a number or a string, got bool")
-    if isinstance(t, int | float):
+    if isinstance(t, int | float) and not isinstance(t, bool):
         try:
             return float(t)
         except OverflowError:  # a JSON integer has no size limit
-            raise DecodeError(f"event-time field {field!r} is out of range") from None
+            raise DecodeError(
+                f"event-time field {field!r} is out of range", ErrorType.INVALID_TIME
+            ) from None
     if isinstance(t, str):
         try:
             parsed = dt.datetime.fromisoformat(t)
         except ValueError as exc:
-            raise DecodeError(f"event-time field {field!r} is not ISO 8601: {t[:40]!r}") from exc
+            raise DecodeError(
+                f"event-time field {field!r} is not ISO 8601: {t[:40]!r}", ErrorType.INVALID_TIME
+            ) from exc
         if parsed.tzinfo is None:
-            raise DecodeError(f"event-time field {field!r} has no time zone: {t[:40]!r}")
+            raise DecodeError(
+                f"event-time field {field!r} has no time zone: {t[:40]!r}", ErrorType.INVALID_TIME
+            )
         return parsed.timestamp()
     raise DecodeError(
-        f"event-time field {field!r} must be a number or a string, got {type(t).__name__}"
+        f"event-time field {field!r} must be a number or a string, got {json_kind(t)}",
+        ErrorType.WRONG_TYPE,
     )

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from headrace.connectors.base import PartitionKey, Sink, Source
+from headrace.connectors.base import PartitionedSource, PartitionKey, Sink, Source
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka import KafkaProducer, KafkaSource
@@ -34,6 +34,9 @@ class Delivery(ABC):
     ) -> Mapping[PartitionKey, int] | None:
         """Where newly assigned partitions start, if this delivery keeps positions itself."""
         return None
+
+    def release(self, partitions: Sequence[PartitionKey]) -> None:  # noqa: B027 - optional
+        """``partitions`` left this worker (after their last commit, or given up)."""
 
 
 class AtLeastOnce(Delivery):
@@ -66,7 +69,10 @@ class KafkaTransactions(Delivery):
 
 class PostgresTransactions(Delivery):
     """Kafka to PostgreSQL: consumed offsets are stored in the same database transaction as
-    the outputs, and partitions start from the stored offsets when assigned."""
+    the outputs, and partitions start from the stored offsets when assigned. Assigning
+    claims a partition in the database (a new epoch), and a transaction commits only if
+    its partitions' epochs are still this worker's: a worker that lost its partitions
+    while paused cannot commit outputs for them afterwards."""
 
     exactly_once = True
     name = "exactly-once (PostgreSQL transactions)"
@@ -80,11 +86,13 @@ class PostgresTransactions(Delivery):
         await self.sink.commit_transaction(positions)
         # Also to Kafka, without waiting, for lag monitoring only: the database's copy is
         # the truth, and waiting could block on a rebalance in progress.
-        mirror = getattr(source, "mirror_commit", None)
-        if mirror is not None:
-            mirror(positions)
+        if isinstance(source, PartitionedSource):
+            source.mirror_commit(positions)
 
     async def start_positions(
         self, partitions: Sequence[PartitionKey]
     ) -> Mapping[PartitionKey, int] | None:
-        return await self.sink.stored_positions(partitions)
+        return await self.sink.claim(partitions)
+
+    def release(self, partitions: Sequence[PartitionKey]) -> None:
+        self.sink.release(partitions)

@@ -105,10 +105,13 @@ class PartitionShares:
 
     >>> shares = PartitionShares(max_records=100, resume_at=0.5)
     >>> from headrace.record import Record
-    >>> shares.admit([Record(None, None, 0.0, "t", 0, i) for i in range(50)])
+    >>> def rec(offset):
+    ...     return Record(key=None, value=None, event_time=0.0, topic="t", partition=0,
+    ...                   offset=offset)
+    >>> shares.admit([rec(i) for i in range(50)])
     >>> sorted(shares.full(assigned=2)), sorted(shares.full(assigned=4))
     ([('t', 0)], [('t', 0)])
-    >>> shares.release([Record(None, None, 0.0, "t", 0, i) for i in range(30)])
+    >>> shares.release([rec(i) for i in range(30)])
     >>> sorted(shares.drained({("t", 0)}, assigned=2))
     [('t', 0)]
     """

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from headrace import defaults
 from headrace.models.base import Model, model_label, model_ref
 from headrace.observe.metrics import PipelineMetrics
 
@@ -43,19 +44,19 @@ class ModelSource(Protocol):
         """Load (after checking its sha256) and validate one version; raises if it must
         not serve. May block."""
 
-    def roll_back(self, bad_version: str) -> None:
-        """Move the reference off ``bad_version`` (one step back), if it still points
-        there. May block."""
+    def roll_back(self, bad_version: str, to: str | None = None) -> None:
+        """Move the reference off ``bad_version``, if it still points there: to ``to``
+        (the version that was serving before it), else one step back. May block."""
 
 
 @dataclass(frozen=True)
 class Probation:
     """How long a new version is watched after a swap, and what sends it back."""
 
-    seconds: float = 60.0
-    max_error_rate: float = 0.05
-    max_latency_ratio: float = 3.0
-    min_records: int = 100
+    seconds: float = defaults.PROBATION_SECONDS
+    max_error_rate: float = defaults.PROBATION_MAX_ERROR_RATE
+    max_latency_ratio: float = defaults.PROBATION_MAX_LATENCY_RATIO
+    min_records: int = defaults.PROBATION_MIN_RECORDS
 
     def __post_init__(self) -> None:
         if self.seconds < 0:
@@ -96,7 +97,7 @@ class ModelManager:
         self,
         source: ModelSource,
         *,
-        poll_interval: float = 10.0,
+        poll_interval: float = defaults.POLL_INTERVAL,
         probation: Probation | None = None,
         metrics: PipelineMetrics | None = None,
     ) -> None:
@@ -273,7 +274,11 @@ class ModelManager:
             model_label(good),
             reason,
         )
-        task = asyncio.get_running_loop().run_in_executor(None, self.source.roll_back, version)
+        # Back to the version that served, never merely the one before on the alias's
+        # history: that may be one that failed to load or validate, and never served.
+        task = asyncio.get_running_loop().run_in_executor(
+            None, self.source.roll_back, version, model_ref(good).version
+        )
         task.add_done_callback(self._rolled_back)
 
     def _rolled_back(self, future: asyncio.Future[None]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from headrace.errors import HeadraceError
 from headrace.record import Record
 
 PartitionKey = tuple[str, int]
@@ -32,7 +33,7 @@ class _Partition:
         self.position = order[0] if order else self.last_tracked + 1
 
 
-class OffsetTrackerError(RuntimeError):
+class OffsetTrackerError(HeadraceError, RuntimeError):
     """The tracker was told something impossible: a sign of a bug upstream."""
 
 
@@ -41,7 +42,8 @@ class OffsetTracker:
 
     >>> from headrace.record import Record
     >>> t = OffsetTracker()
-    >>> rs = [Record(None, None, 0.0, "t", 0, o) for o in range(3)]
+    >>> rs = [Record(key=None, value=None, event_time=0.0, topic="t", partition=0, offset=o)
+    ...       for o in range(3)]
     >>> t.track(rs)
     >>> t.done([rs[2], rs[0]])  # out of order: offset 1 is still unfinished
     >>> t.positions()

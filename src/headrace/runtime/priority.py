@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from headrace.errors import ErrorType, Stage, failure
 from headrace.record import FailedRecord, Record
-
-SHED_STAGE = "shed"
 
 
 class Priorities:
@@ -101,7 +100,7 @@ class ShedPolicy:
         ]
 
 
-def shed(record: Record, reason: str, detail: str) -> FailedRecord:
+def shed(record: Record, reason: ErrorType, detail: str) -> FailedRecord:
     """A shed record, as the shed destination receives it: ``error_type`` is the reason
-    (``in-flight`` or ``deadline``), ``error`` says by how much."""
-    return FailedRecord(record, SHED_STAGE, detail, reason)
+    (``shed-in-flight`` or ``shed-deadline``), ``error`` says by how much."""
+    return failure(record, Stage.SHED, detail, reason)

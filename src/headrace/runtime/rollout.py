@@ -8,6 +8,7 @@ labelled with that version: a batch never mixes versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -18,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from headrace import defaults
 from headrace.connectors.base import Sink
 from headrace.models.base import model_ref
 from headrace.observe.metrics import PipelineMetrics
-from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch
 from headrace.runtime.manager import ModelManager
+from headrace.runtime.parts import close_logging
+from headrace.runtime.pool import InferencePool
 from headrace.runtime.scoring import ModelCaller
 
 log = logging.getLogger("headrace")
@@ -62,9 +66,9 @@ class Shadow:
 
     candidate: ModelManager
     sink: Sink
-    tolerance: float = 1e-6
-    max_batches_in_flight: int = 1
-    timeout: float = 30.0
+    tolerance: float = defaults.SHADOW_TOLERANCE
+    max_batches_in_flight: int = defaults.SHADOW_MAX_BATCHES_IN_FLIGHT
+    timeout: float = defaults.SHADOW_TIMEOUT
 
 
 class Rollout:
@@ -91,6 +95,36 @@ class Rollout:
             if extra is not None and extra.candidate is not manager:
                 extra.candidate.reports_info = False  # the gauge shows the serving version
 
+    async def start(self, parts: contextlib.AsyncExitStack) -> list[asyncio.Task[None]]:
+        """Load every version that serves (one that cannot load stops the start), watch
+        for new ones, open the shadow's sink; returns the watching tasks. What it starts
+        is let go on ``parts``'s exit."""
+        watchers = []
+        for manager in self.managers():
+            await manager.start()
+            watcher = asyncio.create_task(manager.watch())
+            watchers.append(watcher)
+            parts.callback(watcher.cancel)
+        if self.shadow is not None:
+            # Threads of its own: a stuck shadow takes none of the serving model's, and the
+            # end of the run does not wait for it.
+            threads = InferencePool(
+                self.shadow.max_batches_in_flight, max_hung=0, name="headrace-shadow"
+            )
+            self.executor = threads
+            parts.callback(lambda: threads.shutdown(wait=False, cancel_futures=True))
+            # Opened, written and closed, but never flushed before a commit: the shadow
+            # does not hold the pipeline back.
+            sink = self.shadow.sink
+            await sink.open()
+            parts.push_async_callback(close_logging, sink.name, sink.close)
+        return watchers
+
+    def check_now(self) -> None:
+        """Look for new versions now, for every managed model (the admin call)."""
+        for manager in self.managers():
+            manager.check_now()
+
     def managers(self) -> list[ModelManager]:
         found = [self.manager]
         for extra in (self.canary, self.shadow):
@@ -99,9 +133,14 @@ class Rollout:
         return found
 
     async def score(
-        self, caller: ModelCaller, records: list[Record], inputs: Any
+        self,
+        caller: ModelCaller,
+        records: list[Record],
+        inputs: Any,
+        kind: BatchKind = BatchKind.EVENTS,
     ) -> tuple[list[ScoredBatch], list[FailedRecord]]:
-        """Batches to write (one per version) and the records no version could score."""
+        """Batches of ``kind`` to write (one per version) and the records no version
+        could score."""
         groups = [(self.manager, records, inputs)]
         canary = self.canary
         if canary is not None and canary.candidate.serving is not None:
@@ -110,7 +149,7 @@ class Rollout:
         failed: list[FailedRecord] = []
         for manager, recs, ins in groups:
             if recs:
-                b, f = await self._score_on(caller, manager, recs, ins)
+                b, f = await self._score_on(caller, manager, recs, ins, kind)
                 batches += b
                 failed += f
         return batches, failed
@@ -128,7 +167,12 @@ class Rollout:
         ]
 
     async def _score_on(
-        self, caller: ModelCaller, manager: ModelManager, records: list[Record], inputs: Any
+        self,
+        caller: ModelCaller,
+        manager: ModelManager,
+        records: list[Record],
+        inputs: Any,
+        kind: BatchKind,
     ) -> tuple[list[ScoredBatch], list[FailedRecord]]:
         model = manager.lease()
         try:
@@ -143,7 +187,15 @@ class Rollout:
             manager.observe(
                 model, ok=len(scored), failed=len(failed), seconds=time.perf_counter() - started
             )
-            batches = [ScoredBatch(scored, predictions, model_ref(model), time.time())]
+            batches = [
+                ScoredBatch(
+                    records=scored,
+                    predictions=predictions,
+                    model=model_ref(model),
+                    processed_at=time.time(),
+                    kind=kind,
+                )
+            ]
             fallback = manager.fallback(model) if failed else None
             owner = manager
             if fallback is None and failed and manager is not self.manager:
@@ -159,7 +211,15 @@ class Rollout:
                 finally:
                     owner.release(fallback)
                 if again:
-                    batches.append(ScoredBatch(again, more, model_ref(fallback), time.time()))
+                    batches.append(
+                        ScoredBatch(
+                            records=again,
+                            predictions=more,
+                            model=model_ref(fallback),
+                            processed_at=time.time(),
+                            kind=kind,
+                        )
+                    )
             return [b for b in batches if b.records], failed
         finally:
             manager.release(model)
@@ -206,7 +266,13 @@ class Rollout:
             self.metrics.shadow_records.labels("agree").inc(agree)
             self.metrics.shadow_records.labels("disagree").inc(len(records) - agree)
             await shadow.sink.write(
-                ScoredBatch(records, predictions, model_ref(model), time.time())
+                ScoredBatch(
+                    records=records,
+                    predictions=predictions,
+                    model=model_ref(model),
+                    processed_at=time.time(),
+                    kind=served[0].kind,
+                )
             )
         except Exception as exc:  # the shadow never affects the pipeline
             self.metrics.shadow_records.labels("failed").inc(len(records))

@@ -14,6 +14,7 @@ again from the start. Nothing is dead-lettered while the breaker is open.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -25,12 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from headrace import defaults
+from headrace.errors import ErrorType, HeadraceError, Stage, error_type_of, failure
 from headrace.models.base import Model, model_label, model_ref
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
+from headrace.observe.throttle import Throttle
 from headrace.record import FailedRecord, Record
 from headrace.runtime.batcher import OutputCountError, is_async_callable
-from headrace.runtime.decode import failure
+from headrace.runtime.pool import InferencePool, PoolExhaustedError
 
 log = logging.getLogger("headrace")
 
@@ -40,17 +44,20 @@ class FailurePolicy:
     """How model failures are retried. Times are in seconds.
 
     ``retries``: further attempts for a record that failed alone, before it is
-    dead-lettered. ``backoff`` doubles per attempt up to ``max_backoff``; the circuit
-    breaker's probes follow the same schedule. ``timeout``: a call that takes longer
-    counts as failed (``None``: no limit). ``probe_after``: consecutive failed calls after
-    which the model's health is checked.
+    dead-lettered (a record whose call timed out is not retried: the retry would wait on
+    whatever held the first call). ``backoff`` doubles per attempt up to ``max_backoff``;
+    the circuit breaker's probes follow the same schedule. ``timeout``: a call that takes
+    longer counts as failed (``None``: no limit), and its thread is written off and
+    replaced, up to ``max_hung_calls`` threads (then the pipeline stops).
+    ``probe_after``: consecutive failed calls after which the model's health is checked.
     """
 
-    retries: int = 2
-    backoff: float = 0.01
-    max_backoff: float = 5.0
+    retries: int = defaults.RETRIES
+    backoff: float = defaults.BACKOFF
+    max_backoff: float = defaults.MAX_BACKOFF
     timeout: float | None = None
     probe_after: int = 3
+    max_hung_calls: int = defaults.MAX_HUNG_CALLS
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -61,6 +68,8 @@ class FailurePolicy:
             raise ValueError(f"the model timeout must be positive, got {self.timeout}")
         if self.probe_after < 1:
             raise ValueError(f"probe_after must be at least 1, got {self.probe_after}")
+        if self.max_hung_calls < 0:
+            raise ValueError(f"max_hung_calls must not be negative, got {self.max_hung_calls}")
 
     def delay(self, attempt: int) -> float:
         """Backoff before attempt ``attempt`` (2 for the first retry)."""
@@ -68,11 +77,13 @@ class FailurePolicy:
         return float(min(self.max_backoff, self.backoff * 2.0 ** min(max(0, attempt - 2), 64)))
 
 
-class ModelTimeoutError(TimeoutError):
+class ModelTimeoutError(HeadraceError, TimeoutError):
     """A model call ran past the configured timeout."""
 
+    error_type = ErrorType.MODEL_TIMEOUT
 
-class ModelUnavailableError(RuntimeError):
+
+class ModelUnavailableError(HeadraceError, RuntimeError):
     """The pipeline was stopped while the model was down: the batches waiting for it were
     not scored, and their records were not committed."""
 
@@ -135,7 +146,12 @@ class ModelCaller:
                 if not hold_when_down:
                     cause = down.__cause__ or down
                     ref = model_ref(model)
-                    return [], [], [failure(r, "model", cause, model=ref) for r in records]
+                    kind = _kind(cause)
+                    return (
+                        [],
+                        [],
+                        [failure(r, Stage.MODEL, cause, kind, model=ref) for r in records],
+                    )
                 # Score the whole batch again once the model answers.
                 await self._wait_up(model, inputs[:1])
 
@@ -152,8 +168,13 @@ class ModelCaller:
                 # The model has never answered: poison and down cannot be told apart, and
                 # down loses nothing by waiting.
                 raise _ModelDown() from next(iter(leaves.values()))
+            # A call that timed out is not tried again: it would wait on whatever held the
+            # first (each wait costing a thread), and a record that hangs the model must
+            # cost one isolation, not one per retry.
             retries = [
-                asyncio.ensure_future(self._retry(model, inputs, i, out, leaves)) for i in leaves
+                asyncio.ensure_future(self._retry(model, inputs, i, out, leaves))
+                for i, exc in leaves.items()
+                if not isinstance(exc, ModelTimeoutError)
             ]
             try:
                 await asyncio.gather(*retries)
@@ -163,9 +184,16 @@ class ModelCaller:
             if leaves and not await self._healthy(model):
                 raise _ModelDown() from next(iter(leaves.values()))
             ref = model_ref(model)
-            attempts = 1 + self.policy.retries
+            retried = 1 + self.policy.retries
             failed = [
-                failure(records[i], "model", exc, model=ref, attempts=attempts)
+                failure(
+                    records[i],
+                    Stage.MODEL,
+                    exc,
+                    _kind(exc),
+                    model=ref,
+                    attempts=1 if isinstance(exc, ModelTimeoutError) else retried,
+                )
                 for i, exc in sorted(leaves.items())
             ]
             return (
@@ -186,6 +214,8 @@ class ModelCaller:
     ) -> None:
         try:
             out[lo:hi] = await self._call(model, inputs[lo:hi], hi - lo)
+        except PoolExhaustedError:
+            raise
         except Exception as exc:
             await self._failed(model, exc)
             if hi - lo == 1:
@@ -203,6 +233,8 @@ class ModelCaller:
             self.metrics.model_retries.inc()
             try:
                 out[i] = (await self._call(model, inputs[i : i + 1], 1))[0]
+            except PoolExhaustedError:
+                raise
             except Exception as exc:
                 leaves[i] = exc
                 await self._failed(model, exc)
@@ -212,7 +244,7 @@ class ModelCaller:
 
     async def _failed(self, model: Model, exc: BaseException) -> None:
         self._consecutive += 1
-        self.metrics.model_errors.labels(type(exc).__name__).inc()
+        self.metrics.model_errors.labels(_kind(exc)).inc()
         every = self.policy.probe_after
         due = self._consecutive >= every and self._consecutive % every == 0
         if due and self._probe is not None and not await self._healthy(model):
@@ -225,6 +257,8 @@ class ModelCaller:
             return True
         try:
             await self._call(model, probe, len(probe))
+        except PoolExhaustedError:
+            raise
         except Exception:
             return False
         return True
@@ -242,6 +276,8 @@ class ModelCaller:
             "model %s is failing on every record: pausing, and retrying", model_label(model)
         )
         attempt = 2
+        throttle = Throttle(30.0)  # one line when it fails, then at most one per 30 s
+        started = time.monotonic()
         try:
             while True:
                 if self._stopping:
@@ -254,16 +290,21 @@ class ModelCaller:
                 probe = self._probe if self._probe is not None else fallback
                 try:
                     await self._call(model, probe, len(probe))
+                except PoolExhaustedError:
+                    raise
                 except Exception as exc:
                     attempt += 1
-                    self.metrics.model_errors.labels(type(exc).__name__).inc()
-                    log.warning(
-                        "model %s still failing (%s: %s); next try in %.2gs",
-                        model_label(model),
-                        type(exc).__name__,
-                        str(exc)[:200],
-                        self.policy.delay(attempt),
-                    )
+                    self.metrics.model_errors.labels(_kind(exc)).inc()
+                    if throttle.allow() is not None:
+                        log.warning(
+                            "model %s still failing after %.0f s (%s: %s); retrying with "
+                            "backoff up to %.3g s",
+                            model_label(model),
+                            time.monotonic() - started,
+                            _kind(exc),
+                            str(exc)[:200],
+                            self.policy.max_backoff,
+                        )
                     continue
                 break
         finally:
@@ -281,22 +322,32 @@ class ModelCaller:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
 
+    def _submit(self, fn: Callable[[Any], Any], inputs: Any) -> concurrent.futures.Future[Any]:
+        if self.executor is None:  # outside an engine (tests): a pool of its own
+            self.executor = InferencePool(2, max_hung=self.policy.max_hung_calls)
+        return self.executor.submit(fn, inputs)
+
     async def _call(self, model: Model, inputs: Any, n: int) -> list[Any]:
         started = time.perf_counter()
         timeout = self.policy.timeout
+        call: concurrent.futures.Future[Any] | None = None
+        timer = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with timer:
                 if self._is_async(model):
                     out = await model.predict_batch(inputs)
                 else:
-                    loop = asyncio.get_running_loop()
-                    # A call that times out keeps its thread until it returns: Python
-                    # cannot stop a thread. The executor has spare threads for that.
-                    out = await loop.run_in_executor(self.executor, model.predict_batch, inputs)
+                    call = self._submit(model.predict_batch, inputs)
+                    out = await asyncio.wrap_future(call)
                     if inspect.isawaitable(out):  # a plain function returning a coroutine
                         out = await out
         except TimeoutError:
+            if not timer.expired():
+                raise  # the model's own (a client of a model server timing out): retried
             self.metrics.model_timeouts.inc()
+            if call is not None and isinstance(self.executor, InferencePool):
+                # Python cannot stop the thread: the pool writes it off and replaces it.
+                self.executor.abandon(call)
             raise ModelTimeoutError(f"model call on {n} records exceeded {timeout}s") from None
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.observe(elapsed)
@@ -315,6 +366,10 @@ class ModelCaller:
         if found is None:
             found = self._async[key] = is_async_callable(model.predict_batch)
         return found
+
+
+def _kind(exc: BaseException) -> ErrorType:
+    return error_type_of(exc, default=ErrorType.MODEL_ERROR)
 
 
 def _plain(value: Any) -> Any:

@@ -84,7 +84,11 @@ def loadgen(
     ] = None,
     seconds: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Stop after this long.", show_default=False),
+        typer.Option(
+            min=0.0,
+            help="Stop after this long; at a --rate, after exactly rate * seconds events.",
+            show_default=False,
+        ),
     ] = None,
     malformed: Annotated[
         float,

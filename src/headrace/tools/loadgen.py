@@ -11,6 +11,7 @@ under load too; each still begins ``{"id": N,`` and carries the headers
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from headrace.connectors.generator import SensorEvents
+from headrace.connectors.generator import SensorEvents, planned_events
+from headrace.errors import HeadraceError
 from headrace.tools.settings import RedactingLogger, describe, redact
 
 # Defaults chosen for throughput without surprises: a short linger batches records (a
@@ -57,7 +59,7 @@ KIND_HEADER = "loadgen-malformed"
 _encode = msgspec.json.Encoder().encode
 
 
-class LoadgenError(RuntimeError):
+class LoadgenError(HeadraceError, RuntimeError):
     """The load generator could not reach the broker."""
 
 
@@ -195,6 +197,8 @@ def produce_events(
     ``rate`` is events per second (0: as fast as the producer takes them). The run ends
     after ``count`` events or ``seconds`` seconds, whichever comes first; with neither it
     runs until ``stop`` is set or the process is interrupted (Ctrl-C), and still flushes.
+    At a ``rate``, ``seconds`` means exactly ``rate * seconds`` events (rounded), record
+    ``i`` due ``i / rate`` seconds after the start, as the ``generator`` source counts them.
     Record ``k`` of the run (from 0) is malformed exactly when ``floor((k+1)·f)`` exceeds
     ``floor(k·f)`` for ``f = malformed``: ``floor(n·f)`` of ``n`` records, evenly spread,
     the kinds taking turns. ``config`` is passed to librdkafka as is, over
@@ -278,28 +282,29 @@ def produce_events(
     n_bad = 0
     interrupted = False
     start = time.monotonic()
-    deadline = None if seconds is None else start + seconds
+    # Paced, `seconds` means rate * seconds events (as the generator source counts them);
+    # unpaced, it is a time limit.
+    total = planned_events(rate, count, seconds)
+    deadline = start + seconds if seconds is not None and not rate else None
     if bar is not None:
         bar.start()
     try:
-        while count is None or produced < count:
+        while total is None or produced < total:
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
                 break
             n = chunk_size
             if rate:
-                due = int((now - start) * rate) - produced
+                # Records 0 .. due-1 are due by now (record i at start + i / rate).
+                due = math.floor((now - start) * rate) + 1 - produced
                 if due <= 0:
                     # Pacing, not synchronisation: serve delivery reports until the next
                     # record is due.
-                    wake = start + (produced + 1) / rate
-                    if deadline is not None:
-                        wake = min(wake, deadline)
-                    poll(min(max(wake - now, 0.0), 0.1))
+                    poll(min(max(start + produced / rate - now, 0.0), 0.1))
                     continue
                 n = min(n, due)
-            if count is not None:
-                n = min(n, count - produced)
+            if total is not None:
+                n = min(n, total - produced)
             events, _ = gen.make(start_id=start_id + produced, n=n, ts=time.time())
             for i, event in enumerate(events):
                 k = produced + i

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from headrace.errors import HeadraceError
+
 SECRET_MARKERS = ("password", "secret", "sasl")
 MASK = "***"
 
@@ -25,7 +27,7 @@ def is_secret(key: str) -> bool:
     return any(marker in k for marker in SECRET_MARKERS)
 
 
-class SettingError(ValueError):
+class SettingError(HeadraceError, ValueError):
     """A ``-X`` item that is not ``key=value``. The message never contains a secret."""
 
 

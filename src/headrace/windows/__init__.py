@@ -3,7 +3,7 @@ events, with state that can be snapshotted per input partition.
 
 The pure core, independent of the engine:
 
-* :mod:`~headrace.windows.window`: :class:`Window` and the time unit (integer ms);
+* :mod:`~headrace.windows.window`: :class:`Window` and the time unit (integer µs);
 * :mod:`~headrace.windows.assigners`: tumbling, hopping, sliding and session windows;
 * :mod:`~headrace.windows.aggregators`: the :class:`Aggregator` protocol and incremental,
   constant-memory aggregations;
@@ -31,7 +31,7 @@ from headrace.windows.assigners import Assigner, Hopping, Session, Sliding, Tumb
 from headrace.windows.features import Features
 from headrace.windows.operator import Rejected, WindowOperator, WindowResult
 from headrace.windows.watermark import Watermarks
-from headrace.windows.window import Window, to_ms, to_seconds
+from headrace.windows.window import Window, to_seconds, to_us
 
 __all__ = [
     "Aggregator",
@@ -57,6 +57,6 @@ __all__ = [
     "Window",
     "WindowOperator",
     "WindowResult",
-    "to_ms",
     "to_seconds",
+    "to_us",
 ]

@@ -17,9 +17,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headrace.connectors.kafka import KafkaFatalError, KafkaProducer
+from headrace.errors import HeadraceError
 
 if TYPE_CHECKING:
+    # Only for types: the engine imports this module, and `import headrace` must not load
+    # the optional Kafka connector.
+    from headrace.connectors.kafka import KafkaProducer
     from headrace.connectors.postgres import PostgresSink
 
 log = logging.getLogger("headrace.windows")
@@ -27,7 +30,7 @@ log = logging.getLogger("headrace.windows")
 Change = tuple[bytes, bytes | None]
 
 
-class ChangelogError(RuntimeError):
+class ChangelogError(HeadraceError, RuntimeError):
     """The changelog cannot be used: missing, partitioned unlike the input, unreadable."""
 
 
@@ -197,6 +200,8 @@ class KafkaChangelog(Changelog):
 
     def _read(self, partitions: Sequence[int]) -> dict[int, list[Change]]:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from headrace.connectors.kafka import KafkaFatalError
 
         consumer = Consumer(
             {

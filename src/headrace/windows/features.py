@@ -17,17 +17,31 @@ makes the whole record invalid: :meth:`Features.extract` says why, and no state 
 ...     st = f.add(st, f.extract(v), at=0)
 >>> f.result(st)
 {'n': 3, 'avg': 15.0, 'top': 20}
->>> f.extract({"amount": "ten"})
-"feature 'avg': field 'amount' holds 'ten', not a number"
+>>> bad = f.extract({"amount": "ten"}); bad.error_type.value, bad.detail
+('wrong-type', "feature 'avg': field 'amount' holds 'ten', not a number")
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+from headrace.errors import ErrorType, json_kind
 from headrace.windows.aggregators import Aggregator
+
+
+class Invalid(NamedTuple):
+    """Why a record cannot be placed in a window: an error type and the details."""
+
+    error_type: ErrorType
+    detail: str
+
+
+def not_an_object(value: Any) -> Invalid:
+    return Invalid(
+        ErrorType.NOT_AN_OBJECT, f"the record value is {json_kind(value)}, not an object"
+    )
 
 
 def _is_number(value: Any) -> bool:
@@ -72,19 +86,22 @@ class Features:
         )
         return f"Features({{{inner}}})"
 
-    def extract(self, value: Any) -> list[Any] | str:
+    def extract(self, value: Any) -> list[Any] | Invalid:
         """The record's value of each field the spec reads (``None`` where absent), for
         :meth:`add`; or why the record cannot be added."""
         if not self._needs_object:
             return [value]
         if not isinstance(value, dict):
-            return f"the record value is a {type(value).__name__}, not an object"
+            return not_an_object(value)
         get = value.get
         out = [value if f is None else get(f) for f in self._distinct]
         for i, field, name in self._checks:
             v = out[i]
             if v is not None and not _is_number(v):
-                return f"feature {name!r}: field {field!r} holds {v!r}, not a number"
+                return Invalid(
+                    ErrorType.WRONG_TYPE,
+                    f"feature {name!r}: field {field!r} holds {v!r}, not a number",
+                )
         return out
 
     def init(self) -> list[Any]:
@@ -114,6 +131,20 @@ class Features:
 
     def dump(self, states: list[Any]) -> list[Any]:
         return [agg.dump(st) for agg, st in zip(self.aggregators, states, strict=True)]
+
+    def from_ms(self, data: list[Any]) -> list[Any]:
+        """Dumped states of version 1 state, whose event times were milliseconds, with them
+        in microseconds: what each aggregator's optional ``from_ms`` makes of its part (the
+        ones that keep no time have none)."""
+        if len(data) != len(self.aggregators):
+            raise ValueError(
+                f"the stored state has {len(data)} features, this spec {len(self.aggregators)}"
+            )
+        out = []
+        for agg, d in zip(self.aggregators, data, strict=True):
+            convert = getattr(agg, "from_ms", None)
+            out.append(d if convert is None else convert(d))
+        return out
 
     def load(self, data: list[Any]) -> list[Any]:
         if len(data) != len(self.aggregators):

@@ -30,14 +30,15 @@ passed in), no thread and no I/O.
 >>> op = WindowOperator(Tumbling(10), {"n": (None, Count()), "total": ("amount", Sum())},
 ...                     key_field="user")
 >>> def rec(user, t, amount, offset):
-...     return Record(None, {"user": user, "amount": amount}, t, "events", 0, offset)
+...     return Record(key=None, value={"user": user, "amount": amount}, event_time=t,
+...                   topic="events", partition=0, offset=offset)
 >>> op.add([rec("ann", 1.0, 5, 0), rec("bob", 4.0, 1, 1), rec("ann", 9.5, 2, 2)], now=0.0)
 ([], [])
 >>> closed, rejected = op.add([rec("bob", 12.0, 7, 3)], now=0.0)  # event time passes 10 s
 >>> [(r.key, r.window.start, r.window.end, r.count, r.features) for r in closed]
 [('ann', 0.0, 10.0, 2, {'n': 2, 'total': 7.0}), ('bob', 0.0, 10.0, 1, {'n': 1, 'total': 1.0})]
 >>> closed, rejected = op.add([rec("ann", 3.0, 1, 4)], now=0.0)
->>> rejected[0].reason, op.late_count
+>>> rejected[0].reason.value, op.late_count
 ('late', 1)
 """
 
@@ -52,18 +53,21 @@ from typing import Any
 
 import msgspec
 
+from headrace.errors import ErrorType, Stage, failure, json_kind
 from headrace.record import FailedRecord, Record
 from headrace.windows.aggregators import Aggregator
 from headrace.windows.assigners import Assigner
-from headrace.windows.features import Features
+from headrace.windows.features import Features, Invalid, not_an_object
 from headrace.windows.store import EVERYTHING, NEVER, Store, make_store
 from headrace.windows.watermark import Watermarks
-from headrace.windows.window import Window, to_ms, to_seconds
+from headrace.windows.window import Window, event_us, to_seconds, to_us
 
-LATE = "late"
-INVALID = "invalid"
-REJECT_STAGE = "window"
-SNAPSHOT_VERSION = 1
+REJECT_STAGE = Stage.WINDOW.value
+# The encoding of a partition's state (snapshots and changelog records). Version 1 held
+# times in milliseconds; 2 holds them in microseconds. Version 1 state is still restored,
+# converted (see _from_ms).
+SNAPSHOT_VERSION = 2
+_MS_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,7 @@ class WindowResult:
         """The shape an output carries (the model's prediction and version are added
         where it is scored).
 
-        >>> WindowResult("k", Window(0, 10_000), 3, {"n": 3}, 0).to_dict()["window"]
+        >>> WindowResult("k", Window(0, 10_000_000), 3, {"n": 3}, 0).to_dict()["window"]
         {'start': 0.0, 'end': 10.0}
         """
         return {
@@ -95,16 +99,17 @@ class WindowResult:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record the operator did not add to any window, and why: ``reason`` is ``late`` or
-    ``invalid``, ``detail`` says what exactly."""
+    """A record the operator did not add to any window, and why: ``reason`` is ``late``,
+    or what made it impossible to place (``not-an-object``, ``missing-field``,
+    ``wrong-type``, ``invalid-time``); ``detail`` says what exactly."""
 
     record: Record
-    reason: str
+    reason: ErrorType
     detail: str
 
     def to_failed(self) -> FailedRecord:
         """As the engine's dead-letter destinations take it."""
-        return FailedRecord(self.record, REJECT_STAGE, self.detail, self.reason)
+        return failure(self.record, Stage.WINDOW, self.detail, self.reason)
 
 
 class _Position(msgspec.Struct, array_like=True):
@@ -113,7 +118,7 @@ class _Position(msgspec.Struct, array_like=True):
     version: int
     kind: str
     features: list[str]
-    max_ms: int | None  # the latest event time the partition delivered: its watermark
+    max_us: int | None  # the latest event time the partition delivered: its watermark
     horizon: int  # the store had closed its windows through this
 
 
@@ -152,7 +157,13 @@ def bulk_load() -> Iterator[None]:
 
 
 def _is_time(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if type(value) is float:  # what nearly every event time is: first, once per event
+        return math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # An int is finite, however large (math.isfinite would raise for one past a float's
+    # range): event_us says whether it is in range.
+    return isinstance(value, int) or math.isfinite(value)
 
 
 class WindowOperator:
@@ -190,7 +201,7 @@ class WindowOperator:
         self.features = features if isinstance(features, Features) else Features(features)
         self.key_field = key_field
         self.time_source = time_source
-        self.grace_ms = to_ms(grace)
+        self.grace_us = to_us(grace)
         self.clock = Watermarks(allowed_lateness, idle_timeout)
         self.track_changes = track_changes
         self.kind = self._new_store().kind
@@ -236,7 +247,7 @@ class WindowOperator:
     ) -> tuple[list[WindowResult], list[Rejected]]:
         """Fold ``records`` into their windows; the windows that closed, and the records
         that could not be added. ``now`` is the caller's clock (seconds), for idleness."""
-        clock, grace = self.clock, self.grace_ms
+        clock, grace = self.clock, self.grace_us
         clock.refresh(now)
         rejected: list[Rejected] = []
         stores = self._stores
@@ -247,16 +258,16 @@ class WindowOperator:
                 self.assign_partitions([p])
                 store = stores[p]
             placed = self._place(r)
-            if isinstance(placed, str):
+            if isinstance(placed, Invalid):
                 self.invalid_count += 1
-                rejected.append(Rejected(r, INVALID, placed))
+                rejected.append(Rejected(r, placed.error_type, placed.detail))
                 continue
             key, t, values = placed
             wm = clock.observe(p, t, now)
             horizon = store.horizon if wm is None else max(wm - grace, store.horizon)
             if not store.add(key, t, values, horizon):
                 self.late_count += 1
-                rejected.append(Rejected(r, LATE, self._late_detail(t, horizon)))
+                rejected.append(Rejected(r, ErrorType.LATE, self._late_detail(t, horizon)))
         return self._close(), rejected
 
     def advance(self, now: float) -> list[WindowResult]:
@@ -271,7 +282,7 @@ class WindowOperator:
         out: list[WindowResult] = []
         for p, store in self._stores.items():
             out.extend(self._results(p, store.close(EVERYTHING)))
-        out.sort(key=lambda r: r.window.end_ms)
+        out.sort(key=lambda r: r.window.end_us)
         return out
 
     def snapshot(self, partition: int) -> bytes:
@@ -280,7 +291,7 @@ class WindowOperator:
         store = self._stores[partition]
         pos = self._position(partition)
         return _encode(
-            _Snapshot(pos.version, pos.kind, pos.features, pos.max_ms, pos.horizon, store.dump())
+            _Snapshot(pos.version, pos.kind, pos.features, pos.max_us, pos.horizon, store.dump())
         )
 
     def restore(self, partition: int, data: bytes) -> None:
@@ -349,12 +360,12 @@ class WindowOperator:
             SNAPSHOT_VERSION,
             store.kind,
             self.features.names,
-            self.clock.max_ms(partition),
+            self.clock.max_us(partition),
             store.horizon,
         )
 
     def _install(self, partition: int, pos: _Position, rows: list[Any]) -> None:
-        if pos.version != SNAPSHOT_VERSION:
+        if pos.version not in (SNAPSHOT_VERSION, _MS_VERSION):
             raise ValueError(f"window state version {pos.version}, expected {SNAPSHOT_VERSION}")
         if pos.kind != self.kind:
             raise ValueError(f"the state holds {pos.kind} windows, this operator {self.kind}")
@@ -363,44 +374,75 @@ class WindowOperator:
                 f"the state's features {pos.features} differ from {self.features.names}"
             )
         store = self._new_store()
+        if pos.version == _MS_VERSION:
+            pos, rows = self._from_ms(pos, rows, store)
         store.restore(rows, pos.horizon)
         self._stores[partition] = store
-        self.clock.assign(partition, pos.max_ms)
+        self.clock.assign(partition, pos.max_us)
 
-    def _place(self, r: Record) -> tuple[Any, int, list[Any]] | str:
-        """A record's key, event time (ms) and feature values, or why it has none."""
+    @staticmethod
+    def _from_ms(pos: _Position, rows: list[Any], store: Store) -> tuple[_Position, list[Any]]:
+        """Version 1 state (times in ms) in microseconds: every time times 1000. Nothing
+        moves across a bound: windows, sessions and horizons stay where they were (their ms
+        bounds are µs bounds); an event kept at ms ``m`` (a sliding pane, a First or Last
+        time) is taken at its first µs, ``1000 * m``, which keeps it inside every window it
+        was in; the latest event time, which was in ``[m, m + 1)`` ms, is taken at its
+        earliest, so the watermark is where it was."""
+        horizon = min(max(pos.horizon * 1000, NEVER), EVERYTHING)  # NEVER stays NEVER
+        max_us = None if pos.max_us is None else pos.max_us * 1000
+        position = _Position(SNAPSHOT_VERSION, pos.kind, pos.features, max_us, horizon)
+        return position, [store.row_from_ms(row) for row in rows]
+
+    def _place(self, r: Record) -> tuple[Any, int, list[Any]] | Invalid:
+        """A record's key, event time (µs) and feature values, or why it has none."""
         value = r.value
         if self.time_source is None:
             seconds: Any = r.event_time
         elif isinstance(value, dict):
-            seconds = value.get(self.time_source)
+            if self.time_source not in value:
+                return Invalid(ErrorType.MISSING_FIELD, f"no time field {self.time_source!r}")
+            seconds = value[self.time_source]
         else:
-            return f"the record value is a {type(value).__name__}, not an object"
+            return not_an_object(value)
         if not _is_time(seconds):
             where = "event_time" if self.time_source is None else f"field {self.time_source!r}"
-            return f"{where} holds {seconds!r}, not a time in seconds"
+            return Invalid(
+                ErrorType.WRONG_TYPE, f"{where} holds {seconds!r}, not a time in seconds"
+            )
         if self.key_field is None:
             key = r.key
         elif isinstance(value, dict):
             if self.key_field not in value:
-                return f"no key field {self.key_field!r}"
+                return Invalid(ErrorType.MISSING_FIELD, f"no key field {self.key_field!r}")
             key = value[self.key_field]
         else:
-            return f"the record value is a {type(value).__name__}, not an object"
+            return not_an_object(value)
         try:
             hash(key)
         except TypeError:
-            return f"the key {key!r} is a {type(key).__name__}, which cannot be a key"
+            return Invalid(
+                ErrorType.WRONG_TYPE, f"the key {key!r} is {json_kind(key)}, which cannot be a key"
+            )
         values = self.features.extract(value)
-        if isinstance(values, str):
+        if isinstance(values, Invalid):
             return values
-        return key, to_ms(seconds), values
+        try:
+            # event_us, not to_us: rounding to the nearest µs would put events in the last
+            # half µs before a bound in the next window (and move the watermark past it).
+            t = event_us(seconds)
+        except OverflowError:
+            where = "event_time" if self.time_source is None else f"field {self.time_source!r}"
+            return Invalid(
+                ErrorType.INVALID_TIME,
+                f"{where} holds {seconds!r}, out of range for seconds since the epoch",
+            )
+        return key, t, values
 
-    def _late_detail(self, t_ms: int, horizon: int) -> str:
+    def _late_detail(self, t_us: int, horizon: int) -> str:
         return (
-            f"event time {to_seconds(t_ms)} is behind the watermark "
-            f"{to_seconds(horizon + self.grace_ms)} beyond the grace of "
-            f"{to_seconds(self.grace_ms)} s: its windows have closed"
+            f"event time {to_seconds(t_us)} is behind the watermark "
+            f"{to_seconds(horizon + self.grace_us)} beyond the grace of "
+            f"{to_seconds(self.grace_us)} s: its windows have closed"
         )
 
     def _close(self) -> list[WindowResult]:
@@ -409,9 +451,9 @@ class WindowOperator:
             return []
         out: list[WindowResult] = []
         for p, store in self._stores.items():
-            out.extend(self._results(p, store.close(max(wm - self.grace_ms, store.horizon))))
+            out.extend(self._results(p, store.close(max(wm - self.grace_us, store.horizon))))
         if len(self._stores) > 1:
-            out.sort(key=lambda r: r.window.end_ms)  # stable: within a store, already by end
+            out.sort(key=lambda r: r.window.end_us)  # stable: within a store, already by end
         return out
 
     def _results(self, partition: int, closed: Sequence[Any]) -> list[WindowResult]:

@@ -21,7 +21,8 @@ One input topic per stage: the operator and the changelog know partitions by num
 >>> from headrace.windows import Count, Tumbling, WindowOperator
 >>> stage = WindowStage(WindowOperator(Tumbling(10), {"n": (None, Count())}, key_field="id"),
 ...                     topic="events")
->>> recs = [Record(None, {"id": "a"}, t, "events", 0, i) for i, t in enumerate((1.0, 12.0))]
+>>> recs = [Record(key=None, value={"id": "a"}, event_time=t, topic="events", partition=0,
+...               offset=i) for i, t in enumerate((1.0, 12.0))]
 >>> closed, rejected = stage.absorb(recs, now=0.0)
 >>> [(w.key, w.window_start, w.event_time, w.count, w.value) for w in closed]
 [('a', 0.0, 10.0, 1, {'n': 1})]

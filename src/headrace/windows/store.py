@@ -8,13 +8,13 @@ kinds, chosen by the assigner:
   window the key has events in;
 * :class:`SessionStore`: one state per open session of a key; an event that overlaps
   sessions merges them;
-* :class:`SlidingStore`: one *pane* per key and event millisecond; the window ending at a
+* :class:`SlidingStore`: one *pane* per key and event microsecond; the window ending at a
   pane is the merge of the key's panes in the ``size`` before it, built when it closes.
   Panes stay until no window can need them (``size`` after their time, plus the grace);
   memory is constant per pane, and the number of panes is the key's distinct event times
   in that span.
 
-Every store works with a *horizon*: the watermark minus the grace, in ms. A window whose end
+Every store works with a *horizon*: the watermark minus the grace, in µs. A window whose end
 is at or before the horizon is closed: :meth:`close` hands it out (once) and forgets it, and
 :meth:`add` refuses to put an event in it. An event none of whose windows is still open is
 late, and ``add`` says so by returning ``False``. The operator passes the horizon as of each
@@ -38,7 +38,9 @@ from headrace.windows.assigners import Assigner, Session, Sliding
 from headrace.windows.features import Features
 from headrace.windows.window import Window
 
-# Horizons before and after any event time: int, so msgpack and comparisons stay simple.
+# Horizons before and after any event time and window (event times are within 2**61 µs of
+# the epoch, :func:`~headrace.windows.window.event_us`): int, and within the 64-bit integers
+# msgpack stores, so that snapshots and comparisons stay simple.
 NEVER = -(1 << 62)
 EVERYTHING = 1 << 62
 
@@ -120,7 +122,7 @@ class Store(ABC):
         """How many states are live."""
 
     @abstractmethod
-    def add(self, key: Any, t_ms: int, values: list[Any], horizon: int) -> bool:
+    def add(self, key: Any, t_us: int, values: list[Any], horizon: int) -> bool:
         """Add one event; ``False`` when every window it belongs to has closed (late)."""
 
     @abstractmethod
@@ -138,6 +140,10 @@ class Store(ABC):
     @abstractmethod
     def ident(self, entry: Any) -> list[Any]:
         """An entry's id as msgpack-encodable data (the changelog record's key)."""
+
+    @abstractmethod
+    def row_from_ms(self, row: list[Any]) -> list[Any]:
+        """A row of version 1 state, whose times were milliseconds, with them in µs."""
 
     def dump(self) -> list[Any]:
         """The live state as rows."""
@@ -188,11 +194,15 @@ class _WindowRows(Store):
 
     def row(self, entry: Any, acc: Acc) -> list[Any]:
         key, w = entry
-        return [key, w.start_ms, w.end_ms, acc.count, self.features.dump(acc.states)]
+        return [key, w.start_us, w.end_us, acc.count, self.features.dump(acc.states)]
 
     def ident(self, entry: Any) -> list[Any]:
         key, w = entry
-        return [key, w.start_ms, w.end_ms]
+        return [key, w.start_us, w.end_us]
+
+    def row_from_ms(self, row: list[Any]) -> list[Any]:
+        key, start, end, count, states = row
+        return [key, start * 1000, end * 1000, count, self.features.from_ms(states)]
 
 
 class FixedStore(_WindowRows):
@@ -209,18 +219,18 @@ class FixedStore(_WindowRows):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, key: Any, t_ms: int, values: list[Any], horizon: int) -> bool:
+    def add(self, key: Any, t_us: int, values: list[Any], horizon: int) -> bool:
         accepted = False
         entries, add = self.entries, self.features.add
-        for w in self.assigner.assign(t_ms):
-            if w.end_ms <= horizon:
+        for w in self.assigner.assign(t_us):
+            if w.end_us <= horizon:
                 continue  # this one has closed; the event may still be on time for later ones
             acc = entries.get((key, w))
             if acc is None:
                 acc = entries[key, w] = self._new()
-                self.schedule.add(w.end_ms, (key, w))
+                self.schedule.add(w.end_us, (key, w))
             acc.count += 1
-            add(acc.states, values, t_ms)
+            add(acc.states, values, t_us)
             self._touch((key, w))
             accepted = True
         return accepted
@@ -253,7 +263,7 @@ class SessionStore(_WindowRows):
 
     def __init__(self, assigner: Session, features: Features, track_changes: bool = False):
         super().__init__(features, track_changes)
-        self.gap_ms = assigner.gap_ms
+        self.gap_us = assigner.gap_us
         self.entries: dict[tuple[Any, Window], Acc] = {}
         self.by_key: dict[Any, list[Window]] = {}
         # Holds stale entries for sessions merged into a later-ending one: skipped when due,
@@ -263,25 +273,25 @@ class SessionStore(_WindowRows):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, key: Any, t_ms: int, values: list[Any], horizon: int) -> bool:
-        new = Window(t_ms, t_ms + self.gap_ms)
+    def add(self, key: Any, t_us: int, values: list[Any], horizon: int) -> bool:
+        new = Window(t_us, t_us + self.gap_us)
         sessions = self.by_key.get(key)
         # Sessions past the horizon have closed even if close() has not handed them out yet.
         hits = (
-            sorted(w for w in sessions if w.end_ms > horizon and w.overlaps(new))
+            sorted(w for w in sessions if w.end_us > horizon and w.overlaps(new))
             if sessions
             else []
         )
         if not hits:
-            if new.end_ms <= horizon:
+            if new.end_us <= horizon:
                 return False
             acc = self._new()
             self._open(key, new, acc)
-        elif len(hits) == 1 and hits[0].start_ms <= t_ms and new.end_ms <= hits[0].end_ms:
+        elif len(hits) == 1 and hits[0].start_us <= t_us and new.end_us <= hits[0].end_us:
             acc = self.entries[key, hits[0]]  # inside an open session: nothing moves
             self._touch((key, hits[0]))
         else:
-            target = Window(min(hits[0].start_ms, t_ms), max(hits[-1].end_ms, new.end_ms))
+            target = Window(min(hits[0].start_us, t_us), max(hits[-1].end_us, new.end_us))
             # Earliest first: merge's "b arrived later on ties" does not matter here (sessions
             # of one key never share an event time), but a fixed order keeps results stable.
             acc = self._take(key, hits[0])
@@ -291,13 +301,13 @@ class SessionStore(_WindowRows):
                 acc.states = self.features.merge(acc.states, other.states)
             self._open(key, target, acc)
         acc.count += 1
-        self.features.add(acc.states, values, t_ms)
+        self.features.add(acc.states, values, t_us)
         return True
 
     def _open(self, key: Any, w: Window, acc: Acc) -> None:
         self.entries[key, w] = acc
         self.by_key.setdefault(key, []).append(w)
-        self.schedule.add(w.end_ms, (key, w))
+        self.schedule.add(w.end_us, (key, w))
         self._touch((key, w))
 
     def _take(self, key: Any, w: Window) -> Acc:
@@ -326,14 +336,14 @@ class SessionStore(_WindowRows):
 
 
 class SlidingStore(Store):
-    """Per key, one pane per event millisecond; each pane's window is built when it closes."""
+    """Per key, one pane per event microsecond; each pane's window is built when it closes."""
 
     kind = "sliding"
 
     def __init__(self, assigner: Sliding, features: Features, track_changes: bool = False):
         super().__init__(features, track_changes)
         self.assigner = assigner
-        self.size_ms = assigner.size_ms
+        self.size_us = assigner.size_us
         self.panes: dict[tuple[Any, int], Acc] = {}
         self.times: dict[Any, list[int]] = {}  # per key, its pane times in order
         self.closing: Schedule[tuple[Any, int]] = Schedule()  # when each pane's window closes
@@ -342,34 +352,34 @@ class SlidingStore(Store):
     def __len__(self) -> int:
         return len(self.panes)
 
-    def add(self, key: Any, t_ms: int, values: list[Any], horizon: int) -> bool:
+    def add(self, key: Any, t_us: int, values: list[Any], horizon: int) -> bool:
         # An event is late when its own window (the one ending at it) has closed; every
         # other window it would be in ends later, but the stream has moved past it.
-        if t_ms + 1 <= horizon:
+        if t_us + 1 <= horizon:
             return False
-        acc = self.panes.get((key, t_ms))
+        acc = self.panes.get((key, t_us))
         if acc is None:
-            acc = self.panes[key, t_ms] = self._new()
-            self._index(key, t_ms, schedule_close=True)
+            acc = self.panes[key, t_us] = self._new()
+            self._index(key, t_us, schedule_close=True)
         acc.count += 1
-        self.features.add(acc.states, values, t_ms)
-        self._touch((key, t_ms))
+        self.features.add(acc.states, values, t_us)
+        self._touch((key, t_us))
         return True
 
-    def _index(self, key: Any, t_ms: int, schedule_close: bool) -> None:
+    def _index(self, key: Any, t_us: int, schedule_close: bool) -> None:
         times = self.times.get(key)
         if times is None:
-            self.times[key] = [t_ms]
+            self.times[key] = [t_us]
         else:
-            insort(times, t_ms)
+            insort(times, t_us)
         if schedule_close:
-            self.closing.add(t_ms + 1, (key, t_ms))
-        self.expiring.add(t_ms + self.size_ms, (key, t_ms))
+            self.closing.add(t_us + 1, (key, t_us))
+        self.expiring.add(t_us + self.size_us, (key, t_us))
 
     def close(self, horizon: int) -> list[Closed]:
         self.horizon = max(self.horizon, horizon)
         out: list[Closed] = []
-        features, panes, size = self.features, self.panes, self.size_ms
+        features, panes, size = self.features, self.panes, self.size_us
         # Windows first: a pane expiring in this same step may still be part of one.
         for key, t in self.closing.pop_until(horizon):
             times = self.times[key]
@@ -397,6 +407,10 @@ class SlidingStore(Store):
 
     def ident(self, entry: Any) -> list[Any]:
         return list(entry)
+
+    def row_from_ms(self, row: list[Any]) -> list[Any]:
+        key, t, count, states = row
+        return [key, t * 1000, count, self.features.from_ms(states)]
 
     def _load(self, rows: Iterable[Any]) -> None:
         self.panes.clear()

@@ -18,38 +18,43 @@ advanced of them, so a stream that goes quiet still closes what its partitions h
 A partition that has not delivered anything yet has no watermark and holds everything back
 until it does, or until it has been idle for ``idle_timeout`` since it was assigned.
 
-Times are integer milliseconds (see :mod:`headrace.windows.window`); ``now`` is float
-seconds of the caller's clock (wall time in the engine).
+Times are integer microseconds (see :mod:`headrace.windows.window`); ``now`` is float
+seconds of the caller's clock (wall time in the engine). Event times come in as
+:func:`~headrace.windows.window.event_us` (the µs whose bound is at or before the time),
+which makes the integer comparisons exact: ``max_us - lateness >= end_us + grace`` holds
+exactly when the latest event time, as given, is at or past the float bound of ``end +
+lateness + grace``, and an event at the watermark itself is on time for the windows after it.
 
+>>> S = 1_000_000  # µs
 >>> wm = Watermarks(allowed_lateness=2.0, idle_timeout=30.0)
 >>> wm.assign(0); wm.assign(1)
->>> wm.observe(0, 10_000, now=100.0) is None  # partition 1 has not delivered yet
+>>> wm.observe(0, 10 * S, now=100.0) is None  # partition 1 has not delivered yet
 True
->>> wm.observe(1, 15_000, now=100.0)  # min(10 s, 15 s) - 2 s
-8000
->>> wm.refresh(now=131.0)  # both idle for more than 30 s: the most advanced one counts
-13000
+>>> wm.observe(1, 15 * S, now=100.0) / S  # min(10 s, 15 s) - 2 s
+8.0
+>>> wm.refresh(now=131.0) / S  # both idle for more than 30 s: the most advanced one counts
+13.0
 """
 
 from __future__ import annotations
 
-from headrace.windows.window import Window, to_ms
+from headrace.windows.window import Window, to_us
 
 
-def is_closed(window: Window, watermark_ms: int | None, grace_ms: int) -> bool:
+def is_closed(window: Window, watermark_us: int | None, grace_us: int) -> bool:
     """Whether a window has closed: the watermark is at or past its end plus the grace.
 
-    >>> is_closed(Window(0, 10_000), 12_000, grace_ms=2_000), is_closed(Window(0, 10), None, 0)
+    >>> is_closed(Window(0, 10_000), 12_000, grace_us=2_000), is_closed(Window(0, 10), None, 0)
     (True, False)
     """
-    return watermark_ms is not None and watermark_ms >= window.end_ms + grace_ms
+    return watermark_us is not None and watermark_us >= window.end_us + grace_us
 
 
 class _Partition:
-    __slots__ = ("last_seen", "max_ms")
+    __slots__ = ("last_seen", "max_us")
 
-    def __init__(self, max_ms: int | None) -> None:
-        self.max_ms = max_ms
+    def __init__(self, max_us: int | None) -> None:
+        self.max_us = max_us
         # When the partition last delivered (caller's clock); None until the first refresh
         # or record after it was assigned, which starts its idle clock.
         self.last_seen: float | None = None
@@ -63,7 +68,7 @@ class Watermarks:
             raise ValueError(f"allowed_lateness must be 0 or more, got {allowed_lateness}")
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(f"idle_timeout must be positive (or None), got {idle_timeout}")
-        self.lateness_ms = to_ms(allowed_lateness)
+        self.lateness_us = to_us(allowed_lateness)
         self.idle_timeout = idle_timeout
         self._partitions: dict[int, _Partition] = {}
         self._idle: set[int] = set()
@@ -71,7 +76,7 @@ class Watermarks:
 
     @property
     def current(self) -> int | None:
-        """The worker's watermark in ms; ``None`` until every active partition has one."""
+        """The worker's watermark in µs; ``None`` until every active partition has one."""
         return self._current
 
     @property
@@ -83,16 +88,16 @@ class Watermarks:
         """The partitions idle as of the last :meth:`refresh`."""
         return set(self._idle)
 
-    def assign(self, partition: int, max_ms: int | None = None) -> None:
+    def assign(self, partition: int, max_us: int | None = None) -> None:
         """Track ``partition`` (again), with the latest event time it had delivered if it is
         being restored. A restored partition starts active, its idle clock at the next
         refresh: how long it was quiet before the restart is not known."""
         # No recomputation here: restoring partitions one by one must not let the first
         # one move the watermark before the others are back. The next refresh or event does.
-        self._partitions[partition] = _Partition(max_ms)
+        self._partitions[partition] = _Partition(max_us)
         self._idle.discard(partition)
         current = self._current
-        if current is not None and (max_ms is None or max_ms - self.lateness_ms < current):
+        if current is not None and (max_us is None or max_us - self.lateness_us < current):
             # A partition behind the worker's watermark (moved here by a rebalance, with its
             # state) pulls it back: its records up to its own watermark are on time. What
             # the other partitions closed stays closed: each store keeps its own horizon.
@@ -102,14 +107,14 @@ class Watermarks:
         self._partitions.pop(partition, None)
         self._idle.discard(partition)
 
-    def max_ms(self, partition: int) -> int | None:
+    def max_us(self, partition: int) -> int | None:
         """The latest event time ``partition`` has delivered."""
         p = self._partitions.get(partition)
-        return None if p is None else p.max_ms
+        return None if p is None else p.max_us
 
     def partition_watermark(self, partition: int) -> int | None:
-        m = self.max_ms(partition)
-        return None if m is None else m - self.lateness_ms
+        m = self.max_us(partition)
+        return None if m is None else m - self.lateness_us
 
     def refresh(self, now: float) -> int | None:
         """Re-evaluate which partitions are idle at ``now``; the worker's watermark."""
@@ -124,16 +129,16 @@ class Watermarks:
         self._recompute()
         return self._current
 
-    def observe(self, partition: int, t_ms: int, now: float) -> int | None:
-        """An event at ``t_ms`` from ``partition`` (tracked from now on if it was not);
+    def observe(self, partition: int, t_us: int, now: float) -> int | None:
+        """An event at ``t_us`` from ``partition`` (tracked from now on if it was not);
         the worker's watermark after it."""
         p = self._partitions.get(partition)
         if p is None:
             p = self._partitions[partition] = _Partition(None)
         p.last_seen = now
         changed = False
-        if p.max_ms is None or t_ms > p.max_ms:
-            p.max_ms = t_ms
+        if p.max_us is None or t_us > p.max_us:
+            p.max_us = t_us
             changed = True
         if partition in self._idle:
             self._idle.discard(partition)
@@ -147,7 +152,7 @@ class Watermarks:
         held_back = False
         highest: int | None = None
         for pid, p in self._partitions.items():
-            m = p.max_ms
+            m = p.max_us
             if m is not None and (highest is None or m > highest):
                 highest = m
             if pid in self._idle:
@@ -163,6 +168,6 @@ class Watermarks:
         else:  # every partition idle (or none tracked): the most advanced one
             candidate = highest
         if candidate is not None:
-            candidate -= self.lateness_ms
+            candidate -= self.lateness_us
             if self._current is None or candidate > self._current:
                 self._current = candidate

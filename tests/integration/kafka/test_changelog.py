@@ -68,7 +68,14 @@ async def test_state_written_over_several_commits_is_restored_whole(tansu: Tansu
             p = i % 3
             t = commit * 3 + i / 100  # windows [0, 10) close during the third commit
             records.append(
-                Record(None, {"k": f"p{p}-{i % 7}", "t": t, "x": i}, 0, "in", p, offsets[p])
+                Record(
+                    key=None,
+                    value={"k": f"p{p}-{i % 7}", "t": t, "x": i},
+                    event_time=0,
+                    topic="in",
+                    partition=p,
+                    offset=offsets[p],
+                )
             )
             offsets[p] += 1
         writer.absorb(records, now=0.0)

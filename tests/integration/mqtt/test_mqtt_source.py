@@ -34,6 +34,7 @@ from headrace.connectors.mqtt import MqttSource
 from headrace.record import Record
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.engine import Engine, EngineSettings
+from headrace.runtime.spec import PipelineSpec
 from helpers import MemorySink, wait_for
 from workers import Worker, models_env, wait_until
 
@@ -348,11 +349,13 @@ async def test_records_are_scored_end_to_end_and_all_acknowledged(names: Names) 
     src = source(names, topic=f"{names.topic}/#", max_inflight=100)
     sink = MemorySink()
     engine = Engine(
-        source=src,
-        model=CallableModel(lambda xs: [x["id"] * 2 for x in xs], name="double"),
-        sinks=[sink],
-        decoder=JsonDecoder(),
-        settings=EngineSettings(max_batch_size=64, max_wait=0.005, commit_interval=0.05),
+        PipelineSpec(
+            source=src,
+            model=CallableModel(lambda xs: [x["id"] * 2 for x in xs], name="double"),
+            sinks=[sink],
+            decoder=JsonDecoder(),
+            settings=EngineSettings(max_batch_size=64, max_wait=0.005, commit_interval=0.05),
+        )
     )
     run = asyncio.create_task(engine.run())
     await wait_for(lambda: engine.healthy or run.done(), 10)

@@ -239,10 +239,29 @@ def test_stdin_cannot_take_a_checkpoint(tmp_path: Path) -> None:
 
 def batch() -> ScoredBatch:
     records = [
-        Record("pump-1", {"x": [1.0, 2.0]}, 100.0, "sensors", 0, 7),
-        Record(None, {"x": [3.0, 4.0]}, 101.5, "sensors", 2, 8),
+        Record(
+            key="pump-1",
+            value={"x": [1.0, 2.0]},
+            event_time=100.0,
+            topic="sensors",
+            partition=0,
+            offset=7,
+        ),
+        Record(
+            key=None,
+            value={"x": [3.0, 4.0]},
+            event_time=101.5,
+            topic="sensors",
+            partition=2,
+            offset=8,
+        ),
     ]
-    return ScoredBatch(records, [0.25, [0.1, 0.9]], ModelRef("iforest", "3"), 200.0)
+    return ScoredBatch(
+        records=records,
+        predictions=[0.25, [0.1, 0.9]],
+        model=ModelRef("iforest", "3"),
+        processed_at=200.0,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -255,7 +274,9 @@ async def test_sink_writes_the_documented_output_shape(tmp_path: Path) -> None:
     sink = JsonLinesSink(path)
     await sink.open()
     await sink.write(batch())
-    await sink.write(ScoredBatch([], [], ModelRef("iforest", "3"), 201.0))
+    await sink.write(
+        ScoredBatch(records=[], predictions=[], model=ModelRef("iforest", "3"), processed_at=201.0)
+    )
     await sink.flush()
     await sink.close()
     rows = read_jsonl(path)
@@ -287,17 +308,27 @@ async def test_sink_writes_the_failure_shape(tmp_path: Path) -> None:
     path = tmp_path / "dead.jsonl"
     failures = [
         FailedRecord(
-            Record(None, None, 5.0, "in", 0, 3, raw=b'{"bad\xff'),
-            "decode",
-            "truncated",
-            "DecodeError",
+            record=Record(
+                key=None,
+                value=None,
+                event_time=5.0,
+                topic="in",
+                partition=0,
+                offset=3,
+                raw=b'{"bad\xff',
+            ),
+            stage="decode",
+            error="truncated",
+            error_type="DecodeError",
         ),
         FailedRecord(
-            Record("k", {"x": 1}, 6.0, "in", 0, 4),
-            "model",
-            "boom",
-            "RuntimeError",
-            ModelRef("m", "1"),
+            record=Record(
+                key="k", value={"x": 1}, event_time=6.0, topic="in", partition=0, offset=4
+            ),
+            stage="model",
+            error="boom",
+            error_type="RuntimeError",
+            model=ModelRef("m", "1"),
         ),
     ]
     sink = JsonLinesSink(path)
@@ -346,6 +377,8 @@ async def test_null_sink_counts() -> None:
     sink = NullSink()
     await sink.write(batch())
     await sink.write(batch())
-    record = Record(None, None, 0.0, "t", 0, 0)
-    await sink.write_failures([FailedRecord(record, "decode", "x", "DecodeError")])
+    record = Record(key=None, value=None, event_time=0.0, topic="t", partition=0, offset=0)
+    await sink.write_failures(
+        [FailedRecord(record=record, stage="decode", error="x", error_type="DecodeError")]
+    )
     assert (sink.written, sink.failed) == (4, 1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from headrace.connectors import GeneratorSource, SensorEvents
+from headrace.connectors.base import DecodedSource
 from headrace.connectors.generator import N_FEATURES, PRIORITIES, TYPES
 from headrace.record import Record
 
@@ -99,7 +100,7 @@ async def test_count_yields_exactly_count_records(count: int, chunk_size: int) -
     """Unpaced with a count: exactly `count` records, offsets 0..count-1 in order, keyed by
     entity, in chunks no larger than chunk_size."""
     source = GeneratorSource(rate=0, count=count, chunk_size=chunk_size, topic="gen", seed=9)
-    assert source.decoded is True
+    assert isinstance(source, DecodedSource)
     chunks = await collect(source)
     records = [r for chunk in chunks for r in chunk]
     assert [r.offset for r in records] == list(range(count))
@@ -134,17 +135,38 @@ async def test_same_seed_same_stream() -> None:
 
 
 async def test_paced_rate_over_seconds() -> None:
-    """rate=2000 for 0.5 s emits about 1000 events, and stops at the deadline."""
+    """rate=2000 for 0.5 s emits exactly 1000 events, paced over that half second."""
     source = GeneratorSource(rate=2000, seconds=0.5, seed=2)
     started = time.monotonic()
     chunks = await collect(source)
     elapsed = time.monotonic() - started
     total = sum(len(c) for c in chunks)
-    assert 500 <= total <= 1500
-    assert total == source.emitted
+    assert total == source.emitted == 1000
     assert [r.offset for c in chunks for r in c] == list(range(total))
     assert 0.45 <= elapsed < 5.0
     assert len(chunks) > 1  # paced: events trickle out, not one burst
+
+
+@pytest.mark.parametrize(
+    ("rate", "seconds", "count", "expected"),
+    [(100, 0.3, None, 30), (50, 0.1, None, 5), (1000, 0.2, None, 200), (1000, 0.2, 7, 7)],
+)
+async def test_seconds_at_a_rate_is_rate_times_seconds_events(
+    rate: float, seconds: float, count: int | None, expected: int
+) -> None:
+    """At a rate, `seconds` means rate * seconds events: the first is due at once, the last
+    1/rate before the end (not one fewer); a smaller `count` still wins."""
+    source = GeneratorSource(rate=rate, seconds=seconds, count=count)
+    chunks = await collect(source)
+    assert [r.offset for c in chunks for r in c] == list(range(expected))
+
+
+async def test_unpaced_seconds_is_a_time_limit() -> None:
+    """At rate 0, `seconds` bounds the run's time, not its count."""
+    started = time.monotonic()
+    chunks = await collect(GeneratorSource(rate=0, seconds=0.2, chunk_size=64))
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert sum(len(c) for c in chunks) > 0
 
 
 async def test_event_time_is_emission_time() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from headrace.connectors import SqliteSink
+from headrace.connectors.sqlite import DuplicateRowError
 from headrace.record import FailedRecord, ModelRef, Record, ScoredBatch
 
 OpenSink = Callable[..., Any]
@@ -45,10 +46,19 @@ def scored(
 ) -> ScoredBatch:
     offsets = offsets if offsets is not None else list(range(len(predictions)))
     records = [
-        Record(f"k{o}" if o % 2 == 0 else o, {"x": o, "v": [o, 0.5]}, 10.0 + o, "sensors", 1, o)
+        Record(
+            key=f"k{o}" if o % 2 == 0 else o,
+            value={"x": o, "v": [o, 0.5]},
+            event_time=10.0 + o,
+            topic="sensors",
+            partition=1,
+            offset=o,
+        )
         for o in offsets
     ]
-    return ScoredBatch(records, predictions, ModelRef("iforest", "7"), at)
+    return ScoredBatch(
+        records=records, predictions=predictions, model=ModelRef("iforest", "7"), processed_at=at
+    )
 
 
 async def test_open_creates_both_tables(tmp_path: Path, open_sink: OpenSink) -> None:
@@ -140,14 +150,27 @@ async def test_failures_go_to_the_dead_letter_table(tmp_path: Path, open_sink: O
     sink = await open_sink()
     failures = [
         FailedRecord(
-            Record(None, None, 1.0, "in", 0, 4, raw=b"{oops\xff"), "decode", "bad", "DecodeError"
+            record=Record(
+                key=None,
+                value=None,
+                event_time=1.0,
+                topic="in",
+                partition=0,
+                offset=4,
+                raw=b"{oops\xff",
+            ),
+            stage="decode",
+            error="bad",
+            error_type="DecodeError",
         ),
         FailedRecord(
-            Record(42, {"x": 1}, 2.0, "in", 0, 5),
-            "model",
-            "boom",
-            "RuntimeError",
-            ModelRef("m", "2"),
+            record=Record(
+                key=42, value={"x": 1}, event_time=2.0, topic="in", partition=0, offset=5
+            ),
+            stage="model",
+            error="boom",
+            error_type="RuntimeError",
+            model=ModelRef("m", "2"),
         ),
     ]
     await sink.write_failures(failures)
@@ -210,3 +233,27 @@ def test_table_name_must_be_an_identifier(tmp_path: Path, name: str, which: str)
         SqliteSink(tmp_path / "out.db", **{which: name})
     assert repr(name) in str(info.value)
     assert not (tmp_path / "out.db").exists()
+
+
+async def test_insert_mode_names_the_row_already_there_and_what_to_do(
+    open_sink: OpenSink,
+) -> None:
+    """What a restart after a crash meets in insert mode: one sentence naming the row that
+    is already there, why it is written again, and what to do."""
+    sink = await open_sink(mode="insert")
+    await sink.write(scored([0.1, 0.2]))
+    with pytest.raises(DuplicateRowError) as info:
+        await sink.write(scored([0.7, 0.8], offsets=[5, 1]))
+    message = str(info.value)
+    assert message.startswith(
+        "sink 'sqlite' (mode: insert): table predictions already has a row for source "
+        "position sensors[1]@1. After a restart the records not committed"
+    )
+    assert "use mode: upsert (the default)" in message
+    assert "\n" not in message
+    with pytest.raises(DuplicateRowError, match=r"table dead_letters .* sensors\[1\]@0\."):
+        failed = FailedRecord(
+            record=scored([0.1]).records[0], stage="decode", error="bad", error_type="invalid-json"
+        )
+        await sink.write_failures([failed])
+        await sink.write_failures([failed])

@@ -58,37 +58,45 @@ def test_booleans_count_as_zero_and_one() -> None:
     assert failures == [] and x.tolist() == [[1.0, 2.5, 0.0], [3.0, 4.0, 5.0]]
 
 
+def why(failures: list[tuple[int, FeatureError]]) -> list[tuple[int, str, str]]:
+    return [(i, exc.error_type, str(exc)) for i, exc in failures]
+
+
 @pytest.mark.parametrize(
-    ("bad", "reason"),
+    ("bad", "reason", "error_type"),
     [
-        ({"a": "1.5", "v": [1, 2]}, "field 'a' must be a number, got str"),
-        ({"a": None, "v": [1, 2]}, "field 'a' must be a number, got NoneType"),
-        ({"a": [1], "v": [1, 2]}, "field 'a' must be a number, got list"),
-        ({"a": {"x": 1}, "v": [1, 2]}, "field 'a' must be a number, got dict"),
-        ({"v": [1, 2]}, "missing field 'a'"),
-        ({"a": 1}, "missing field 'v'"),
-        ({"a": 1, "v": [1, 2, 3]}, "expected 3 features, got 4"),
-        ({"a": 1, "v": [1]}, "expected 3 features, got 2"),
-        ({"a": 1, "v": "12"}, "field 'v' must be a list of numbers, got str"),
-        ({"a": 1, "v": {"x": 1, "y": 2}}, "field 'v' must be a list of numbers, got dict"),
-        ({"a": 1, "v": 7}, "field 'v' must be a list of numbers, got int"),
-        ({"a": 1, "v": None}, "field 'v' must be a list of numbers, got NoneType"),
-        ({"a": 1, "v": [1, "2"]}, "field 'v[1]' must be a number, got str"),
-        ({"a": 1, "v": [None, 2]}, "field 'v[0]' must be a number, got NoneType"),
-        ({"a": 1, "v": [[1], 2]}, "field 'v[0]' must be a number, got list"),
-        ([1, 2, 3], "expected a JSON object, got list"),
-        ("text", "expected a JSON object, got str"),
-        (42, "expected a JSON object, got int"),
-        (None, "expected a JSON object, got NoneType"),
+        ({"a": "1.5", "v": [1, 2]}, "field 'a' must be a number, got a string", "wrong-type"),
+        ({"a": None, "v": [1, 2]}, "field 'a' must be a number, got null", "wrong-type"),
+        ({"a": [1], "v": [1, 2]}, "field 'a' must be a number, got an array", "wrong-type"),
+        ({"a": {"x": 1}, "v": [1, 2]}, "field 'a' must be a number, got an object", "wrong-type"),
+        ({"v": [1, 2]}, "missing field 'a'", "missing-field"),
+        ({"a": 1}, "missing field 'v'", "missing-field"),
+        ({"a": 1, "v": [1, 2, 3]}, "expected 3 features, got 4", "wrong-shape"),
+        ({"a": 1, "v": [1]}, "expected 3 features, got 2", "wrong-shape"),
+        ({"a": 1, "v": "12"}, "field 'v' must be a list of numbers, got a string", "wrong-type"),
+        (
+            {"a": 1, "v": {"x": 1, "y": 2}},
+            "field 'v' must be a list of numbers, got an object",
+            "wrong-type",
+        ),
+        ({"a": 1, "v": 7}, "field 'v' must be a list of numbers, got a number", "wrong-type"),
+        ({"a": 1, "v": None}, "field 'v' must be a list of numbers, got null", "wrong-type"),
+        ({"a": 1, "v": [1, "2"]}, "field 'v[1]' must be a number, got a string", "wrong-type"),
+        ({"a": 1, "v": [None, 2]}, "field 'v[0]' must be a number, got null", "wrong-type"),
+        ({"a": 1, "v": [[1], 2]}, "field 'v[0]' must be a number, got an array", "wrong-type"),
+        ([1, 2, 3], "expected a JSON object, got an array", "not-an-object"),
+        ("text", "expected a JSON object, got a string", "not-an-object"),
+        (42, "expected a JSON object, got a number", "not-an-object"),
+        (None, "expected a JSON object, got null", "not-an-object"),
     ],
 )
-def test_bad_record_is_rejected_with_a_reason(bad: Any, reason: str) -> None:
+def test_bad_record_is_rejected_with_a_reason(bad: Any, reason: str, error_type: str) -> None:
     """Each kind of bad value fails only its own record, with a reason that says why; the
     valid records around it still come out, in order."""
     f = Featurizer(fields=["a"], vector="v")
     good = [{"a": 1, "v": [2, 3]}, {"a": 4, "v": [5, 6]}, {"a": 7, "v": [8, 9]}]
     x, failures = f.transform([good[0], good[1], bad, good[2]])
-    assert failures == [(2, reason)]
+    assert why(failures) == [(2, error_type, reason)]
     assert x.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
 
 
@@ -114,14 +122,17 @@ def test_vector_width_is_fixed_by_the_first_batch() -> None:
     assert x.shape == (1, 3)
     x, failures = f.transform([{"v": [1, 2]}, {"v": [4, 5, 6]}, {"v": [1, 2, 3, 4]}])
     assert x.tolist() == [[4.0, 5.0, 6.0]]
-    assert failures == [(0, "expected 3 features, got 2"), (2, "expected 3 features, got 4")]
+    assert why(failures) == [
+        (0, "wrong-shape", "expected 3 features, got 2"),
+        (2, "wrong-shape", "expected 3 features, got 4"),
+    ]
 
 
 def test_ragged_vectors_within_a_batch() -> None:
     """In a fresh featurizer, the first row sets the width and ragged rows after it fail."""
     x, failures = Featurizer(vector="v").transform([{"v": [1, 2]}, {"v": [3]}, {"v": [4, 5]}])
     assert x.tolist() == [[1.0, 2.0], [4.0, 5.0]]
-    assert failures == [(1, "expected 2 features, got 1")]
+    assert why(failures) == [(1, "wrong-shape", "expected 2 features, got 1")]
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -132,13 +143,24 @@ def test_nan_and_infinity_are_rejected(value: float) -> None:
     batch: list[Any] = [{"a": 1, "v": [1.0]}, {"a": 2, "v": [value]}, {"a": 3, "v": [3.0]}]
     x, failures = f.transform(batch)
     assert x.tolist() == [[1.0, 1.0], [3.0, 3.0]]
-    assert [i for i, _ in failures] == [1]
-    assert "NaN or infinity" in failures[0][1]
+    assert why(failures) == [(1, "non-finite", "field 'v[0]' is NaN or infinity")]
 
     x, failures = f.transform([*batch, {"a": "x", "v": [1.0]}])
     assert x.tolist() == [[1.0, 1.0], [3.0, 3.0]]
-    assert [i for i, _ in failures] == [1, 3]
-    assert "NaN or infinity" in failures[0][1]
+    assert why(failures) == [
+        (1, "non-finite", "field 'v[0]' is NaN or infinity"),
+        (3, "wrong-type", "field 'a' must be a number, got a string"),
+    ]
+
+
+def test_a_number_too_large_for_float32_gets_the_same_error_in_any_batch() -> None:
+    """1e39 is a finite JSON number and infinity as float32: the vectorised path and the
+    per-record path give it the same error type and message."""
+    f = Featurizer(fields=["a"])
+    _, alone = f.transform([{"a": 1e39}, {"a": 1}])
+    _, mixed = f.transform([{"a": 1e39}, {"a": "x"}])
+    expected = (0, "out-of-range", "field 'a' is too large for float32")
+    assert why(alone) == [expected] and why(mixed)[0] == expected
 
 
 def test_nan_allowed_when_asked() -> None:
@@ -158,8 +180,7 @@ def test_integer_too_large_for_a_float_is_rejected() -> None:
     f = Featurizer(fields=["a"])
     x, failures = f.transform([{"a": 1}, {"a": 10**400}, {"a": 2}])
     assert x.tolist() == [[1.0], [2.0]]
-    assert [i for i, _ in failures] == [1]
-    assert "'a'" in failures[0][1]
+    assert why(failures) == [(1, "out-of-range", "field 'a' is too large for a float")]
 
 
 def test_row_raises_feature_error() -> None:
@@ -232,4 +253,4 @@ def test_property_valid_rows_in_order_and_failures_are_the_invalid_inputs(
     expected = [[v["a"], v["b"], *v["v"]] for (ok, _), v in zip(flags, values, strict=True) if ok]
     np.testing.assert_array_equal(x, np.array(expected, dtype=np.float32).reshape(-1, 2 + WIDTH))
     assert [i for i, _ in failures] == [i for i, (ok, _) in enumerate(flags) if not ok]
-    assert all(isinstance(reason, str) and reason for _, reason in failures)
+    assert all(isinstance(exc, FeatureError) and str(exc) for _, exc in failures)

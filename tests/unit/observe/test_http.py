@@ -4,12 +4,16 @@ calls only with the configured bearer token."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from typing import Any
 
-from headrace import Engine, Pipeline
-from headrace.observe.http import MetricsServer
+import pytest
+
+from headrace import Pipeline
+from headrace.observe.http import MetricsPortError, MetricsServer
 from headrace.observe.metrics import PipelineMetrics
+from headrace.runtime.engine import Engine
 from helpers import MemorySink, wait_for
 from version_helpers import FakeSource, FeedSource, make_records
 
@@ -157,3 +161,20 @@ async def test_the_admin_call_makes_a_running_pipeline_look_for_a_new_version() 
     await run
     assert [o["model"]["version"] for o in sink.outputs] == ["1"] * 10 + ["2"] * 10
     assert versions.polls == 2  # start, and the admin call: no poll in between
+
+
+async def test_a_port_in_use_is_one_sentence_naming_it() -> None:
+    """A port another process holds: an OSError (EADDRINUSE) whose message names the
+    address and says what to do, not asyncio's bind error."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = MetricsServer(PipelineMetrics().registry, port=port)
+        with pytest.raises(MetricsPortError) as info:
+            await server.start()
+    assert info.value.errno == errno.EADDRINUSE
+    assert str(info.value) == (
+        f"cannot serve metrics on 127.0.0.1:{port}: the port is already in use; stop what "
+        "holds it, or choose another port (0 picks a free one)"
+    )

@@ -175,3 +175,20 @@ async def test_manager_over_the_registry(two_versions: LocalRegistry, logreg_onn
     # The alias moves back in a thread.
     await wait_for(lambda: two_versions.aliases("m")["production"].version == "1")
     assert await manager.check() is False and manager.serving is v1
+
+
+def test_roll_back_goes_to_the_version_that_served_not_to_a_rejected_one(
+    two_versions: LocalRegistry, logreg_onnx: Path
+) -> None:
+    """production went 1 -> 2 -> 3 -> 4, but 3 never served (it failed to load), so 2
+    served until 4 came; 4 fails its probation: the alias goes back to 2, which served,
+    not to 3, which would stop the next restart."""
+    two_versions.register("m", logreg_onnx, format="onnx")
+    two_versions.register("m", logreg_onnx, format="onnx")
+    for v in ("3", "4"):
+        two_versions.promote("m", v, "production")
+    before = two_versions.aliases("m")["production"]
+    assert (before.version, before.history) == ("4", ["1", "2", "3"])
+    source(two_versions, "registry:m@production").roll_back("4", to="2")
+    state = two_versions.aliases("m")["production"]
+    assert (state.version, state.history) == ("2", ["1"])

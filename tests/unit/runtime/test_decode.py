@@ -6,12 +6,15 @@ import datetime as dt
 
 import pytest
 
+from headrace.errors import MAX_ERROR_CHARS, ErrorType, Stage, failure
 from headrace.record import FailedRecord, Record
-from headrace.runtime.decode import MAX_ERROR_CHARS, JsonDecoder, failure
+from headrace.runtime.decode import JsonDecoder
 
 
 def rec(raw: bytes | None, offset: int = 0, event_time: float = 123.0) -> Record:
-    return Record(None, None, event_time, "t", 0, offset, raw=raw)
+    return Record(
+        key=None, value=None, event_time=event_time, topic="t", partition=0, offset=offset, raw=raw
+    )
 
 
 def recs(*raws: bytes) -> list[Record]:
@@ -56,18 +59,18 @@ def test_time_field_sets_event_time(ts: str, expected: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "reason"),
+    ("body", "reason", "error_type"),
     [
-        (b'{"ts": "2024-01-02T03:04:05"}', "has no time zone"),
-        (b'{"ts": "yesterday"}', "is not ISO 8601"),
-        (b'{"x": 1}', "missing event-time field 'ts'"),
-        (b'{"ts": true}', "must be a number or a string, got bool"),
-        (b'{"ts": null}', "must be a number or a string, got NoneType"),
-        (b'{"ts": [1]}', "must be a number or a string, got list"),
-        (b'{"ts": 1' + b"0" * 400 + b"}", "'ts'"),
+        (b'{"ts": "2024-01-02T03:04:05"}', "has no time zone", "invalid-time"),
+        (b'{"ts": "yesterday"}', "is not ISO 8601", "invalid-time"),
+        (b'{"x": 1}', "missing event-time field 'ts'", "missing-field"),
+        (b'{"ts": true}', "must be a number or a string, got a boolean", "wrong-type"),
+        (b'{"ts": null}', "must be a number or a string, got null", "wrong-type"),
+        (b'{"ts": [1]}', "must be a number or a string, got an array", "wrong-type"),
+        (b'{"ts": 1' + b"0" * 400 + b"}", "'ts'", "invalid-time"),
     ],
 )
-def test_bad_event_time_fails_the_record(body: bytes, reason: str) -> None:
+def test_bad_event_time_fails_the_record(body: bytes, reason: str, error_type: str) -> None:
     """An event time that cannot be read fails that record at stage decode, not the batch."""
     records = [rec(b'{"ts": 1}', 0), rec(body, 1), rec(b'{"ts": 2}', 2)]
     good, failed = JsonDecoder(time_field="ts").decode(records)
@@ -77,22 +80,38 @@ def test_bad_event_time_fails_the_record(body: bytes, reason: str) -> None:
     f = failed[0]
     assert f.record is records[1] and f.stage == "decode"
     assert reason in f.error
+    assert f.error_type == error_type
 
 
 @pytest.mark.parametrize(
-    ("raw", "decoder", "reason"),
+    ("raw", "decoder", "reason", "error_type"),
     [
-        (b'{"a": ', JsonDecoder(), "truncated"),
-        (b"{'a': 1}", JsonDecoder(), "JSON"),
-        (b"not json", JsonDecoder(), "JSON"),
-        (b"", JsonDecoder(), "truncated"),
-        (b'{"a": 1} trailing', JsonDecoder(), "trailing"),
-        (b'{"a": "\xff\xfe"}', JsonDecoder(), "utf-8"),
-        (b"\xff", JsonDecoder(), ""),
-        (b'{"k": "' + b"x" * 100 + b'"}', JsonDecoder(max_bytes=100), "exceeds max_bytes=100"),
-        (b"[1, 2]", JsonDecoder(key_field="id"), "expected a JSON object, got list"),
-        (b'"s"', JsonDecoder(key_field="id"), "expected a JSON object, got str"),
-        (b"[" * 100_000 + b"]" * 100_000, JsonDecoder(), ""),
+        (b'{"a": ', JsonDecoder(), "truncated", "invalid-json"),
+        (b"{'a': 1}", JsonDecoder(), "JSON", "invalid-json"),
+        (b"not json", JsonDecoder(), "JSON", "invalid-json"),
+        (b"", JsonDecoder(), "truncated", "invalid-json"),
+        (b'{"a": 1} trailing', JsonDecoder(), "trailing", "invalid-json"),
+        (b'{"a": "\xff\xfe"}', JsonDecoder(), "utf-8", "invalid-utf8"),
+        (b"\xff", JsonDecoder(), "", "invalid-utf8"),
+        (
+            b'{"k": "' + b"x" * 100 + b'"}',
+            JsonDecoder(max_bytes=100),
+            "exceeds max_bytes=100",
+            "too-large",
+        ),
+        (
+            b"[1, 2]",
+            JsonDecoder(key_field="id"),
+            "expected a JSON object, got an array",
+            "not-an-object",
+        ),
+        (
+            b'"s"',
+            JsonDecoder(key_field="id"),
+            "expected a JSON object, got a string",
+            "not-an-object",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, JsonDecoder(), "", "too-deep"),
     ],
     ids=[
         "truncated",
@@ -109,7 +128,7 @@ def test_bad_event_time_fails_the_record(body: bytes, reason: str) -> None:
     ],
 )
 def test_bad_message_becomes_a_decode_failure(
-    raw: bytes, decoder: JsonDecoder, reason: str
+    raw: bytes, decoder: JsonDecoder, reason: str, error_type: str
 ) -> None:
     """A bad message becomes a FailedRecord at stage decode with its bytes kept and a
     bounded reason; the good records around it come out in order."""
@@ -122,7 +141,8 @@ def test_bad_message_becomes_a_decode_failure(
     assert isinstance(f, FailedRecord)
     assert f.record is records[1] and f.record.raw == raw
     assert f.stage == "decode"
-    assert f.error_type and 0 < len(f.error) <= MAX_ERROR_CHARS
+    assert f.error_type == error_type and 0 < len(f.error) <= MAX_ERROR_CHARS
+    assert type(f.error_type) is str and type(f.stage) is str  # plain, for every sink
     assert reason.lower() in f.error.lower()
     assert f.to_dict()["raw"] is not None  # the bytes survive into the dead letter
 
@@ -141,6 +161,7 @@ def test_record_without_bytes_fails() -> None:
     """A record that reached the decoder with no bytes is a failure, not a crash."""
     good, failed = JsonDecoder().decode([rec(None)])
     assert good == [] and "no bytes" in failed[0].error
+    assert failed[0].error_type == "no-bytes"
 
 
 def test_many_failures_keep_order() -> None:
@@ -158,7 +179,38 @@ def test_error_message_is_bounded() -> None:
     assert good == []
     assert len(failed[0].error) == MAX_ERROR_CHARS
     assert failed[0].error.startswith("missing event-time field")
-    f = failure(rec(b"x"), "model", "y" * 10_000)
-    assert len(f.error) == MAX_ERROR_CHARS and f.error_type == "ValidationError"
-    f = failure(rec(b"x"), "model", RuntimeError("z" * 10_000))
-    assert len(f.error) == MAX_ERROR_CHARS and f.error_type == "RuntimeError"
+    f = failure(rec(b"x"), Stage.MODEL, "y" * 10_000, ErrorType.MODEL_ERROR)
+    assert len(f.error) == MAX_ERROR_CHARS and f.error_type == "model-error"
+    f = failure(rec(b"x"), Stage.MODEL, RuntimeError("z" * 10_000), ErrorType.MODEL_ERROR)
+    assert len(f.error) == MAX_ERROR_CHARS and f.error_type == "model-error"
+
+
+@pytest.mark.parametrize(
+    ("raised", "raw", "error_type"),
+    [
+        # What msgspec raised before 0.19 for invalid UTF-8 inside a string.
+        (
+            UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+            b'"\xff"',
+            "invalid-utf8",
+        ),
+        (RecursionError("maximum recursion depth exceeded"), b"[[[]]]", "too-deep"),
+        (ValueError("JSON is malformed"), b"{", "invalid-json"),
+    ],
+)
+def test_the_error_type_does_not_depend_on_what_the_library_raises(
+    raised: BaseException, raw: bytes, error_type: str
+) -> None:
+    """The error type is read from the bytes, not from the exception's class: a msgspec
+    release that raises something else for the same input changes nothing a consumer of
+    the dead letters sees (msgspec 0.23 raises DecodeError where 0.18 raised
+    UnicodeDecodeError)."""
+
+    def library(_raw: bytes) -> object:
+        raise raised
+
+    decoder = JsonDecoder()
+    decoder._decode = library
+    good, failed = decoder.decode([rec(raw)])
+    assert good == [] and [f.error_type for f in failed] == [error_type]
+    assert failed[0].error == str(raised)  # the library's own words stay in the message

@@ -1,4 +1,7 @@
-"""The engine's guarantees, each against the seed flaw it replaces where there is one."""
+"""The engine's loop: every record read, scored and written once, batches flushed on time,
+written in order though scored concurrently, models run off the event loop. What each part
+of the engine does is pinned in the file named after it (test_backpressure, test_commits,
+test_outputs, test_scorer, test_stages, ...)."""
 
 from __future__ import annotations
 
@@ -9,41 +12,11 @@ import time
 from typing import Any
 
 import numpy as np
-import pytest
 
-from headrace import (
-    CallableModel,
-    Engine,
-    EngineSettings,
-    Featurizer,
-    GeneratorSource,
-    PipelineError,
-)
+from headrace import CallableModel
 from headrace.record import Record
 from helpers import ListSource, MemorySink, records, wait_for
-
-
-def double(xs: list[dict[str, Any]]) -> list[float]:
-    return [x["x"] * 2 for x in xs]
-
-
-def engine(
-    source: ListSource | GeneratorSource,
-    sink: MemorySink,
-    model: Any = None,
-    *,
-    dead_letter: MemorySink | None = None,
-    **settings: Any,
-) -> Engine:
-    defaults: dict[str, Any] = {"max_batch_size": 16, "max_wait": 0.005, "commit_interval": 0.05}
-    defaults.update(settings)
-    return Engine(
-        source=source,
-        model=model or CallableModel(double, name="double", version="7"),
-        sinks=[sink],
-        dead_letter=dead_letter,
-        settings=EngineSettings(**defaults),
-    )
+from unit.runtime.engine_helpers import engine
 
 
 async def test_every_record_scored_once_with_provenance() -> None:
@@ -80,92 +53,6 @@ async def test_lone_record_is_flushed_without_a_next_record() -> None:
     assert time.monotonic() - started < 1.0
     source.release.set()
     await task
-
-
-async def test_sink_stays_open_across_batches() -> None:
-    """Seed flaw: `async with self.producer` closed the producer after the first batch."""
-    sink = MemorySink()
-    await engine(ListSource([records(200)]), sink, max_batch_size=10).run()
-    assert len(sink.batches) >= 20
-    assert (sink.opened, sink.closed) == (1, 1)
-
-
-async def test_a_batch_spanning_partitions_commits_every_partition() -> None:
-    """Seed flaw: only the last event's partition was checkpointed."""
-    rs = records(30, partitions=3)
-    source = ListSource([rs])
-    await engine(source, MemorySink(), max_batch_size=64).run()
-    assert source.committed == {("t", 0): 10, ("t", 1): 10, ("t", 2): 10}
-
-
-async def test_poison_records_are_isolated_by_bisection() -> None:
-    """Seed flaw: a model exception lost the whole batch. Only the failing records are
-    dead-lettered, with the model version and error; the rest are scored."""
-    poison = {7, 20, 21, 63}
-
-    def picky(xs: list[dict[str, Any]]) -> list[float]:
-        if any(x["id"] in poison for x in xs):
-            raise ValueError("cannot score this")
-        return [x["x"] for x in xs]
-
-    sink, dlq = MemorySink(), MemorySink("dlq")
-    source = ListSource([records(100)])
-    summary = await engine(
-        source,
-        sink,
-        CallableModel(picky, name="picky", version="2"),
-        dead_letter=dlq,
-        max_batch_size=32,
-    ).run()
-    assert sorted(o["input"]["id"] for o in sink.outputs) == sorted(set(range(100)) - poison)
-    assert sorted(f.record.value["id"] for f in dlq.failures) == sorted(poison)
-    f = dlq.failures[0]
-    assert (f.stage, f.error_type, f.error) == ("model", "ValueError", "cannot score this")
-    assert f.model is not None and f.model.version == "2"
-    assert summary.records_failed == 4
-    assert source.committed == {("t", 0): 100}
-
-
-async def test_without_dead_letter_a_failure_stops_before_committing_it() -> None:
-    """Seed flaw: a checkpoint could advance past a batch the model failed on."""
-
-    def fails_on_50(xs: list[dict[str, Any]]) -> list[float]:
-        if any(x["id"] == 50 for x in xs):
-            raise RuntimeError("boom")
-        return [0.0] * len(xs)
-
-    source = ListSource([records(100)])
-    eng = engine(source, MemorySink(), CallableModel(fails_on_50, name="m"), max_batch_size=10)
-    with pytest.raises(PipelineError, match=r"t\[0\]@50 failed at stage 'model'"):
-        await eng.run()
-    assert source.committed.get(("t", 0), 0) <= 50
-
-
-async def test_wrong_number_of_outputs_is_an_error_not_a_truncation() -> None:
-    """Seed flaw: zip() silently dropped records when a model returned too few outputs."""
-    dlq = MemorySink("dlq")
-    sink = MemorySink()
-    await engine(
-        ListSource([records(10)]),
-        sink,
-        CallableModel(lambda xs: [1.0], name="short"),
-        dead_letter=dlq,
-        max_batch_size=10,
-    ).run()
-    # Bisection reaches single records, where one output is the right count.
-    assert len(sink.outputs) == 10 and not dlq.failures
-
-    # A model that fails for every record, from the start, is down, not poisoned: it
-    # holds the records (nothing dead-lettered, nothing committed) until it is stopped.
-    dlq = MemorySink("dlq")
-    source = ListSource([records(10)])
-    eng = engine(source, MemorySink(), CallableModel(lambda xs: [], name="none"), dead_letter=dlq)
-    run = asyncio.create_task(eng.run())
-    await wait_for(lambda: eng.caller.down)
-    eng.stop()
-    with pytest.raises(PipelineError, match="model was down"):
-        await run
-    assert not dlq.failures and source.committed.get(("t", 0), 0) == 0
 
 
 async def test_outputs_keep_source_order_per_key_with_concurrent_batches() -> None:
@@ -222,82 +109,6 @@ async def test_event_loop_keeps_running_while_a_model_computes() -> None:
     assert max(gaps) < 0.25
 
 
-async def test_in_flight_records_stay_within_the_limit() -> None:
-    """Invariant 3: with a slow model, reading pauses at the bound instead of buffering;
-    one chunk read before the pause is the allowance."""
-
-    def slow(xs: list[dict[str, Any]]) -> list[float]:
-        time.sleep(0.002)
-        return [0.0] * len(xs)
-
-    chunks = [records(1000)[i : i + 50] for i in range(0, 1000, 50)]
-    eng = engine(
-        ListSource(chunks),
-        MemorySink(),
-        CallableModel(slow, name="s"),
-        max_in_flight=200,
-        max_batch_size=32,
-    )
-    summary = await eng.run()
-    assert summary.records_out == 1000
-    assert eng.flow.peak <= 200 + 50 - 1
-    assert summary.peak_in_flight == eng.flow.peak
-
-
-async def test_commit_waits_for_sink_flush_and_stops_when_flush_fails() -> None:
-    """A position is committed only after every sink flushed; a failed flush commits
-    nothing and stops the pipeline."""
-
-    class FailingFlush(MemorySink):
-        async def flush(self) -> None:
-            raise OSError("disk full")
-
-    source = ListSource([records(50)])
-    with pytest.raises(PipelineError, match="disk full"):
-        await engine(source, FailingFlush()).run()
-    assert source.commits == []
-
-
-async def test_featurize_failures_are_dead_lettered_and_the_rest_scored() -> None:
-    rs = records(20)
-    rs[4].value["features"] = ["a", 1.0]
-    rs[9].value["features"] = [float("nan"), 1.0]
-    del rs[11].value["features"]
-    dlq, sink = MemorySink("dlq"), MemorySink()
-    eng = Engine(
-        source=ListSource([rs]),
-        model=CallableModel(lambda x: x.sum(axis=1), name="sum"),
-        featurizer=Featurizer(vector="features"),
-        sinks=[sink],
-        dead_letter=dlq,
-        settings=EngineSettings(max_batch_size=8, max_wait=0.005),
-    )
-    await eng.run()
-    assert sorted(f.record.offset for f in dlq.failures) == [4, 9, 11]
-    assert {f.stage for f in dlq.failures} == {"validate"}
-    assert len(sink.outputs) == 17
-
-
-async def test_graceful_stop_finishes_in_flight_and_commits_what_was_written() -> None:
-    source = GeneratorSource(rate=5000)
-    sink = MemorySink()
-    eng = engine(source, sink, max_batch_size=64)  # type: ignore[arg-type]
-    eng.model = CallableModel(lambda xs: [0.0] * len(xs), name="zero")
-    commits: list[dict[tuple[str, int], int]] = []
-
-    async def record_commit(positions: Any) -> None:
-        commits.append(dict(positions))
-
-    source.commit = record_commit  # type: ignore[method-assign]
-    task = asyncio.create_task(eng.run())
-    await wait_for(lambda: len(sink.outputs) > 500, timeout=5)
-    eng.stop()
-    summary = await asyncio.wait_for(task, timeout=5)
-    assert summary.stopped
-    assert summary.records_in == summary.records_out == len(sink.outputs)
-    assert commits[-1][("generator", 0)] == len(sink.outputs)
-
-
 async def test_async_models_are_awaited() -> None:
     async def predict(xs: list[dict[str, Any]]) -> list[int]:
         await asyncio.sleep(0)
@@ -324,29 +135,3 @@ async def test_model_runs_on_an_executor_thread() -> None:
 
     await engine(ListSource([records(10)]), MemorySink(), CallableModel(where, name="w")).run()
     assert threads and all(t.startswith("headrace-infer") for t in threads)
-
-
-async def test_a_failed_dead_letter_write_stops_before_committing_the_record() -> None:
-    """A record is never both unwritten and committed: when the dead-letter sink fails,
-    the pipeline stops and the position stays below the record it could not set aside."""
-
-    class BrokenDeadLetters(MemorySink):
-        async def write_failures(self, failures: Any) -> None:
-            raise OSError("dead-letter store unavailable")
-
-    def fails_on_30(xs: list[dict[str, Any]]) -> list[float]:
-        if any(x["id"] == 30 for x in xs):
-            raise ValueError("poison")
-        return [0.0] * len(xs)
-
-    source = ListSource([records(100)])
-    eng = engine(
-        source,
-        MemorySink(),
-        CallableModel(fails_on_30, name="m"),
-        dead_letter=BrokenDeadLetters("dlq"),
-        max_batch_size=10,
-    )
-    with pytest.raises(PipelineError, match="dead-letter store unavailable"):
-        await eng.run()
-    assert source.committed.get(("t", 0), 0) <= 30

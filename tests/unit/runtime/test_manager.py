@@ -265,6 +265,7 @@ async def test_error_rate_past_the_threshold_rolls_back_after_min_records() -> N
     assert info(metrics, "1") == 1 and info(metrics, "2") is None
     assert await asyncio.to_thread(src.rolled.wait, 5)
     assert src.rolled_back == ["2"] and src.current == "1"
+    assert src.rolled_back_to == ["1"]  # the version that served, named: not "one step back"
     assert v2.closed == 1 and v1.closed == 0
 
     # Even if the alias still pointed there, version 2 is not taken again.

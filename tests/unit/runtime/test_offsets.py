@@ -16,7 +16,9 @@ Key = tuple[str, int]
 
 def rec(offset: int, partition: int = 0, topic: str = "t") -> Record:
     """A record at ``topic[partition]@offset``; only its position matters here."""
-    return Record(None, None, 0.0, topic, partition, offset)
+    return Record(
+        key=None, value=None, event_time=0.0, topic=topic, partition=partition, offset=offset
+    )
 
 
 def recs(offsets: list[int], partition: int = 0, topic: str = "t") -> list[Record]:

@@ -7,12 +7,20 @@ from typing import Any
 
 import pytest
 
+from headrace.errors import ErrorType
 from headrace.record import Record
-from headrace.runtime.priority import SHED_STAGE, Priorities, ShedPolicy, shed
+from headrace.runtime.priority import Priorities, ShedPolicy, shed
 
 
 def rec(value: Any, *, offset: int = 0, event_time: float | None = None) -> Record:
-    return Record(None, value, time.time() if event_time is None else event_time, "t", 0, offset)
+    return Record(
+        key=None,
+        value=value,
+        event_time=time.time() if event_time is None else event_time,
+        topic="t",
+        partition=0,
+        offset=offset,
+    )
 
 
 # -- Priorities ----------------------------------------------------------------------------
@@ -129,12 +137,11 @@ def test_too_old_uses_the_clock_and_is_off_without_a_deadline() -> None:
 
 def test_shed_makes_a_failed_record_with_the_reason_as_error_type() -> None:
     r = rec({"x": 1}, offset=9)
-    f = shed(r, "deadline", "event age 12s beyond the deadline of 10s")
+    f = shed(r, ErrorType.SHED_DEADLINE, "event age 12s beyond the deadline of 10s")
     assert f.record is r
     assert (f.stage, f.error_type, f.error) == (
-        SHED_STAGE,
-        "deadline",
+        "shed",
+        "shed-deadline",
         "event age 12s beyond the deadline of 10s",
     )
-    assert SHED_STAGE == "shed"
     assert f.to_dict()["stage"] == "shed"

@@ -186,7 +186,7 @@ async def test_outside_probation_a_versions_failures_are_returned(caller: ModelC
 
 
 def served(rs: list[Record], predictions: list[Any]) -> list[ScoredBatch]:
-    return [ScoredBatch(rs, predictions, ref("m", "1"), 0.0)]
+    return [ScoredBatch(records=rs, predictions=predictions, model=ref("m", "1"), processed_at=0.0)]
 
 
 async def shadow_rollout(

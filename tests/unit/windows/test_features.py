@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from headrace.windows.aggregators import Count, CountsByType, First, LastN, Max, Mean, Sum
-from headrace.windows.features import Features
+from headrace.windows.features import Features, Invalid
 
 
 def spec() -> Features:
@@ -29,7 +29,7 @@ def fill(f: Features, values: list[Any], start: int = 0) -> list[Any]:
     states = f.init()
     for at, v in enumerate(values, start):
         extracted = f.extract(v)
-        assert not isinstance(extracted, str), extracted
+        assert isinstance(extracted, list), extracted
         f.add(states, extracted, at)
     return states
 
@@ -62,20 +62,25 @@ def test_missing_and_null_fields_are_absent_not_zero() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("value", "message", "error_type"),
     [
-        ({"amount": "12"}, "feature 'total': field 'amount' holds '12', not a number"),
-        ({"amount": [1]}, "not a number"),
-        ({"amount": float("nan")}, "holds nan, not a number"),
-        ("a string", "the record value is a str, not an object"),
-        (None, "the record value is a NoneType, not an object"),
+        (
+            {"amount": "12"},
+            "feature 'total': field 'amount' holds '12', not a number",
+            "wrong-type",
+        ),
+        ({"amount": [1]}, "not a number", "wrong-type"),
+        ({"amount": float("nan")}, "holds nan, not a number", "wrong-type"),
+        ("a string", "the record value is a string, not an object", "not-an-object"),
+        (None, "the record value is null, not an object", "not-an-object"),
     ],
 )
 def test_values_a_numeric_feature_cannot_take_make_the_record_invalid(
-    value: Any, message: str
+    value: Any, message: str, error_type: str
 ) -> None:
     problem = spec().extract(value)
-    assert isinstance(problem, str) and message in problem
+    assert isinstance(problem, Invalid) and message in problem.detail
+    assert problem.error_type == error_type
 
 
 def test_booleans_and_infinities_are_numbers() -> None:

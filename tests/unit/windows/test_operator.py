@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from headrace.record import FailedRecord, Record
 from headrace.windows.aggregators import (
+    Aggregator,
     Count,
     CountsByType,
     DistinctCount,
@@ -31,11 +32,21 @@ from headrace.windows.aggregators import (
 from headrace.windows.assigners import Assigner, Hopping, Session, Sliding, Tumbling
 from headrace.windows.features import Features
 from headrace.windows.operator import POSITION_KEY, WindowOperator, WindowResult
+from headrace.windows.store import NEVER
 from headrace.windows.window import Window
+
+US = 10**6
 
 
 def rec(key: Any, t: float, partition: int = 0, offset: int = 0, **fields: Any) -> Record:
-    return Record(None, {"k": key, **fields}, t, "in", partition, offset)
+    return Record(
+        key=None,
+        value={"k": key, **fields},
+        event_time=t,
+        topic="in",
+        partition=partition,
+        offset=offset,
+    )
 
 
 def counting(assigner: Assigner, **kw: Any) -> WindowOperator:
@@ -111,7 +122,7 @@ def test_results_from_several_partitions_come_out_by_window_end() -> None:
 
 
 def test_to_dict_carries_key_bounds_count_and_features() -> None:
-    r = WindowResult("a", Window(0, 10_000), 2, {"n": 2}, 3)
+    r = WindowResult("a", Window(0, 10_000_000), 2, {"n": 2}, 3)
     assert r.to_dict() == {
         "key": "a",
         "window": {"start": 0.0, "end": 10.0},
@@ -138,10 +149,10 @@ def test_sliding_windows_end_at_each_event() -> None:
     op = counting(Sliding(3))
     closed = op.add([rec("a", t, x=t) for t in (1, 2, 5, 5, 8)], now=0)[0] + op.flush()
     assert [(r.window.end, r.count, r.features["x"]) for r in closed] == [
-        (1.001, 1, 1.0),  # (-2, 1]
-        (2.001, 2, 3.0),  # (-1, 2]
-        (5.001, 2, 10.0),  # (2, 5]: the two events at 5 share one window
-        (8.001, 1, 8.0),  # (5, 8]: an event exactly size before is out
+        (1.000001, 1, 1.0),  # (-2, 1]
+        (2.000001, 2, 3.0),  # (-1, 2]
+        (5.000001, 2, 10.0),  # (2, 5]: the two events at 5 share one window
+        (8.000001, 1, 8.0),  # (5, 8]: an event exactly size before is out
     ]
     assert op.live_states == 0
 
@@ -149,12 +160,12 @@ def test_sliding_windows_end_at_each_event() -> None:
 def test_sliding_windows_close_one_by_one_and_panes_expire() -> None:
     op = counting(Sliding(3))
     assert op.add([rec("a", 1)], now=0)[0] == []
-    assert [r.window.end for r in op.add([rec("a", 2)], now=0)[0]] == [1.001]
+    assert [r.window.end for r in op.add([rec("a", 2)], now=0)[0]] == [1.000001]
     closed, _ = op.add([rec("a", 3.5)], now=0)
-    assert [(r.window.end, r.count) for r in closed] == [(2.001, 2)]
+    assert [(r.window.end, r.count) for r in closed] == [(2.000001, 2)]
     assert op.live_states == 3  # the pane at 1 s is still in the window ending at 3.5 s
     closed, _ = op.add([rec("b", 4.5)], now=0)
-    assert [(r.window.end, r.count) for r in closed] == [(3.501, 3)]  # (0.5 s, 3.5 s]
+    assert [(r.window.end, r.count) for r in closed] == [(3.500001, 3)]  # (0.5 s, 3.5 s]
     assert op.live_states == 3  # the pane at 1 s went (no window can reach it), b's came
 
 
@@ -170,8 +181,12 @@ def test_an_event_between_two_sessions_joins_them() -> None:
 
 def test_an_event_exactly_a_gap_after_the_last_starts_a_new_session() -> None:
     op = counting(Session(5), allowed_lateness=10)
-    op.add([rec("a", 0), rec("a", 5), rec("b", 0), rec("b", 4.999)], now=0)
-    assert summary(op.flush()) == [("a", 0.0, 5.0, 1), ("b", 0.0, 9.999, 2), ("a", 5.0, 10.0, 1)]
+    op.add([rec("a", 0), rec("a", 5), rec("b", 0), rec("b", 4.999999)], now=0)
+    assert summary(op.flush()) == [
+        ("a", 0.0, 5.0, 1),
+        ("b", 0.0, 9.999999, 2),
+        ("a", 5.0, 10.0, 1),
+    ]
 
 
 # -- late and invalid records --------------------------------------------------------------
@@ -208,7 +223,7 @@ def test_a_hopping_record_late_for_some_windows_goes_to_the_open_ones() -> None:
 
 @pytest.mark.parametrize(
     ("assigner", "late_at"),
-    [(Session(5), 4.0), (Sliding(10), 19.999), (Hopping(10, 5), 9.999)],
+    [(Session(5), 4.0), (Sliding(10), 19.999999), (Hopping(10, 5), 9.999999)],
 )
 def test_every_kind_of_window_reports_late_records(assigner: Assigner, late_at: float) -> None:
     op = counting(assigner)
@@ -225,20 +240,73 @@ def test_records_after_a_flush_are_late() -> None:
 
 
 @pytest.mark.parametrize(
-    ("record", "detail"),
+    ("record", "detail", "reason"),
     [
-        (Record(None, "text", 1.0, "in", 0, 0), "the record value is a str, not an object"),
-        (Record(None, {"x": 1}, 1.0, "in", 0, 0), "no key field 'k'"),
-        (Record(None, {"k": ["a"]}, 1.0, "in", 0, 0), "the key ['a'] is a list"),
-        (Record(None, {"k": "a", "x": "1"}, 1.0, "in", 0, 0), "holds '1', not a number"),
-        (Record(None, {"k": "a"}, math.nan, "in", 0, 0), "event_time holds nan"),
-        (Record(None, {"k": "a"}, math.inf, "in", 0, 0), "event_time holds inf"),
+        (
+            Record(key=None, value="text", event_time=1.0, topic="in", partition=0, offset=0),
+            "the record value is a string, not an object",
+            "not-an-object",
+        ),
+        (
+            Record(key=None, value={"x": 1}, event_time=1.0, topic="in", partition=0, offset=0),
+            "no key field 'k'",
+            "missing-field",
+        ),
+        (
+            Record(key=None, value={"k": ["a"]}, event_time=1.0, topic="in", partition=0, offset=0),
+            "the key ['a'] is an array",
+            "wrong-type",
+        ),
+        (
+            Record(
+                key=None,
+                value={"k": "a", "x": "1"},
+                event_time=1.0,
+                topic="in",
+                partition=0,
+                offset=0,
+            ),
+            "holds '1', not a number",
+            "wrong-type",
+        ),
+        (
+            Record(
+                key=None, value={"k": "a"}, event_time=math.nan, topic="in", partition=0, offset=0
+            ),
+            "event_time holds nan",
+            "wrong-type",
+        ),
+        (
+            Record(
+                key=None, value={"k": "a"}, event_time=math.inf, topic="in", partition=0, offset=0
+            ),
+            "event_time holds inf",
+            "wrong-type",
+        ),
+        # A microsecond timestamp read as seconds: beyond the year 75,000.
+        (
+            Record(
+                key=None, value={"k": "a"}, event_time=1.7e15, topic="in", partition=0, offset=0
+            ),
+            "out of range",
+            "invalid-time",
+        ),
+        (
+            Record(
+                key=None, value={"k": "a"}, event_time=-1e300, topic="in", partition=0, offset=0
+            ),
+            "out of range",
+            "invalid-time",
+        ),
     ],
 )
-def test_records_that_cannot_be_placed_are_invalid(record: Record, detail: str) -> None:
+def test_records_that_cannot_be_placed_are_invalid(
+    record: Record, detail: str, reason: str
+) -> None:
     op = counting(Tumbling(10))
     _, rejected = op.add([record], now=0)
-    assert [r.reason for r in rejected] == ["invalid"]
+    assert [r.reason for r in rejected] == [reason]
+    assert rejected[0].to_failed().error_type == reason
     assert detail in rejected[0].detail
     assert op.invalid_count == 1 and op.live_states == 0
 
@@ -250,12 +318,28 @@ def test_a_time_field_must_hold_seconds(t: Any) -> None:
     assert "field 'ts' holds" in rejected[0].detail
 
 
+@pytest.mark.parametrize("t", [10**400, -(10**20), 2.4e12])
+def test_a_time_out_of_range_is_an_invalid_time(t: float) -> None:
+    op = WindowOperator(Tumbling(10), {"n": (None, Count())}, "k", time_source="ts")
+    _, rejected = op.add([rec("a", 0, ts=t)], now=0)
+    assert [r.reason for r in rejected] == ["invalid-time"]
+    assert "out of range for seconds since the epoch" in rejected[0].detail
+    assert op.invalid_count == 1 and op.live_states == 0 and op.watermark is None
+
+
 def test_time_and_key_can_come_from_the_value_or_the_record() -> None:
     by_field = WindowOperator(Tumbling(10), {"n": (None, Count())}, "k", time_source="ts")
     by_field.add([rec("a", 999.0, ts=15)], now=0)
     assert summary(by_field.flush()) == [("a", 10.0, 20.0, 1)]
     by_record = WindowOperator(Tumbling(10), {"n": (None, Count())})
-    by_record.add([Record(b"entity-1", {"v": 1}, 3.0, "in", 0, 0)], now=0)
+    by_record.add(
+        [
+            Record(
+                key=b"entity-1", value={"v": 1}, event_time=3.0, topic="in", partition=0, offset=0
+            )
+        ],
+        now=0,
+    )
     assert summary(by_record.flush()) == [(b"entity-1", 0.0, 10.0, 1)]
 
 
@@ -306,7 +390,7 @@ def test_a_user_defined_aggregator_merges_snapshots_and_is_type_checked() -> Non
     b = make()
     b.restore(0, a.snapshot(0))
     _, rejected = b.add([rec("k", 4, x=-1), rec("k", 5, x="high")], now=0)  # joins them
-    assert [r.reason for r in rejected] == ["invalid"]
+    assert [r.reason for r in rejected] == ["wrong-type"]
     assert [(r.window.end, r.features) for r in b.flush()] == [(13.0, {"range": 11})]
 
 
@@ -329,10 +413,11 @@ def test_snapshot_and_restore_carry_state_and_watermark_position() -> None:
 
 def test_a_restored_sliding_window_that_had_closed_is_not_handed_out_again() -> None:
     a = counting(Sliding(10))
-    assert summary(a.add([rec("k", 1), rec("k", 2)], now=0)[0]) == [("k", -8.999, 1.001, 1)]
+    closed = a.add([rec("k", 1), rec("k", 2)], now=0)[0]
+    assert summary(closed) == [("k", -8.999999, 1.000001, 1)]
     b = counting(Sliding(10))
     b.restore(0, a.snapshot(0))  # the pane at 1 s stays: the window ending at 2 s needs it
-    assert summary(b.add([rec("k", 3)], now=0)[0]) == [("k", -7.999, 2.001, 2)]
+    assert summary(b.add([rec("k", 3)], now=0)[0]) == [("k", -7.999999, 2.000001, 2)]
 
 
 def test_a_restored_partition_keeps_refusing_what_it_had_closed() -> None:
@@ -432,7 +517,7 @@ FEATURES = Features(
     }
 )
 
-Event = tuple[int, Any, int, dict[str, Any]]  # partition, key, event time (ms), value
+Event = tuple[int, Any, int, dict[str, Any]]  # partition, key, event time (us), value
 
 
 KINDS = ["tumbling", "hopping", "sliding", "session"]
@@ -440,24 +525,24 @@ KINDS = ["tumbling", "hopping", "sliding", "session"]
 
 @st.composite
 def assigners(draw: st.DrawFn, kind: str) -> Assigner:
-    size = draw(st.integers(1, 40)) * 100  # ms, 0.1 s to 4 s
+    size = draw(st.integers(1, 40)) * 100_000  # us, 0.1 s to 4 s
     if kind == "tumbling":
-        return Tumbling(size / 1000)
+        return Tumbling(size / US)
     if kind == "hopping":
         # At most 8 windows per event: more only slows the test down.
-        hop = draw(st.integers(max(1, size // 800), size // 100)) * 100
-        return Hopping(size / 1000, hop / 1000)
+        hop = draw(st.integers(max(1, size // 800_000), size // 100_000)) * 100_000
+        return Hopping(size / US, hop / US)
     if kind == "sliding":
-        return Sliding(size / 1000)
-    return Session(size / 1000)
+        return Sliding(size / US)
+    return Session(size / US)
 
 
 @st.composite
 def streams(draw: st.DrawFn) -> tuple[list[Event], int]:
     """Events of 1-3 partitions, each partition in event-time order and then shuffled
-    within ``lateness`` ms (each event delayed by up to that much), partitions
-    interleaved at random; and the lateness."""
-    lateness = draw(st.integers(0, 3000))
+    within ``lateness`` us (each event delayed by up to that much), partitions
+    interleaved at random; and the lateness. Times step by whole ms or any us."""
+    lateness = draw(st.integers(0, 3000).map(lambda ms: ms * 1000) | st.integers(0, 3_000_000))
     value = st.fixed_dictionaries(
         {},
         optional={
@@ -467,10 +552,10 @@ def streams(draw: st.DrawFn) -> tuple[list[Event], int]:
     )
     per_partition: list[list[Event]] = []
     for p in range(draw(st.integers(1, 3))):
-        t = draw(st.integers(0, 5000))
+        t = draw(st.integers(0, 5_000_000))
         delayed = []
         for i in range(draw(st.integers(0, 40))):
-            t += draw(st.integers(0, 1500))
+            t += draw(st.integers(0, 1500).map(lambda ms: ms * 1000) | st.integers(0, 1_500_000))
             delay = draw(st.integers(0, lateness))
             event = (p, draw(st.sampled_from("uvw")), t, draw(value))
             delayed.append((t + delay, i, event))
@@ -493,12 +578,12 @@ def batch(assigner: Assigner, events: list[Event]) -> dict[Any, tuple[int, dict[
         if isinstance(assigner, Session):
             run: list[tuple[int, dict[str, Any]]] = []
             for e in evs:
-                if run and e[0] - run[-1][0] >= assigner.gap_ms:
-                    windows[Window(run[0][0], run[-1][0] + assigner.gap_ms)] = run
+                if run and e[0] - run[-1][0] >= assigner.gap_us:
+                    windows[Window(run[0][0], run[-1][0] + assigner.gap_us)] = run
                     run = []
                 run.append(e)
             if run:
-                windows[Window(run[0][0], run[-1][0] + assigner.gap_ms)] = run
+                windows[Window(run[0][0], run[-1][0] + assigner.gap_us)] = run
         elif isinstance(assigner, Sliding):
             for t in sorted({t for t, _ in evs}):
                 w = assigner.window_at(t)
@@ -511,7 +596,7 @@ def batch(assigner: Assigner, events: list[Event]) -> dict[Any, tuple[int, dict[
             states = FEATURES.init()
             for t, value in members:
                 extracted = FEATURES.extract(value)
-                assert not isinstance(extracted, str)
+                assert isinstance(extracted, list), extracted
                 FEATURES.add(states, extracted, t)
             out[p, key, w] = (len(members), FEATURES.result(states))
     return out
@@ -529,7 +614,14 @@ def same(a: Any, b: Any) -> bool:
 
 def batches(events: list[Event], sizes: list[int]) -> Iterator[list[Record]]:
     records = [
-        Record(None, {"k": key, **value}, t / 1000, "in", p, i)
+        Record(
+            key=None,
+            value={"k": key, **value},
+            event_time=t / US,
+            topic="in",
+            partition=p,
+            offset=i,
+        )
         for i, (p, key, t, value) in enumerate(events)
     ]
     i = 0
@@ -541,9 +633,7 @@ def batches(events: list[Event], sizes: list[int]) -> Iterator[list[Record]]:
 
 
 def operator(assigner: Assigner, lateness: int, grace: int) -> WindowOperator:
-    op = WindowOperator(
-        assigner, FEATURES, "k", allowed_lateness=lateness / 1000, grace=grace / 1000
-    )
+    op = WindowOperator(assigner, FEATURES, "k", allowed_lateness=lateness / US, grace=grace / US)
     op.assign_partitions(range(3))
     return op
 
@@ -554,7 +644,7 @@ def operator(assigner: Assigner, lateness: int, grace: int) -> WindowOperator:
 def test_streaming_results_equal_a_batch_recomputation(kind: str, data: st.DataObject) -> None:
     assigner = data.draw(assigners(kind))
     events, lateness = data.draw(streams())
-    grace = data.draw(st.integers(0, 2000))
+    grace = data.draw(st.integers(0, 2_000_000))
     sizes = data.draw(st.lists(st.integers(1, 10), max_size=20))
     op = operator(assigner, lateness, grace)
     results: list[WindowResult] = []
@@ -580,7 +670,7 @@ def test_restoring_snapshots_and_continuing_equals_never_stopping(
 ) -> None:
     assigner = data.draw(assigners(kind))
     events, lateness = data.draw(streams())
-    grace = data.draw(st.integers(0, 2000))
+    grace = data.draw(st.integers(0, 2_000_000))
     sizes = data.draw(st.lists(st.integers(1, 10), max_size=20))
     crashes = data.draw(st.lists(st.booleans(), min_size=1, max_size=10))
     straight = operator(assigner, lateness, grace)
@@ -588,7 +678,7 @@ def test_restoring_snapshots_and_continuing_equals_never_stopping(
     for i, records in enumerate(batches(events, sizes)):
         if crashes[i % len(crashes)]:  # a fresh operator restores every partition
             fresh = WindowOperator(
-                assigner, FEATURES, "k", allowed_lateness=lateness / 1000, grace=grace / 1000
+                assigner, FEATURES, "k", allowed_lateness=lateness / US, grace=grace / US
             )
             for p in current.partitions:
                 fresh.restore(p, current.snapshot(p))
@@ -613,7 +703,7 @@ def test_a_rebalance_mid_stream_changes_no_result(kind: str, data: st.DataObject
     results_two: list[WindowResult] = []
     for i, records in enumerate(chunks):
         if i == cut:  # partition 2 moves to another worker
-            second = WindowOperator(assigner, FEATURES, "k", allowed_lateness=lateness / 1000)
+            second = WindowOperator(assigner, FEATURES, "k", allowed_lateness=lateness / US)
             second.restore(2, first.revoke(2))
         results_one += one.add(records, now=0)[0]
         if second is None:
@@ -680,7 +770,7 @@ def test_restoring_from_an_empty_changelog_gives_an_empty_partition() -> None:
 
 def by_window(results: Sequence[WindowResult]) -> list[WindowResult]:
     # Within one end, the order of keys restored from a changelog is the topic's.
-    return sorted(results, key=lambda r: (r.window.end_ms, r.partition, r.key, r.window))
+    return sorted(results, key=lambda r: (r.window.end_us, r.partition, r.key, r.window))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -691,7 +781,7 @@ def test_restoring_from_changelog_records_equals_never_stopping(
 ) -> None:
     assigner = data.draw(assigners(kind))
     events, lateness = data.draw(streams())
-    grace = data.draw(st.integers(0, 2000))
+    grace = data.draw(st.integers(0, 2_000_000))
     sizes = data.draw(st.lists(st.integers(1, 10), max_size=20))
     plan = data.draw(st.lists(st.sampled_from(["go", "flush", "crash"]), min_size=1))
     compacted = data.draw(st.booleans())
@@ -701,8 +791,8 @@ def test_restoring_from_changelog_records_equals_never_stopping(
             assigner,
             FEATURES,
             "k",
-            allowed_lateness=lateness / 1000,
-            grace=grace / 1000,
+            allowed_lateness=lateness / US,
+            grace=grace / US,
             track_changes=True,
         )
 
@@ -762,7 +852,7 @@ def test_a_partition_moved_here_behind_the_watermark_keeps_its_events_on_time() 
         )
 
     def rec(k: str, t: float, p: int, o: int) -> Record:
-        return Record(None, {"k": k}, t, "events", p, o)
+        return Record(key=None, value={"k": k}, event_time=t, topic="events", partition=p, offset=o)
 
     a = make(track=True)
     a.assign_partitions([1])
@@ -776,3 +866,139 @@ def test_a_partition_moved_here_behind_the_watermark_keeps_its_events_on_time() 
     assert (closed, rejected) == ([], [])
     closed, _ = b.add([rec("b", 63.0, 1, 2)], now=0.0)
     assert [(r.key, r.window.start, r.count) for r in closed] == [("b", 50.0, 2)]
+
+
+# -- state written in version 1 (milliseconds) -------------------------------------------------
+
+V1_FEATURES: dict[str, tuple[str | None, Aggregator[Any]]] = {
+    "n": (None, Count()),
+    "x": ("x", Sum()),
+    "first": ("x", First()),
+    "last": ("x", Last()),
+    "recent": ("x", LastN(3)),
+}
+V1_CASES: dict[str, tuple[Assigner, list[tuple[str, float, int]], list[tuple[str, float, int]]]] = {
+    # kind: the assigner, the events before the snapshot (whole ms), the events after
+    "tumbling": (
+        Tumbling(10),
+        # b at 14 s closes [0, 10); a's First in [10, 20) is at 10.002 s
+        [
+            ("a", 3.001, 1),
+            ("a", 4.25, 3),
+            ("a", 4.25, 4),
+            ("b", 11.5, 2),
+            ("a", 12.0, 5),
+            ("b", 14.0, 0),
+            ("a", 10.002, 6),
+        ],
+        # earlier than a's First by half a ms, at the same ms, late, and closing the rest
+        [("a", 10.0015, 7), ("a", 10.002, 8), ("a", 9.5, 9), ("b", 25.0, 0)],
+    ),
+    "sliding": (
+        Sliding(2),
+        [("a", 1.0, 1), ("a", 1.5, 2), ("a", 2.999, 3), ("b", 4.2, 4), ("b", 5.0, 5)],
+        [("a", 2.9995, 6), ("a", 3.0, 7), ("b", 9.0, 0)],
+    ),
+    "session": (
+        Session(1),
+        [("a", 1.0, 1), ("a", 1.999, 2), ("a", 0.5, 3), ("b", 4.2, 4), ("b", 5.5, 5)],
+        # a's session [0.5, 2.999) takes 2.9985 s (less than the gap after 1.999 s) and
+        # 0.4995 s (its gap reaches past 0.5 s)
+        [("a", 2.9985, 6), ("a", 0.4995, 7), ("b", 9.0, 0)],
+    ),
+}
+# What version 1 of the operator (times in ms) wrote after the events before, with
+# allowed_lateness=3: a snapshot, and (for sessions) the changelog records of every window
+# and the partition's position.
+V1_SNAPSHOTS = {
+    "tumbling": "9601a5666978656495a16ea178a56669727374a46c617374a6726563656e74cd36b0cd2af8"
+    "9295a162cd2710cd4e2002950292cb4000000000000000cb000000000000000092cd2cec0292cd36b000"
+    "9292cd2cec0292cd36b00095a161cd2710cd4e2002950292cb4026000000000000cb0000000000000000"
+    "92cd27120692cd2ee0059292cd27120692cd2ee005",
+    "sliding": "9601a7736c6964696e6795a16ea178a56669727374a46c617374a6726563656e74cd1388cd07d0"
+    "9594a161cd03e801950192cb3ff0000000000000cb000000000000000092cd03e80192cd03e8019192cd"
+    "03e80194a161cd05dc01950192cb4000000000000000cb000000000000000092cd05dc0292cd05dc0291"
+    "92cd05dc0294a161cd0bb701950192cb4008000000000000cb000000000000000092cd0bb70392cd0bb7"
+    "039192cd0bb70394a162cd106801950192cb4010000000000000cb000000000000000092cd10680492cd"
+    "1068049192cd10680494a162cd138801950192cb4014000000000000cb000000000000000092cd138805"
+    "92cd1388059192cd138805",
+    "session": "9601a773657373696f6e95a16ea178a56669727374a46c617374a6726563656e74cd157ccd09c4"
+    "9395a161cd01f4cd0bb703950392cb4018000000000000cb000000000000000092cd01f40392cd07cf02"
+    "9392cd01f40392cd03e80192cd07cf0295a162cd1068cd145001950192cb4010000000000000cb000000"
+    "000000000092cd10680492cd1068049192cd10680495a162cd157ccd196401950192cb40140000000000"
+    "00cb000000000000000092cd157c0592cd157c059192cd157c05",
+}
+V1_SESSION_CHANGELOG = [
+    (
+        "93a162cd1068cd1450",
+        "95a162cd1068cd145001950192cb4010000000000000cb000000000000000092cd10680492cd106804"
+        "9192cd106804",
+    ),
+    (
+        "93a161cd01f4cd0bb7",
+        "95a161cd01f4cd0bb703950392cb4018000000000000cb000000000000000092cd01f40392cd07cf02"
+        "9392cd01f40392cd03e80192cd07cf02",
+    ),
+    (
+        "93a162cd157ccd1964",
+        "95a162cd157ccd196401950192cb4014000000000000cb000000000000000092cd157c0592cd157c05"
+        "9192cd157c05",
+    ),
+    ("c0", "9501a773657373696f6e95a16ea178a56669727374a46c617374a6726563656e74cd157ccd09c4"),
+]
+
+
+def v1_operator(assigner: Assigner) -> WindowOperator:
+    return WindowOperator(assigner, V1_FEATURES, "k", allowed_lateness=3, track_changes=True)
+
+
+def v1_records(events: list[tuple[str, float, int]], first: int = 0) -> list[Record]:
+    return [rec(k, t, offset=first + i, x=x) for i, (k, t, x) in enumerate(events)]
+
+
+def assert_continues_like(restored: WindowOperator, straight: WindowOperator, kind: str) -> None:
+    """``restored`` holds the same state as ``straight`` and goes on the same way."""
+    _, before, after = V1_CASES[kind]
+    assert restored.live_states == straight.live_states
+    # The same state, in the new encoding: windows, panes, First/Last/LastN times in us
+    # (the rows in any order: a changelog's is the order windows were last written).
+    got, expected = (msgspec.msgpack.decode(op.snapshot(0)) for op in (restored, straight))
+    assert got[:5] == expected[:5] and got[0] == 2
+    assert sorted(got[5], key=repr) == sorted(expected[5], key=repr)
+    records = v1_records(after, len(before))
+    assert restored.add(records, now=0) == straight.add(records, now=0)
+    assert restored.watermark == straight.watermark
+    assert restored.flush() == straight.flush()
+
+
+@pytest.mark.parametrize("kind", sorted(V1_CASES))
+def test_a_version_1_snapshot_restores_in_microseconds(kind: str) -> None:
+    assigner, before, _ = V1_CASES[kind]
+    straight = v1_operator(assigner)
+    straight.add(v1_records(before), now=0)
+    restored = v1_operator(assigner)
+    restored.restore(0, bytes.fromhex(V1_SNAPSHOTS[kind]))
+    assert_continues_like(restored, straight, kind)
+
+
+def test_version_1_changelog_records_restore_in_microseconds() -> None:
+    assigner, before, _ = V1_CASES["session"]
+    straight = v1_operator(assigner)
+    straight.add(v1_records(before), now=0)
+    straight.changes(0)
+    restored = v1_operator(assigner)
+    restored.restore_changes(
+        0, [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in V1_SESSION_CHANGELOG]
+    )
+    assert restored.changes(0) == [(POSITION_KEY, straight.changes(0)[-1][1])]  # version 2
+    assert_continues_like(restored, straight, "session")
+
+
+def test_version_1_state_that_never_closed_a_window_keeps_that_horizon() -> None:
+    op = counting(Tumbling(10))
+    op.restore(0, msgspec.msgpack.encode([1, "fixed", ["n", "x"], None, NEVER, []]))
+    assert op._stores[0].horizon == NEVER and op.watermark is None
+    op.restore(0, msgspec.msgpack.encode([1, "fixed", ["n", "x"], 5_000, NEVER, []]))
+    assert op.advance(now=0) == [] and op.watermark == 5.0
+    with pytest.raises(ValueError, match="window state version 3, expected 2"):
+        op.restore(0, msgspec.msgpack.encode([3, "fixed", ["n", "x"], None, NEVER, []]))

@@ -1,4 +1,4 @@
-"""Window bounds and the millisecond time unit."""
+"""Window bounds and the microsecond time unit."""
 
 from __future__ import annotations
 
@@ -6,36 +6,48 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headrace.windows.window import Window, to_ms, to_seconds
+from headrace.windows.window import Window, event_us, to_seconds, to_us
 
 
 @pytest.mark.parametrize(
-    ("seconds", "ms"),
+    ("seconds", "us"),
     [
-        (0.1 + 0.2, 300),  # 0.30000000000000004 s is 300 ms, not 300.00000000000006
-        (1700000000.123, 1700000000123),
-        (1700000010.0 - 10.0, 1700000000000),
-        (0.0004, 0),
-        (0.0006, 1),
-        (-1.5, -1500),
+        (0.1 + 0.2, 300_000),  # 0.30000000000000004 s is 300,000 us, not 300,000.00000000006
+        (1700000000.123456, 1700000000123456),
+        (1700000010.0 - 10.0, 1700000000000000),
+        (0.0000004, 0),
+        (0.0000006, 1),
+        (-1.5, -1_500_000),
+        (1e-7 * 5, 0),  # half a microsecond: to even
+        (30.0, 30_000_000),
     ],
 )
-def test_to_ms_rounds_to_the_nearest_millisecond(seconds: float, ms: int) -> None:
-    assert to_ms(seconds) == ms
+def test_to_us_rounds_to_the_nearest_microsecond(seconds: float, us: int) -> None:
+    assert to_us(seconds) == us
 
 
-@given(st.integers(-(10**13), 10**13))
-def test_milliseconds_survive_the_round_trip_through_seconds(ms: int) -> None:
-    assert to_ms(to_seconds(ms)) == ms
+@given(st.integers(-(2**33) * 10**6 + 1, 2**33 * 10**6 - 1))
+def test_microseconds_survive_the_round_trip_through_seconds(us: int) -> None:
+    assert to_us(to_seconds(us)) == us
+    assert event_us(to_seconds(us)) == us
+
+
+@given(st.integers(-(10**9), 10**9), st.integers(0, 6))
+def test_bounds_show_as_the_decimal_seconds_they_are(whole: int, digits: int) -> None:
+    """A bound of whole seconds, ms or us shows as the float that decimal parses to: 10 s as
+    ``10.0``, not ``10.000000000000002``."""
+    us = whole * 10 ** (6 - digits)
+    sign, n = "-" if us < 0 else "", abs(us)
+    assert to_seconds(us) == float(f"{sign}{n // 10**6}.{n % 10**6:06d}")
 
 
 def test_a_window_is_half_open() -> None:
-    w = Window(to_ms(10.0), to_ms(20.0))
+    w = Window(to_us(10.0), to_us(20.0))
     assert (w.start, w.end) == (10.0, 20.0)
-    assert w.contains(to_ms(10.0))
-    assert w.contains(to_ms(19.999))
-    assert not w.contains(to_ms(20.0))
-    assert not w.contains(to_ms(9.999))
+    assert w.contains(event_us(10.0))
+    assert w.contains(event_us(19.999999))
+    assert not w.contains(event_us(20.0))
+    assert not w.contains(event_us(9.999999))
 
 
 @pytest.mark.parametrize(

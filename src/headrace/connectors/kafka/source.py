@@ -1,28 +1,36 @@
-"""Kafka (and Kafka-protocol services: Redpanda, Azure Event Hubs) on confluent-kafka.
+"""The Kafka source: a member of a consumer group that never commits by itself.
 
-The consumer never commits by itself: the engine commits explicit offsets, per partition,
-only for records that reached a terminal state. Rebalances are cooperative; on revocation
-the engine finishes (or gives up on) the revoked partitions' records before they are
-committed, never after.
+The engine commits explicit offsets, per partition, only for records that reached a
+terminal state. Rebalances are cooperative; on revocation the engine finishes (or gives
+up on) the revoked partitions' records before they are committed, never after. Polls and
+commits take turns in one thread, so a commit never races a rebalance callback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgspec
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
-from headrace.connectors.base import PartitionKey, RebalanceListener, Sink, Source
-from headrace.record import FailedRecord, Record, ScoredBatch
-
-log = logging.getLogger("headrace.kafka")
-
-Settings = dict[str, Any]
+from headrace.connectors.base import PartitionedSource, PartitionKey, RebalanceListener
+from headrace.connectors.kafka.common import (
+    KafkaFatalError,
+    Settings,
+    fmt,
+    log,
+    topic_partitions,
+)
+from headrace.record import Record, source_record
 
 # Settings the engine depends on: offsets are committed explicitly, after terminal state.
 _CONSUMER_REQUIRED: Settings = {"enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -31,38 +39,15 @@ _CONSUMER_DEFAULTS: Settings = {
     "auto.offset.reset": "earliest",
     "enable.partition.eof": False,
 }
-_PRODUCER_DEFAULTS: Settings = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 5,
-    # Java clients' partitioner: the same key lands on the same partition whoever produces.
-    "partitioner": "murmur2_random",
-}
-
-SECRET_KEYS = ("password", "secret", "sasl.jaas", "ssl.key", "token")
 
 
-def redacted(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings safe to log: values of secret-looking keys are masked."""
-    return {
-        k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else v) for k, v in settings.items()
-    }
-
-
-class KafkaFatalError(RuntimeError):
-    """An error the Kafka client cannot recover from (fenced, authorisation, config)."""
-
-
-class KafkaSource(Source):
+class KafkaSource(PartitionedSource):
     """Consumes ``topics`` as a member of consumer group ``group_id``.
 
     Records keep the Kafka key (as text), headers and timestamp (as event time, unless the
     decoder takes it from a field). ``settings`` pass through to librdkafka; the source
     only insists on manual offset commits.
     """
-
-    decoded = False
-    keeps_polling = True
 
     def __init__(
         self,
@@ -109,13 +94,14 @@ class KafkaSource(Source):
         self._lag_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-lag")
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
+        # Positions to commit for monitoring only (see mirror_commit), taken by the next
+        # poll. Replaced whole, never changed in place: the two threads share it.
+        self._mirror: dict[PartitionKey, int] = {}
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
 
     async def open(self) -> None:
-        from confluent_kafka import Consumer
-
         self._loop = asyncio.get_running_loop()
         config = {**self.settings, "error_cb": self._on_error, "logger": log}
         self.consumer = Consumer(config)
@@ -125,8 +111,6 @@ class KafkaSource(Source):
         log.info("kafka source %s: group %s, topics %s", self.name, self.group_id, self.topics)
 
     async def chunks(self) -> AsyncIterator[list[Record]]:
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError
-
         loop = asyncio.get_running_loop()
         consumer = self.consumer
         # Updated here, read by the next poll: the two take turns, never at once.
@@ -154,15 +138,15 @@ class KafkaSource(Source):
                 topic, partition, offset = m.topic(), m.partition(), m.offset()
                 when = ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now
                 chunk.append(
-                    Record(
-                        key.decode("utf-8", "replace") if key is not None else None,
-                        None,
-                        when,
-                        topic,
-                        partition,
-                        offset,
-                        m.value(),
-                        m.headers(),
+                    source_record(
+                        key=key.decode("utf-8", "replace") if key is not None else None,
+                        value=None,
+                        event_time=when,
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        raw=m.value(),
+                        headers=m.headers(),
                     )
                 )
                 following[(topic, partition)] = offset + 1
@@ -178,22 +162,23 @@ class KafkaSource(Source):
         want = set(assigned) if self._want_paused else set(self._held & assigned)
         if want != self._paused:
             self._apply_pause(consumer, want)
+        if self._mirror:
+            mirror, self._mirror = self._mirror, {}
+            self._commit_mirror(consumer, mirror)
         messages: list[Any] = consumer.consume(self.max_records, self.poll_timeout)
         return messages
 
     def _apply_pause(self, consumer: Any, want: set[PartitionKey]) -> None:
-        from confluent_kafka import TopicPartition
-
         pause = sorted(want - self._paused)
         resume = sorted((self._paused - want) & self._assigned)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
-            log.info("kafka %s: paused %s", self.name, _fmt(pause))
+            log.info("kafka %s: paused %s", self.name, fmt(pause))
         if resume:
             tps = [TopicPartition(t, p) for t, p in resume]
             consumer.resume(tps)
             self._wake_fetcher(consumer, tps)
-            log.info("kafka %s: resumed %s", self.name, _fmt(resume))
+            log.info("kafka %s: resumed %s", self.name, fmt(resume))
         self._paused = want
 
     def _wake_fetcher(self, consumer: Any, partitions: list[Any]) -> None:
@@ -202,10 +187,9 @@ class KafkaSource(Source):
         the last record consumed, kept here: librdkafka forgets its own position on a seek
         until a record arrives, and a pause in that window resumes from
         ``auto.offset.reset``. Partitions nothing was consumed from yet are left alone."""
-        from confluent_kafka import TopicPartition
-
         for tp in partitions:
-            offset = self._next.get((tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            offset = self._next.get(key)
             if offset is not None:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
@@ -237,8 +221,6 @@ class KafkaSource(Source):
         consumer = self.consumer
         if consumer is None:
             return {}
-        from confluent_kafka import TopicPartition
-
         now = time.time()
         paused = set(self._paused)
         out: dict[PartitionKey, tuple[int, float]] = {}
@@ -271,27 +253,33 @@ class KafkaSource(Source):
             await loop.run_in_executor(self._poll_thread, self._commit_assigned, dict(positions))
 
     def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        """Commit without waiting, for lag monitoring where the truth is kept elsewhere."""
-        if positions and self.consumer is not None:
-            try:
-                self.consumer.commit(offsets=_topic_partitions(positions), asynchronous=True)
-            except Exception as exc:  # informational only
-                log.debug("kafka %s: mirror commit failed: %s", self.name, exc)
+        """Commit without waiting, for lag monitoring where the truth is kept elsewhere
+        (exactly-once into a database). Only noted here: the poll thread sends it before
+        its next poll. Called on the event loop while a rebalance callback held the poll
+        thread (and waited for the loop), a consumer call here deadlocked the worker."""
+        if positions:
+            self._mirror = {**self._mirror, **positions}
+
+    def _commit_mirror(self, consumer: Any, positions: dict[PartitionKey, int]) -> None:
+        mine = {k: v for k, v in positions.items() if k in self._assigned}
+        if not mine:
+            return
+        try:
+            consumer.commit(offsets=topic_partitions(mine), asynchronous=True)
+        except Exception as exc:  # informational only
+            log.debug("kafka %s: mirror commit failed: %s", self.name, exc)
 
     def _commit_assigned(self, positions: dict[PartitionKey, int]) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         mine = {k: v for k, v in positions.items() if k in assigned}
         if mine:
-            self._commit(_topic_partitions(mine))
+            self._commit(topic_partitions(mine))
 
     def _commit(self, offsets: list[Any]) -> None:
-        from confluent_kafka import KafkaException
-
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() in _NOTHING_TO_COMMIT:
+            if exc.args[0].code() == KafkaError._NO_OFFSET:  # nothing to commit
                 return
             raise
 
@@ -319,7 +307,7 @@ class KafkaSource(Source):
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        log.info("kafka %s: assigned %s", self.name, _fmt(keys))
+        log.info("kafka %s: assigned %s", self.name, fmt(keys))
         starts: Mapping[PartitionKey, int] | None = None
         if self._listener is not None:
             try:
@@ -343,15 +331,15 @@ class KafkaSource(Source):
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
-        log.info("kafka %s: revoking %s", self.name, _fmt(keys))
+        log.info("kafka %s: revoking %s", self.name, fmt(keys))
         if self._listener is not None and self._fatal is None:
             try:
                 positions = self._call_listener(self._listener.partitions_revoked(keys))
                 if positions:
-                    self._commit(_topic_partitions(positions))
+                    self._commit(topic_partitions(positions))
             except Exception as exc:
                 # Not committed: the next owner reads these records again.
-                log.error("kafka %s: revocation of %s failed: %s", self.name, _fmt(keys), exc)
+                log.error("kafka %s: revocation of %s failed: %s", self.name, fmt(keys), exc)
                 self._fatal = exc
         if self._cooperative:
             consumer.incremental_unassign(partitions)
@@ -371,7 +359,7 @@ class KafkaSource(Source):
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         self._fatal = KafkaFatalError(
-            f"kafka {self.name}: partitions {_fmt(keys)} were lost (the group moved on, e.g. "
+            f"kafka {self.name}: partitions {fmt(keys)} were lost (the group moved on, e.g. "
             "after a session timeout); stopping without committing them. A restart resumes "
             "from the last commit."
         )
@@ -386,197 +374,3 @@ class KafkaSource(Source):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
-
-
-class KafkaProducer:
-    """One producer per worker, shared by every Kafka sink (and, in exactly-once mode,
-    owning the transaction). Never closed before the pipeline ends."""
-
-    def __init__(self, settings: Mapping[str, Any], *, transactional_id: str | None = None):
-        self.settings: Settings = {**_PRODUCER_DEFAULTS, **settings}
-        if transactional_id is not None:
-            self.settings["transactional.id"] = transactional_id
-        self.transactional = transactional_id is not None
-        self.producer: Any = None
-        self.errors: list[str] = []
-        self._users = 0
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-produce")
-
-    async def open(self) -> None:
-        self._users += 1
-        if self.producer is not None:
-            return
-        from confluent_kafka import Producer
-
-        config = {**self.settings, "error_cb": self._on_error, "logger": log}
-        self.producer = Producer(config)
-        if self.transactional:
-            await self.run(self.producer.init_transactions, 30)
-            self.producer.begin_transaction()
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    def on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        headers: Any = None,
-        partition: int | None = None,
-    ) -> None:
-        producer = self.producer
-        # librdkafka's "no partition given" (let the partitioner choose) is -1.
-        where = -1 if partition is None else partition
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=where,
-                    headers=headers,
-                    on_delivery=self.on_delivery,
-                )
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                producer.poll(0.05)
-
-    async def flush(self) -> None:
-        """Wait until every message produced so far is acknowledged; raise if any failed."""
-        producer = self.producer
-        if producer is None:
-            return
-        while await self.run(producer.flush, 1.0):
-            pass
-        if self.errors:
-            first, n = self.errors[0], len(self.errors)
-            self.errors.clear()
-            raise KafkaFatalError(f"{n} Kafka deliveries failed, the first: {first}")
-
-    async def commit_transaction(self, positions: Mapping[PartitionKey, int], source: Any) -> None:
-        """Commit outputs and consumed offsets atomically, then open the next transaction."""
-        from confluent_kafka import KafkaException
-
-        producer = self.producer
-        await self.flush()
-        try:
-            if positions:
-                await self.run(
-                    producer.send_offsets_to_transaction,
-                    _topic_partitions(positions),
-                    source.group_metadata(),
-                    30,
-                )
-            await self.run(producer.commit_transaction, 30)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.txn_requires_abort():
-                await self.run(producer.abort_transaction, 30)
-                raise KafkaFatalError(
-                    f"the transaction was aborted ({err.str()}); its records were not "
-                    "committed and are read again after a restart"
-                ) from exc
-            raise KafkaFatalError(f"kafka transaction: {err.str()}") from exc
-        producer.begin_transaction()
-
-    async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0 or self.producer is None:
-            return
-        producer, self.producer = self.producer, None
-        if self.transactional:
-            # Whatever was not committed is aborted: its input was not committed either.
-            await self.run(producer.abort_transaction, 30)
-        else:
-            await self.run(producer.flush, 30)
-        self._thread.shutdown(wait=True)
-
-    def _on_error(self, err: Any) -> None:
-        if err.fatal():
-            self.errors.append(f"fatal: {err.str()}")
-        log.warning("kafka producer: %s", err.str())
-
-
-class KafkaSink(Sink):
-    """Produces each output as JSON to ``topic``, keyed by the record's key, with the model
-    version and source position also in headers. ``write`` queues; ``flush`` waits for the
-    broker's acknowledgements, and only then does the engine commit."""
-
-    def __init__(self, topic: str, *, producer: KafkaProducer, name: str = "kafka") -> None:
-        self.topic = topic
-        self.producer = producer
-        self.name = name
-        self._encode = msgspec.json.Encoder().encode
-
-    async def open(self) -> None:
-        await self.producer.open()
-
-    async def write(self, batch: ScoredBatch) -> None:
-        encode, produce, topic = self._encode, self.producer.produce, self.topic
-        headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
-        for out, r in zip(batch.to_dicts(), batch.records, strict=True):
-            key = r.key
-            produce(topic, encode(out), None if key is None else str(key).encode(), headers)
-        self.producer.producer.poll(0)
-
-    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
-        """Dead letters keep the original bytes, so they can be replayed; the error and
-        the source position travel in headers."""
-        produce, topic = self.producer.produce, self.topic
-        for f in failures:
-            r = f.record
-            raw = r.raw if r.raw is not None else self._encode(r.value)
-            headers = [
-                ("headrace-stage", f.stage.encode()),
-                ("headrace-error-type", f.error_type.encode()),
-                ("headrace-error", f.error.encode("utf-8", "replace")),
-                ("headrace-source-topic", r.topic.encode()),
-                ("headrace-source-partition", str(r.partition).encode()),
-                ("headrace-source-offset", str(r.offset).encode()),
-                ("headrace-attempts", str(f.attempts).encode()),
-            ]
-            if f.model is not None:
-                headers.append(("headrace-model", f"{f.model.name}@{f.model.version}".encode()))
-            key = r.key
-            produce(topic, raw, None if key is None else str(key).encode(), headers)
-        self.producer.producer.poll(0)
-
-    async def flush(self) -> None:
-        await self.producer.flush()
-
-    async def close(self) -> None:
-        await self.producer.close()
-
-
-_NOTHING_TO_COMMIT: set[int] = set()
-
-
-def _init_codes() -> None:
-    try:
-        from confluent_kafka import KafkaError
-    except ImportError:  # the kafka extra is not installed; the source cannot be used
-        return
-    _NOTHING_TO_COMMIT.add(KafkaError._NO_OFFSET)
-
-
-_init_codes()
-
-
-def _topic_partitions(positions: Mapping[PartitionKey, int]) -> list[Any]:
-    from confluent_kafka import TopicPartition
-
-    return [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-
-
-def _keys(partitions: Sequence[Any]) -> set[PartitionKey]:
-    return {(tp.topic, tp.partition) for tp in partitions}
-
-
-def _fmt(keys: Sequence[PartitionKey]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing"

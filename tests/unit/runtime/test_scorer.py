@@ -1,6 +1,6 @@
-"""The engine with live model updates: a swap under load, rollback of a failing version,
-canary and shadow, end to end through a real Engine with sources and sinks in memory and
-versions from a fake registry."""
+"""The scorer (headrace.runtime.scorer): a model or a rollout, not both, and live model
+updates: a swap under load, rollback of a failing version, canary and shadow, end to end
+through a real Engine with sources and sinks in memory and versions from a fake registry."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from headrace import Engine, EngineSettings, PipelineError
+from headrace import EngineSettings, PipelineError
 from headrace.connectors.base import Source
 from headrace.observe.metrics import PipelineMetrics
 from headrace.record import Record
+from headrace.runtime.engine import Engine
 from headrace.runtime.manager import ModelManager, Probation
 from headrace.runtime.rollout import Canary, Rollout, Shadow, canary_bucket
 from headrace.runtime.scoring import FailurePolicy
+from headrace.runtime.spec import PipelineSpec
 from helpers import ListSource, MemorySink, wait_for
 from version_helpers import FakeSource, FeedSource, VersionModel, digest, make_records
 
@@ -88,14 +90,16 @@ def engine(
     }
     defaults.update(settings)
     return Engine(
-        source=source,
-        model=None,
-        rollout=rollout,
-        sinks=[sink],
-        dead_letter=dead_letter,
-        metrics=rollout.metrics,
-        settings=EngineSettings(**defaults),
-        failures=FAST,
+        PipelineSpec(
+            source=source,
+            model=None,
+            rollout=rollout,
+            sinks=[sink],
+            dead_letter=dead_letter,
+            metrics=rollout.metrics,
+            settings=EngineSettings(**defaults),
+            failures=FAST,
+        )
     )
 
 
@@ -260,8 +264,10 @@ async def test_engine_takes_a_model_or_a_rollout_not_both() -> None:
     model = VersionModel(plus(1), name="m", version="1")
     for m, r in ((model, rollout), (None, None)):
         with pytest.raises(ValueError, match="not both"):
-            Engine(source=ListSource([]), model=m, rollout=r, sinks=[MemorySink()])
-    eng = Engine(source=ListSource([]), model=None, rollout=rollout, sinks=[MemorySink()])
+            Engine(PipelineSpec(source=ListSource([]), model=m, rollout=r, sinks=[MemorySink()]))
+    eng = Engine(
+        PipelineSpec(source=ListSource([]), model=None, rollout=rollout, sinks=[MemorySink()])
+    )
     with pytest.raises(RuntimeError, match="loaded when the pipeline starts"):
         _ = eng.model
     with pytest.raises(ValueError, match="rollout"):

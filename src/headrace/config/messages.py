@@ -1,0 +1,96 @@
+"""msgspec's validation messages, rewritten to name the key and what it expected."""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from typing import Annotated, Any
+
+import msgspec
+
+from headrace.config.schema import PipelineConfig
+
+_AT = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
+
+
+def explain(message: str, data: Any) -> str:
+    """Turn msgspec's message into one that names the key and what it expected."""
+    m = _AT.match(message)
+    msg, path = (m.group("msg"), m.group("path")) if m else (message, "")
+    where = path.lstrip(".") or "top level"
+    if (u := _UNKNOWN.match(msg)) is not None:
+        tp, node = _type_at(path, data)
+        struct = _resolve(tp, node)
+        allowed = sorted(f.encode_name for f in msgspec.structs.fields(struct)) if struct else []
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"at {where}: unknown key {u.group('key')!r}{hint}"
+    if (u := _MISSING.match(msg)) is not None:
+        key = u.group("key")
+        if key == "type":
+            tp, _ = _type_at(path, data)
+            tags = [str(a.__struct_config__.tag) for a in _members(tp) if _is_struct(a)]
+            return f"at {where}: missing required key 'type'; expected one of: {', '.join(tags)}"
+        return f"at {where}: missing required key {key!r}"
+    if path.endswith(".type") and msg.startswith("Invalid value"):
+        tp, _ = _type_at(path[: -len(".type")], data)
+        tags = [str(a.__struct_config__.tag) for a in _members(tp) if _is_struct(a)]
+        return f"at {where}: {msg}; expected one of: {', '.join(tags)}"
+    if msg.startswith("Invalid enum value"):
+        tp, _ = _type_at(path, data)
+        allowed = [repr(a) for m in _members(tp) for a in typing.get_args(m)]
+        if allowed:
+            return f"at {where}: {msg}; expected one of: {', '.join(allowed)}"
+    if path.endswith(".type") and msg.endswith("got `NoneType`"):
+        return f'at {where}: {msg}; YAML reads a bare null as nothing: write type: "null"'
+    return f"at {where}: {msg}"
+
+
+def _segments(path: str) -> list[str | int]:
+    return [int(i) if i else k for k, i in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path)]
+
+
+def _type_at(path: str, data: Any) -> tuple[Any, Any]:
+    """The declared type at ``path`` in the schema, and the data found there."""
+    tp: Any = PipelineConfig
+    node = data
+    for seg in _segments(path):
+        if isinstance(seg, int):
+            args = typing.get_args(_unwrap(tp))
+            tp = args[0] if args else None
+            node = node[seg] if isinstance(node, list) and seg < len(node) else None
+        else:
+            struct = _resolve(tp, node)
+            if struct is None:
+                return None, None
+            tp = typing.get_type_hints(struct, include_extras=True).get(seg)
+            node = node.get(seg) if isinstance(node, dict) else None
+    return tp, node
+
+
+def _resolve(tp: Any, node: Any) -> type[msgspec.Struct] | None:
+    """The schema class a value of declared type ``tp`` is checked against."""
+    structs: list[type[msgspec.Struct]] = [a for a in _members(tp) if _is_struct(a)]
+    if len(structs) == 1:
+        return structs[0]
+    tag = node.get("type") if isinstance(node, dict) else None
+    return next((s for s in structs if s.__struct_config__.tag == tag), None)
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _members(tp: Any) -> list[Any]:
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [_unwrap(a) for a in typing.get_args(tp) if a is not type(None)]
+    return [tp]
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)

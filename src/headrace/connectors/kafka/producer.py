@@ -1,0 +1,222 @@
+"""Writing to Kafka: the worker's one producer (which, in exactly-once mode, owns the
+transaction that commits outputs with consumed offsets) and the sinks that share it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from headrace.connectors.base import PartitionKey, Sink
+from headrace.connectors.kafka.common import KafkaFatalError, Settings, log, topic_partitions
+from headrace.errors import ErrorType, Stage, failure
+from headrace.record import FailedRecord, Record, ScoredBatch
+
+_PRODUCER_DEFAULTS: Settings = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    # Java clients' partitioner: the same key lands on the same partition whoever produces.
+    "partitioner": "murmur2_random",
+}
+
+
+class KafkaProducer:
+    """One producer per worker, shared by every Kafka sink (and, in exactly-once mode,
+    owning the transaction). Never closed before the pipeline ends."""
+
+    def __init__(self, settings: Mapping[str, Any], *, transactional_id: str | None = None):
+        self.settings: Settings = {**_PRODUCER_DEFAULTS, **settings}
+        if transactional_id is not None:
+            self.settings["transactional.id"] = transactional_id
+        self.transactional = transactional_id is not None
+        self.producer: Any = None
+        # Failed deliveries, kept for the life of the producer: a message that was not
+        # written makes every later flush fail, so no commit path (periodic, rebalance,
+        # final) can move a position past it. Clearing them once reported let the final
+        # commit's flush succeed and commit outputs that were never written.
+        self.errors: list[str] = []
+        self.failed = 0
+        self._users = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-produce")
+
+    async def open(self) -> None:
+        self._users += 1
+        if self.producer is not None:
+            return
+        config = {**self.settings, "error_cb": self._on_error, "logger": log}
+        self.producer = Producer(config)
+        if self.transactional:
+            await self.run(self.producer.init_transactions, 30)
+            self.producer.begin_transaction()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            if len(self.errors) < 10:  # the first few say enough
+                self.errors.append(f"{msg.topic()}: {err.str()}")
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        producer = self.producer
+        # librdkafka's "no partition given" (let the partitioner choose) is -1.
+        where = -1 if partition is None else partition
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=where,
+                    headers=headers,
+                    on_delivery=self.on_delivery,
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                producer.poll(0.05)
+
+    async def flush(self) -> None:
+        """Wait until every message produced so far is acknowledged; raise if any ever
+        failed (then every flush raises: what was not written is never committed)."""
+        producer = self.producer
+        if producer is not None:
+            while await self.run(producer.flush, 1.0):
+                pass
+        self.check()
+
+    def check(self) -> None:
+        """Raise if a delivery of this producer has failed."""
+        if self.failed:
+            raise KafkaFatalError(
+                f"{self.failed} Kafka deliveries failed, the first: {self.errors[0]}; their "
+                "input positions were not committed: a restart reads them again"
+            )
+
+    async def commit_transaction(self, positions: Mapping[PartitionKey, int], source: Any) -> None:
+        """Commit outputs and consumed offsets atomically, then open the next transaction."""
+        producer = self.producer
+        await self.flush()
+        try:
+            if positions:
+                await self.run(
+                    producer.send_offsets_to_transaction,
+                    topic_partitions(positions),
+                    source.group_metadata(),
+                    30,
+                )
+            await self.run(producer.commit_transaction, 30)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.txn_requires_abort():
+                await self.run(producer.abort_transaction, 30)
+                raise KafkaFatalError(
+                    f"the transaction was aborted ({err.str()}); its records were not "
+                    "committed and are read again after a restart"
+                ) from exc
+            raise KafkaFatalError(f"kafka transaction: {err.str()}") from exc
+        producer.begin_transaction()
+
+    async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self.producer is None:
+            return
+        producer, self.producer = self.producer, None
+        if self.transactional:
+            # Whatever was not committed is aborted: its input was not committed either.
+            await self.run(producer.abort_transaction, 30)
+        else:
+            await self.run(producer.flush, 30)
+        self._thread.shutdown(wait=True)
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            self.failed += 1
+            self.errors.append(f"fatal: {err.str()}")
+        log.warning("kafka producer: %s", err.str())
+
+
+class KafkaSink(Sink):
+    """Produces each output as JSON to ``topic``, keyed by the record's key, with the model
+    version and source position also in headers. ``write`` queues; ``flush`` waits for the
+    broker's acknowledgements, and only then does the engine commit."""
+
+    def __init__(self, topic: str, *, producer: KafkaProducer, name: str = "kafka") -> None:
+        self.topic = topic
+        self.producer = producer
+        self.name = name
+        self._encode = msgspec.json.Encoder().encode
+
+    async def open(self) -> None:
+        await self.producer.open()
+
+    async def write(self, batch: ScoredBatch) -> list[FailedRecord]:
+        """Queue every output; those the producer refuses for good when queued (larger
+        than its ``message.max.bytes``) are returned, to be dead-lettered."""
+        encode, produce, topic = self._encode, self.producer.produce, self.topic
+        headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
+        refused: list[FailedRecord] = []
+        for out, r in zip(batch.to_dicts(), batch.records, strict=True):
+            key = r.key
+            value = encode(out)
+            try:
+                produce(topic, value, None if key is None else str(key).encode(), headers)
+            except KafkaException as exc:
+                refused.append(self._refused(r, len(value), exc, batch))
+        self.producer.producer.poll(0)
+        return refused
+
+    def _refused(self, r: Record, size: int, exc: Any, batch: ScoredBatch) -> FailedRecord:
+        err = exc.args[0]
+        if err.code() != KafkaError.MSG_SIZE_TOO_LARGE:
+            raise exc
+        limit = self.producer.settings.get("message.max.bytes", 1_000_000)
+        return failure(
+            r,
+            Stage.OUTPUT,
+            f"sink {self.name!r}: the output for topic {self.topic!r} is {size} bytes, over "
+            f"the producer's message.max.bytes ({limit}): {err.str()}",
+            ErrorType.OUTPUT_TOO_LARGE,
+            model=batch.model,
+        )
+
+    async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
+        """Dead letters keep the original bytes, so they can be replayed; the error and
+        the source position travel in headers."""
+        produce, topic = self.producer.produce, self.topic
+        for f in failures:
+            r = f.record
+            raw = r.raw if r.raw is not None else self._encode(r.value)
+            headers = [
+                ("headrace-stage", f.stage.encode()),
+                ("headrace-error-type", f.error_type.encode()),
+                ("headrace-error", f.error.encode("utf-8", "replace")),
+                ("headrace-source-topic", r.topic.encode()),
+                ("headrace-source-partition", str(r.partition).encode()),
+                ("headrace-source-offset", str(r.offset).encode()),
+                ("headrace-attempts", str(f.attempts).encode()),
+            ]
+            if f.model is not None:
+                headers.append(("headrace-model", f"{f.model.name}@{f.model.version}".encode()))
+            key = r.key
+            produce(topic, raw, None if key is None else str(key).encode(), headers)
+        self.producer.producer.poll(0)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+    async def close(self) -> None:
+        await self.producer.close()

@@ -1,0 +1,53 @@
+"""Every default of a pipeline's tuning, written once.
+
+The YAML schema, the Python builder and the runtime's settings classes all read their
+defaults from here, so that a pipeline configured in YAML and one built in code behave
+alike when neither says otherwise. Times are in seconds (the YAML keys ending in ``_ms``
+convert). This module imports nothing of Headrace: anything may import it.
+"""
+
+from __future__ import annotations
+
+NAME = "pipeline"
+
+# Batching: a batch fires at MAX_BATCH_SIZE records or MAX_WAIT after its oldest record;
+# MAX_CONCURRENCY batches compute at once.
+MAX_BATCH_SIZE = 256
+MAX_WAIT = 0.01
+MAX_CONCURRENCY = 2
+
+# Flow control: reading pauses at either bound, and resumes below RESUME_AT of both.
+MAX_IN_FLIGHT = 10_000
+MAX_IN_FLIGHT_BYTES: int | None = 64 << 20
+RESUME_AT = 0.5
+
+# Commits and stopping.
+COMMIT_INTERVAL = 1.0
+SHUTDOWN_TIMEOUT = 30.0
+REVOKE_TIMEOUT = 60.0
+# Windowed pipelines: how often time alone may close windows, and how long a periodic
+# commit waits for a commit point before trying again later.
+WINDOW_TICK = 0.25
+COMMIT_POINT_TIMEOUT = 10.0
+
+# Model failures: retries, backoff (doubling up to the maximum), threads written off.
+RETRIES = 2
+BACKOFF = 0.01
+MAX_BACKOFF = 5.0
+MAX_HUNG_CALLS = 32
+
+# Live model updates: how often the alias is checked, and the probation after a swap.
+POLL_INTERVAL = 10.0
+PROBATION_SECONDS = 60.0
+PROBATION_MAX_ERROR_RATE = 0.05
+PROBATION_MAX_LATENCY_RATIO = 3.0
+PROBATION_MIN_RECORDS = 100
+
+# A shadow version: predictions this close agree; batches it may hold; its call timeout.
+SHADOW_TOLERANCE = 1e-6
+SHADOW_MAX_BATCHES_IN_FLIGHT = 1
+SHADOW_TIMEOUT = 30.0
+
+# The metrics server.
+METRICS_HOST = "127.0.0.1"
+METRICS_PORT = 9108

@@ -1,0 +1,286 @@
+"""Commit coordination: which source positions are done, and making them durable.
+
+One :class:`Commits` per run owns the offset tracker, the positions committed so far, the
+commit lock and what happens when partitions move between workers. Every commit, periodic,
+final or on a rebalance, goes through :meth:`Commits.commit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from headrace.connectors.base import PartitionKey, Sink, Source
+from headrace.errors import HeadraceError
+from headrace.observe.metrics import PipelineMetrics
+from headrace.runtime.delivery import Delivery
+from headrace.runtime.offsets import OffsetTracker
+from headrace.runtime.order import Turn, WriteOrder
+from headrace.runtime.settings import EngineSettings
+from headrace.runtime.state import PipelineError, RunState
+from headrace.windows.stage import WindowStage
+
+log = logging.getLogger("headrace")
+
+
+class CommitPointTimeout(HeadraceError, TimeoutError):
+    """A windowed commit found no moment when every closed window was written."""
+
+
+class Commits:
+    """Commits positions once their records are finished and their outputs durable.
+
+    ``sinks`` gives every sink a commit must flush first; ``windows`` is the window state
+    of a windowed pipeline, committed with the positions it covers. ``forget`` is called
+    with partitions that left this worker, for the other parts to drop them too.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        delivery: Delivery,
+        sinks: Callable[[], list[Sink]],
+        order: WriteOrder,
+        state: RunState,
+        metrics: PipelineMetrics,
+        windows: WindowStage | None,
+        forget: Callable[[Sequence[PartitionKey]], None],
+        settings: EngineSettings,
+    ) -> None:
+        self.source = source
+        self.delivery = delivery
+        self.sinks = sinks
+        self.order = order
+        self.state = state
+        self.metrics = metrics
+        self.windows = windows
+        self._forget_elsewhere = forget
+        self.commit_point_timeout = settings.commit_point_timeout
+        self.shutdown_timeout = settings.shutdown_timeout
+        self.revoke_timeout = settings.revoke_timeout
+        self.tracker = OffsetTracker()
+        self.committed: dict[PartitionKey, int] = {}
+        self.finished = asyncio.Event()  # set whenever records finish
+        # Closed while a windowed commit waits for a commit point: no records are taken
+        # in and no windows closed until it has its snapshot.
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self._stop = asyncio.Event()
+        self._periodic: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def commit(self) -> None:
+        """Commit what is finished, in these steps:
+
+        1. A windowed pipeline commits at a commit point instead (:meth:`_commit_windowed`).
+        2. Exactly-once: take a turn in the write order, so that every batch before has
+           written and none after may write until the transaction holding these positions
+           has committed.
+        3. Under the commit lock (a slower, older commit must not land after a newer one),
+           take the committable positions from the tracker.
+        4. Deliver them (:meth:`_deliver`): sinks flushed, then positions committed.
+        """
+        if self.windows is not None:
+            await self._commit_windowed(self.windows)
+            return
+        if not self.delivery.exactly_once:
+            await self._commit_positions()
+            return
+        async with self.order.turn():
+            await self._commit_positions()
+
+    async def _commit_positions(self) -> None:
+        async with self._lock:
+            positions = self.tracker.committable()
+            if positions:
+                await self._deliver(positions)
+
+    async def _deliver(self, positions: dict[PartitionKey, int]) -> None:
+        # The delivery flushes sinks first: a position is committed only for outputs that
+        # are durable. Marked only once done: an interrupted commit is retried.
+        await self.delivery.commit(positions, self.sinks(), self.source)
+        self.tracker.mark_committed(positions)
+        self.committed.update(positions)
+
+    def start_periodic(self, interval: float, *, on_failure: Callable[[], None]) -> None:
+        """Commit every ``interval`` seconds from now on; with 0, as soon as anything
+        finished (one commit at a time: what finishes during a commit goes into the next).
+        A failed commit fails the run, and ``on_failure`` is called (to stop it)."""
+        self._stop.clear()
+        self._periodic = asyncio.create_task(self._every(interval, on_failure))
+
+    async def _every(self, interval: float, on_failure: Callable[[], None]) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            if interval > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+            else:
+                await self.finished.wait()
+                self.finished.clear()
+            if stop.is_set():
+                return
+            try:
+                await self.commit()
+            except CommitPointTimeout as exc:
+                log.warning("%s; committing later", exc)
+            except Exception as exc:
+                self.state.fail(exc)
+                on_failure()
+                return
+
+    async def stop_periodic(self) -> None:
+        """Let a periodic commit in progress finish (cancelling it could leave a
+        transaction half done); the final commit follows."""
+        self._stop.set()
+        self.finished.set()
+        if self._periodic is not None:
+            try:
+                await self._periodic
+            except Exception as exc:
+                self.state.fail(exc)
+
+    async def final(self) -> None:
+        """The last commit of a run, bounded by ``shutdown_timeout``: a sink that is down
+        (and waits for its service) must not keep a stopping worker alive."""
+        timeout = self.shutdown_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self.commit()
+        except TimeoutError:
+            log.error(
+                "final commit did not finish within shutdown_timeout=%ss; positions stay "
+                "where they were (a restart reads the rest again)",
+                timeout,
+            )
+            self.state.fail(PipelineError("the final commit timed out"))
+        except Exception as exc:
+            log.error("final commit failed, positions stay where they were: %s", exc)
+            self.state.fail(exc)
+
+    async def _commit_windowed(
+        self, windows: WindowStage, *, hand_back: bool = False
+    ) -> dict[PartitionKey, int]:
+        """Commit window state, outputs and positions at a commit point: a moment when
+        every closed window's output and every rejected record is written, so all three
+        describe the same prefix of the input.
+
+        Reading stops while the commit waits for that moment (no record comes in, no
+        window closes), then resumes as soon as the state's changes are taken. With
+        ``hand_back`` the positions are returned for the source to commit itself (during a
+        rebalance) instead of committed here."""
+        tracker, state = self.tracker, self.state
+        # A rebalance callback holds the poll thread, which a periodic commit holding the
+        # lock may be waiting for (a source commit runs there): taking the lock here could
+        # deadlock. Without it, the two snapshots follow each other, and so do their
+        # changelog writes; the older commit's positions for the revoked partitions are
+        # no longer assigned when it lands, so the source leaves them out.
+        lock = contextlib.nullcontext() if hand_back else self._lock
+
+        def quiet() -> bool:
+            return windows.pending == 0 and tracker.in_flight() == 0
+
+        async with lock:
+            turn: Turn | None = None
+            self.gate.clear()
+            try:
+                final = state.stopping or not state.running or hand_back
+                timeout = self.shutdown_timeout if final else self.commit_point_timeout
+                try:
+                    async with asyncio.timeout(timeout):
+                        while not quiet():  # again after waking: another task may have run
+                            await state.until(quiet, timeout)
+                except TimeoutError:
+                    raise CommitPointTimeout(
+                        f"no commit point within {timeout}s: {windows.pending} closed windows "
+                        f"and {tracker.in_flight()} rejected records still being written"
+                    ) from None
+                positions = tracker.positions()
+                changes = windows.changes(positions)
+                if self.delivery.exactly_once:
+                    # Nothing written after this snapshot may join its transaction.
+                    turn = self.order.turn()
+            finally:
+                self.gate.set()
+            async with turn or contextlib.nullcontext():
+                self.metrics.changelog_records.inc(windows.write(changes))
+                await windows.flush()  # state before the positions it covers
+                if hand_back:
+                    for sink in self.sinks():
+                        await sink.flush()
+                    return positions
+                # The snapshot's positions, not the tracker's current ones: records read
+                # since are in no state written yet.
+                committed = {k: v for k, v in positions.items() if self.committed.get(k) != v}
+                if committed or self.delivery.exactly_once:
+                    await self._deliver(committed)
+                return committed
+
+    # -- partitions moving between workers -----------------------------------------------
+
+    async def partitions_assigned(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int] | None:
+        """Where new partitions start: the delivery's stored positions, else the window
+        state's (restored before the partitions' first record), else the source's."""
+        starts = await self.delivery.start_positions(partitions)
+        if self.windows is not None:
+            restored = await self.windows.restore(partitions)
+            self.metrics.state_restore_seconds.set(self.windows.restore_seconds)
+            if restored:
+                starts = {**(starts or {}), **restored}
+        return starts
+
+    async def partitions_revoked(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int]:
+        """Finish the revoked partitions' records in flight, then hand back their
+        positions to commit. Past ``revoke_timeout`` the pipeline stops instead, and those
+        records are not committed: the next owner reads them again."""
+        state = self.state
+        if state.fatal is not None or not state.running:
+            # Nothing more will finish: give the partitions up without committing them.
+            self.forget(partitions)
+            return {}
+        timeout = self.revoke_timeout
+        try:
+            await state.until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
+        except TimeoutError:
+            raise PipelineError(
+                f"records of revoked partitions were not finished within revoke_timeout="
+                f"{timeout}s; stopping without committing them"
+            ) from None
+        positions: dict[PartitionKey, int] = {}
+        exactly_once = self.delivery.exactly_once
+        if self.windows is not None:
+            # The state of the revoked partitions goes to the changelog with their offsets.
+            try:
+                handed = await self._commit_windowed(self.windows, hand_back=not exactly_once)
+            except CommitPointTimeout as exc:
+                raise PipelineError(f"revoking {partitions}: {exc}") from None
+            if not exactly_once:
+                positions = {k: handed[k] for k in partitions if k in handed}
+        elif exactly_once:
+            await self.commit()  # the transaction takes the revoked partitions' offsets
+        else:
+            # The source commits these itself, in its rebalance callback: a commit sent
+            # through the usual path would wait for the rebalance to end.
+            for sink in self.sinks():
+                await sink.flush()
+            current = self.tracker.positions()
+            positions = {k: current[k] for k in partitions if k in current}
+        self.forget(partitions)
+        self.committed.update(positions)
+        return positions
+
+    def forget(self, partitions: Sequence[PartitionKey]) -> None:
+        self.delivery.release(partitions)
+        if self.windows is not None:
+            self.windows.revoke(partitions)
+        for key in partitions:
+            self.tracker.forget(*key)
+        self._forget_elsewhere(partitions)

@@ -1,0 +1,194 @@
+"""Where records go once scored, or once set aside: sinks, dead letters, shed, late.
+
+:class:`Outputs` writes and counts; it does not decide when a position is done. Each
+write is handed a ``settle`` callback, called with the records that reached a terminal
+state only after they were written (a refused output is terminal once dead-lettered, not
+before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from headrace.connectors.base import Sink
+from headrace.errors import Stage
+from headrace.observe.metrics import PipelineMetrics
+from headrace.observe.stats import EngineStats
+from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch, WindowRecord
+from headrace.runtime.order import Turn, WriteOrder
+from headrace.runtime.state import PipelineError, RunState
+
+#: Called with records that reached a terminal state, and how many of them were scored.
+Settle = Callable[[Sequence[Record], int], None]
+
+
+@dataclass
+class SinkBinding:
+    """A sink, and optionally which outputs it takes (``keep(prediction) -> bool``)."""
+
+    sink: Sink
+    keep: Callable[[Any], bool] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+
+class Outputs:
+    """The pipeline's sinks and its side outputs. ``level_of`` names a record's priority
+    level, for the shed metrics."""
+
+    def __init__(
+        self,
+        *,
+        sinks: list[SinkBinding],
+        dead_letter: Sink | None,
+        shed_sink: Sink | None,
+        late_sink: Sink | None,
+        metrics: PipelineMetrics,
+        stats: EngineStats,
+        level_of: Callable[[Record], str],
+    ) -> None:
+        self.sinks = sinks
+        self.dead_letter = dead_letter
+        self.shed_sink = shed_sink
+        self.late_sink = late_sink
+        self.metrics = metrics
+        self.level_of = level_of
+        self.stats = stats
+
+    def all_sinks(self) -> list[Sink]:
+        """Every sink once, side outputs included: what a commit flushes."""
+        sinks = [b.sink for b in self.sinks]
+        for extra in (self.dead_letter, self.shed_sink, self.late_sink):
+            if extra is not None and all(extra is not s for s in sinks):
+                sinks.append(extra)
+        return sinks
+
+    async def write(self, batch: ScoredBatch, settle: Settle) -> None:
+        """Write a scored batch to every sink that takes its outputs, then settle it;
+        outputs a sink refused for good are dead-lettered first."""
+        n = len(batch)
+        refused: dict[int, FailedRecord] = {}
+        if n:
+            written = self.stats.written
+            for binding in self.sinks:
+                out = batch
+                if binding.keep is not None:
+                    keep = binding.keep
+                    out = batch.select([keep(p) for p in batch.predictions])
+                failed = await binding.sink.write(out)
+                written[binding.name] += len(out) - len(failed or ())
+                for f in failed or ():  # an output this sink can never take
+                    refused.setdefault(id(f.record), f)
+            self._observe(batch, time.time())
+        if refused:
+            # Terminal once dead-lettered, not before: their positions wait for that.
+            done = [r for r in batch.records if id(r) not in refused]
+            settle(done, len(done))
+            await self.set_aside(list(refused.values()), settle)
+            return
+        settle(batch.records, n)
+
+    def _observe(self, batch: ScoredBatch, acked: float) -> None:
+        records, n = batch.records, len(batch)
+        latencies = acked - np.fromiter((r.event_time for r in records), np.float64, n)
+        self.stats.latency.add(latencies)
+        self.metrics.latency.observe_many(latencies)
+        if batch.kind is BatchKind.WINDOWS:
+            windows = cast(Sequence[WindowRecord], records)
+            closed_at = np.fromiter((r.closed_at for r in windows), np.float64, n)
+            self.metrics.window_output_delay.observe_many(acked - closed_at)
+
+    async def set_aside(self, failed: list[FailedRecord], settle: Settle) -> None:
+        """Records that will not be scored: shed ones to the shed sink, ones no window
+        took to the late sink (if any), the rest to the dead letters. Without a
+        dead-letter sink a failed record stops the pipeline."""
+        shed_records = [f for f in failed if f.stage == Stage.SHED]
+        if shed_records:
+            failed = [f for f in failed if f.stage != Stage.SHED]
+            await self._write_shed(shed_records, settle)
+        if self.late_sink is not None:
+            rejected = [f for f in failed if f.stage == Stage.WINDOW]
+            if rejected:
+                failed = [f for f in failed if f.stage != Stage.WINDOW]
+                await self.late_sink.write_failures(rejected)
+                settle([f.record for f in rejected], 0)
+        if not failed:
+            return
+        if self.dead_letter is None:
+            first = failed[0]
+            r = first.record
+            # The position (topic[partition]@offset, as `headrace audit` writes it), then
+            # where and why, then the library's own message, then what to do.
+            raise PipelineError(
+                f"record {r.topic}[{r.partition}]@{r.offset} failed at stage {first.stage!r} "
+                f"({first.error_type}): {first.error.rstrip('.')}. Configure a dead_letter "
+                "sink to set such records aside and go on; nothing from this record on was "
+                "committed."
+            )
+        await self.dead_letter.write_failures(failed)
+        for f in failed:
+            self.metrics.records_failed.labels(f.stage).inc()
+        self.stats.records_failed += len(failed)
+        settle([f.record for f in failed], 0)
+
+    async def _write_shed(self, shed_records: list[FailedRecord], settle: Settle) -> None:
+        assert self.shed_sink is not None  # a shedding policy comes with its sink
+        await self.shed_sink.write_failures(shed_records)
+        counter, level_of = self.metrics.records_shed, self.level_of
+        for f in shed_records:
+            counter.labels(f.error_type, level_of(f.record)).inc()
+        self.stats.records_shed += len(shed_records)
+        settle([f.record for f in shed_records], 0)
+
+
+class SideWrites:
+    """Records set aside as they are read (they do not decode, no window takes them, they
+    are shed on arrival) are written in a turn of their own, as a task, so that the reader
+    goes on. A failure fails the run, and ``on_failure`` is called (to stop reading)."""
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        order: WriteOrder,
+        state: RunState,
+        settle: Settle,
+        on_failure: Callable[[], None],
+    ) -> None:
+        self.outputs = outputs
+        self.order = order
+        self.state = state
+        self.settle = settle
+        self.on_failure = on_failure
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, failed: list[FailedRecord]) -> None:
+        # The turn is taken now: these records come before any batch formed after them.
+        task = asyncio.create_task(self._write(failed, self.order.turn()))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _write(self, failed: list[FailedRecord], turn: Turn) -> None:
+        try:
+            async with turn:
+                if self.state.fatal is None:
+                    await self.outputs.set_aside(failed, self.settle)
+        except Exception as exc:
+            self.state.fail(exc)
+            self.on_failure()
+
+    async def drain(self) -> None:
+        """Return once every write started (and any started meanwhile) is done."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()

@@ -1,0 +1,99 @@
+"""From a formed batch to scored batches: features, then the model serving now.
+
+:class:`Scorer` knows which model serves (one fixed model, or a :class:`Rollout` that
+manages versions) and turns a batch of records into scored batches, one per version, and
+the records set aside on the way (invalid features, model failures).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from headrace.errors import Stage, failure
+from headrace.models.base import Model, model_ref
+from headrace.models.featurizer import Featurizer
+from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch
+from headrace.runtime.rollout import Rollout
+from headrace.runtime.scoring import ModelCaller
+
+
+@dataclass
+class Scored:
+    """One batch's outcome: the records that had valid inputs, those inputs, the batches
+    to write (one per model version) and the records that failed."""
+
+    records: list[Record]
+    inputs: Any
+    batches: list[ScoredBatch] = field(default_factory=list)
+    failed: list[FailedRecord] = field(default_factory=list)
+
+
+class Scorer:
+    """Scores batches with the model serving now."""
+
+    def __init__(
+        self,
+        *,
+        model: Model | None,
+        rollout: Rollout | None,
+        featurizer: Featurizer | None,
+        caller: ModelCaller,
+    ) -> None:
+        self._model = model
+        self.rollout = rollout
+        self.featurizer = featurizer
+        self.caller = caller
+
+    @property
+    def model(self) -> Model:
+        """The model serving now."""
+        if self.rollout is not None:
+            serving = self.rollout.manager.serving
+            if serving is None:
+                raise RuntimeError("the model is loaded when the pipeline starts")
+            return serving
+        assert self._model is not None
+        return self._model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        if self.rollout is not None:
+            raise ValueError("versions come from the rollout's model source")
+        self._model = model
+
+    async def score(
+        self, records: list[Record], failed: list[FailedRecord], kind: BatchKind
+    ) -> Scored:
+        """Score ``records`` (``failed``: those already set aside from this batch)."""
+        inputs: Any
+        if self.featurizer is not None:
+            inputs, bad = self.featurizer.transform([r.value for r in records])
+            if bad:
+                skip = {i for i, _ in bad}
+                failed += [
+                    failure(records[i], Stage.VALIDATE, exc, exc.error_type) for i, exc in bad
+                ]
+                records = [r for i, r in enumerate(records) if i not in skip]
+        else:
+            inputs = [r.value for r in records]
+        out = Scored(records=records, inputs=inputs, failed=failed)
+        if not records:
+            return out
+        if self.rollout is not None:
+            # Each version's records are a batch of their own: none mixes versions.
+            out.batches, model_failed = await self.rollout.score(self.caller, records, inputs, kind)
+        else:
+            model = self.model  # one model for the whole batch, whatever happens meanwhile
+            scored, predictions, model_failed = await self.caller.score(model, records, inputs)
+            out.batches.append(
+                ScoredBatch(scored, predictions, model_ref(model), time.time(), kind)
+            )
+        failed.extend(model_failed)
+        return out
+
+    def shadow(self, scored: Scored) -> None:
+        """Let a shadow version score the same records off to the side, if there is one."""
+        if self.rollout is not None and scored.batches:
+            self.rollout.start_shadow(scored.records, scored.inputs, scored.batches)

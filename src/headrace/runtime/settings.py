@@ -1,0 +1,29 @@
+"""How the engine batches, bounds and commits (values from :mod:`headrace.defaults`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headrace import defaults
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine batches, bounds and commits. Times are in seconds.
+
+    ``window_tick``: how often time alone may close windows (idle partitions);
+    ``commit_point_timeout``: how long a windowed periodic commit waits for a commit point
+    before trying again later.
+    """
+
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    max_wait: float = defaults.MAX_WAIT
+    max_concurrency: int = defaults.MAX_CONCURRENCY
+    max_in_flight: int = defaults.MAX_IN_FLIGHT
+    max_in_flight_bytes: int | None = defaults.MAX_IN_FLIGHT_BYTES
+    resume_at: float = defaults.RESUME_AT
+    commit_interval: float = defaults.COMMIT_INTERVAL
+    shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
+    revoke_timeout: float = defaults.REVOKE_TIMEOUT
+    window_tick: float = defaults.WINDOW_TICK
+    commit_point_timeout: float = defaults.COMMIT_POINT_TIMEOUT

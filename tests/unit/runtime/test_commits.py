@@ -1,0 +1,56 @@
+"""Commits (headrace.runtime.commits): a position is committed only once its outputs are
+flushed, for every partition a batch spans, and a graceful stop commits what was written.
+The commits of a windowed pipeline are in test_commits_windows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from headrace import CallableModel, GeneratorSource, PipelineError
+from helpers import ListSource, MemorySink, records, wait_for
+from unit.runtime.engine_helpers import engine
+
+
+async def test_a_batch_spanning_partitions_commits_every_partition() -> None:
+    """Seed flaw: only the last event's partition was checkpointed."""
+    rs = records(30, partitions=3)
+    source = ListSource([rs])
+    await engine(source, MemorySink(), max_batch_size=64).run()
+    assert source.committed == {("t", 0): 10, ("t", 1): 10, ("t", 2): 10}
+
+
+async def test_commit_waits_for_sink_flush_and_stops_when_flush_fails() -> None:
+    """A position is committed only after every sink flushed; a failed flush commits
+    nothing and stops the pipeline."""
+
+    class FailingFlush(MemorySink):
+        async def flush(self) -> None:
+            raise OSError("disk full")
+
+    source = ListSource([records(50)])
+    with pytest.raises(PipelineError, match="disk full"):
+        await engine(source, FailingFlush()).run()
+    assert source.commits == []
+
+
+async def test_graceful_stop_finishes_in_flight_and_commits_what_was_written() -> None:
+    source = GeneratorSource(rate=5000)
+    sink = MemorySink()
+    eng = engine(source, sink, max_batch_size=64)  # type: ignore[arg-type]
+    eng.model = CallableModel(lambda xs: [0.0] * len(xs), name="zero")
+    commits: list[dict[tuple[str, int], int]] = []
+
+    async def record_commit(positions: Any) -> None:
+        commits.append(dict(positions))
+
+    source.commit = record_commit  # type: ignore[method-assign]
+    task = asyncio.create_task(eng.run())
+    await wait_for(lambda: len(sink.outputs) > 500, timeout=5)
+    eng.stop()
+    summary = await asyncio.wait_for(task, timeout=5)
+    assert summary.stopped
+    assert summary.records_in == summary.records_out == len(sink.outputs)
+    assert commits[-1][("generator", 0)] == len(sink.outputs)
