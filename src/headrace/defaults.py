@@ -23,6 +23,11 @@ RESUME_AT = 0.5
 
 # Commits and stopping.
 COMMIT_INTERVAL = 1.0
+# At-least-once into Kafka: positions are committed as their outputs are acknowledged, and
+# at most MAX_UNCOMMITTED records may be written and not yet committed (what a crash can
+# write twice): about one 256-record batch per partition of a 4-partition topic.
+COMMIT_AS_ACKNOWLEDGED = True
+MAX_UNCOMMITTED: int | None = 1024
 SHUTDOWN_TIMEOUT = 30.0
 REVOKE_TIMEOUT = 60.0
 # Windowed pipelines: how often time alone may close windows, and how long a periodic

@@ -23,6 +23,7 @@ from confluent_kafka import (
 )
 
 from headrace.connectors.base import PartitionedSource, PartitionKey, RebalanceListener
+from headrace.connectors.kafka.commits import SoonCommits, answers
 from headrace.connectors.kafka.common import (
     KafkaFatalError,
     Settings,
@@ -94,16 +95,20 @@ class KafkaSource(PartitionedSource):
         self._lag_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-lag")
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
-        # Positions to commit for monitoring only (see mirror_commit), taken by the next
-        # poll. Replaced whole, never changed in place: the two threads share it.
-        self._mirror: dict[PartitionKey, int] = {}
+        # Commits sent without waiting (see commit_soon), by the poll thread.
+        self._soon = SoonCommits()
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        config = {**self.settings, "error_cb": self._on_error, "logger": log}
+        config = {
+            **self.settings,
+            "error_cb": self._on_error,
+            "on_commit": self._on_commit,
+            "logger": log,
+        }
         self.consumer = Consumer(config)
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -162,10 +167,14 @@ class KafkaSource(PartitionedSource):
         want = set(assigned) if self._want_paused else set(self._held & assigned)
         if want != self._paused:
             self._apply_pause(consumer, want)
-        if self._mirror:
-            mirror, self._mirror = self._mirror, {}
-            self._commit_mirror(consumer, mirror)
-        messages: list[Any] = consumer.consume(self.max_records, self.poll_timeout)
+        soon = self._soon
+        timeout = self.poll_timeout
+        if soon.busy:
+            self._send_soon(consumer)
+            # Answers come during polls: poll often while one is awaited (measured: with
+            # the 100 ms poll of a paused source, commits crawled at one per poll).
+            timeout = min(timeout, 0.005)
+        messages: list[Any] = consumer.consume(self.max_records, timeout)
         return messages
 
     def _apply_pause(self, consumer: Any, want: set[PartitionKey]) -> None:
@@ -252,22 +261,31 @@ class KafkaSource(PartitionedSource):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._poll_thread, self._commit_assigned, dict(positions))
 
-    def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        """Commit without waiting, for lag monitoring where the truth is kept elsewhere
-        (exactly-once into a database). Only noted here: the poll thread sends it before
-        its next poll. Called on the event loop while a rebalance callback held the poll
-        thread (and waited for the loop), a consumer call here deadlocked the worker."""
+    def commit_soon(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit without waiting: noted here, sent by the poll thread before its next
+        poll, one commit in flight per partition. Called on the event loop while a
+        rebalance callback held the poll thread (and waited for the loop), a consumer
+        call here deadlocked the worker; so it only notes them."""
         if positions:
-            self._mirror = {**self._mirror, **positions}
+            self._soon.add(positions)
 
-    def _commit_mirror(self, consumer: Any, positions: dict[PartitionKey, int]) -> None:
-        mine = {k: v for k, v in positions.items() if k in self._assigned}
-        if not mine:
-            return
-        try:
-            consumer.commit(offsets=topic_partitions(mine), asynchronous=True)
-        except Exception as exc:  # informational only
-            log.debug("kafka %s: mirror commit failed: %s", self.name, exc)
+    def _send_soon(self, consumer: Any) -> None:
+        offsets, lost = self._soon.take(self._assigned)
+        if offsets:
+            try:
+                consumer.commit(offsets=topic_partitions(offsets), asynchronous=True)
+            except KafkaException as exc:  # sent again, or covered by the next one
+                log.debug("kafka %s: commit of %s not sent: %s", self.name, offsets, exc)
+                _, failed = self._soon.done([(t, p, o, False) for (t, p), o in offsets.items()])
+                lost += failed
+        if lost:
+            self._tell_committed({}, lost)
+
+    def _tell_committed(
+        self, confirmed: Mapping[PartitionKey, int], failed: list[PartitionKey]
+    ) -> None:
+        if self._listener is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._listener.positions_committed, confirmed, failed)
 
     def _commit_assigned(self, positions: dict[PartitionKey, int]) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
@@ -348,7 +366,13 @@ class KafkaSource(PartitionedSource):
         self._forget(keys)
         self._group_metadata = consumer.consumer_group_metadata()
 
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        confirmed, failed = self._soon.done(answers(err, partitions))
+        if confirmed or failed:
+            self._tell_committed(confirmed, failed)
+
     def _forget(self, keys: list[PartitionKey]) -> None:
+        self._soon.forget(keys)
         self._assigned = self._assigned - frozenset(keys)
         self._held = self._held - frozenset(keys)
         for key in keys:
