@@ -81,9 +81,7 @@ def test_the_process_environment_is_read_by_default(
     assert isinstance(source, KafkaSourceConfig) and source.instance_id is None
 
 
-def test_hostname_means_the_machines_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hostname_means_the_machines_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From the key or from the variable: a StatefulSet's pod names are stable."""
     monkeypatch.setattr(socket, "gethostname", lambda: "scorers-2")
     assert instance_id(write(tmp_path, source="  instance_id: hostname\n"), env={}) == "scorers-2"
@@ -205,6 +203,4 @@ def test_the_python_source_takes_the_id_and_checks_it() -> None:
     with pytest.raises(ValueError, match=r"instance_id 'a b' has characters Kafka refuses"):
         KafkaSource(["events"], group_id="scorers", instance_id="a b")
     with pytest.raises(ValueError, match=r"differs from settings\['group.instance.id'\] 'b'"):
-        KafkaSource(
-            ["events"], group_id="g", instance_id="a", settings={"group.instance.id": "b"}
-        )
+        KafkaSource(["events"], group_id="g", instance_id="a", settings={"group.instance.id": "b"})
