@@ -66,7 +66,9 @@ def test_a_static_member_killed_and_restarted_resumes_from_its_commits(
         tansu.produce_json("events", events[HALF:], key_field="entity_id")
         second.start()
         wait_until(lambda: len(set(reader.read() and reader.ids())) >= N, 120, "all", (second,))
+        # A graceful stop of a static member: no LeaveGroup, but everything committed.
         assert second.terminate() == 0, second.tail()
+        assert sum(committed(tansu.bootstrap, "scorers", "events", 4).values()) == N
         reader.read()
     finally:
         first.stop()
