@@ -82,7 +82,7 @@ def _check_passthrough(config: PipelineConfig, given: _Given, origin: str) -> No
         other = settings.get("group.instance.id")
         if other is not None and str(other) != given.value:
             raise ConfigError(
-                f"{origin}: at source.instance_id: {given.where}{given.value!r} differs from "
+                f"{origin}: at source.instance_id: {given.where}{_shown(given.value)} differs from "
                 f"kafka.{section}.group.instance.id {str(other)!r}; set the id in one place "
                 "(source.instance_id)"
             )

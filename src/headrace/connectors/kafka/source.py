@@ -79,7 +79,8 @@ class KafkaSource(PartitionedSource):
             **_static_member(instance_id, settings or {}),
         }
         # The id in effect, given here or in the settings (None: dynamic membership).
-        self.instance_id: str | None = self.settings.get("group.instance.id")
+        passed = self.settings.get("group.instance.id")
+        self.instance_id = None if passed is None else str(passed)
         self.max_records = max_records
         self.poll_timeout = poll_timeout
         self.name = name
