@@ -31,6 +31,7 @@ from headrace.connectors.kafka.common import (
     log,
     topic_partitions,
 )
+from headrace.connectors.kafka_ids import INSTANCE_ID_RULE, instance_id_problem
 from headrace.record import Record, source_record
 
 # Settings the engine depends on: offsets are committed explicitly, after terminal state.
@@ -48,6 +49,12 @@ class KafkaSource(PartitionedSource):
     Records keep the Kafka key (as text), headers and timestamp (as event time, unless the
     decoder takes it from a field). ``settings`` pass through to librdkafka; the source
     only insists on manual offset commits.
+
+    ``instance_id`` makes it a static member of the group (KIP-345, librdkafka's
+    ``group.instance.id``; Kafka 2.3 or later): restarted within ``session.timeout.ms``
+    with the same id, it gets its partitions back without a rebalance. Give each worker of
+    the group its own id (e.g. ``socket.gethostname()`` in a StatefulSet): a second member
+    with the same id fences the first.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class KafkaSource(PartitionedSource):
         max_records: int = 1000,
         poll_timeout: float = 0.1,
         name: str = "kafka",
+        instance_id: str | None = None,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -69,7 +77,11 @@ class KafkaSource(PartitionedSource):
             **(settings or {}),
             **_CONSUMER_REQUIRED,
             "group.id": group_id,
+            **_static_member(instance_id, settings or {}),
         }
+        # The id in effect, given here or in the settings (None: dynamic membership).
+        passed = self.settings.get("group.instance.id")
+        self.instance_id = None if passed is None else str(passed)
         self.max_records = max_records
         self.poll_timeout = poll_timeout
         self.name = name
@@ -113,7 +125,13 @@ class KafkaSource(PartitionedSource):
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        log.info("kafka source %s: group %s, topics %s", self.name, self.group_id, self.topics)
+        log.info(
+            "kafka source %s: group %s, instance id %s, topics %s",
+            self.name,
+            self.group_id,
+            self.instance_id or "none (dynamic membership)",
+            self.topics,
+        )
 
     async def chunks(self) -> AsyncIterator[list[Record]]:
         loop = asyncio.get_running_loop()
@@ -312,7 +330,9 @@ class KafkaSource(PartitionedSource):
     async def close(self) -> None:
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
-            # close() leaves the group; its revoke callback runs in the poll thread.
+            # close() leaves the group, but for a static member: librdkafka sends no
+            # LeaveGroup for one (KIP-345), so its partitions wait out session.timeout.ms
+            # before they move. The revoke callback runs in the poll thread either way.
             await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
         self._poll_thread.shutdown(wait=True)
         self._lag_thread.shutdown(wait=True)
@@ -398,3 +418,19 @@ class KafkaSource(PartitionedSource):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
+
+
+def _static_member(instance_id: str | None, settings: Mapping[str, Any]) -> Settings:
+    """The setting that makes the source a static member, checked; none without an id."""
+    if instance_id is None:
+        return {}
+    problem = instance_id_problem(instance_id)
+    if problem is not None:
+        raise ValueError(f"instance_id {instance_id!r} {problem}; {INSTANCE_ID_RULE}")
+    other = settings.get("group.instance.id")
+    if other is not None and str(other) != instance_id:
+        raise ValueError(
+            f"instance_id {instance_id!r} differs from settings['group.instance.id'] "
+            f"{str(other)!r}; give the id in one place"
+        )
+    return {"group.instance.id": instance_id}
