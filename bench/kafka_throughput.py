@@ -112,6 +112,7 @@ def headrace_yaml(
     delivery: str,
     max_records: int | None = None,
     commit_interval_ms: int | None = None,
+    runtime: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -129,6 +130,7 @@ def headrace_yaml(
   output: anomaly_score
   threads: 1"""
     poll = "" if max_records is None else f"\n  max_records: {max_records}"
+    more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
     path.write_text(
         f"""\
 name: bench-{model}
@@ -142,8 +144,8 @@ batching:
   max_wait_ms: 10
   max_concurrency: {concurrency}
 runtime:
-  commit_interval_ms: {commit_interval_ms or 1000}
-delivery: {delivery}
+  commit_interval_ms: {1000 if commit_interval_ms is None else commit_interval_ms}
+{more_runtime}delivery: {delivery}
 sinks:
   - type: kafka
     topic: {output}
@@ -163,6 +165,7 @@ class Worker:
     concurrency: int = 2
     max_records: int | None = None  # the Kafka source's records per poll (Headrace: 1000)
     commit_interval_ms: int | None = None  # Headrace: 1000
+    runtime: tuple[tuple[str, Any], ...] = ()  # more runtime keys (Headrace)
 
     @property
     def label(self) -> str:
@@ -173,14 +176,24 @@ class Worker:
             label += f", poll {self.max_records}"
         if self.commit_interval_ms is not None:
             label += f", commit {self.commit_interval_ms} ms"
+        for key, value in self.runtime:
+            label += f", {key} {value}"
         return label
 
     def start(
-        self, bootstrap: str, models: Models, workdir: Path, *, topic: str, output: str
+        self,
+        bootstrap: str,
+        models: Models,
+        workdir: Path,
+        *,
+        topic: str,
+        output: str,
+        group: str | None = None,
     ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start it; ``group``: the consumer group (default: a new one)."""
         run_id = uuid.uuid4().hex[:8]
-        group = f"{self.system}-{self.model}-{run_id}"
-        log = workdir / f"{group}.log"
+        group = group or f"{self.system}-{self.model}-{run_id}"
+        log = workdir / f"{group}-{run_id}.log"
         if self.system == "plain":
             cmd = [
                 sys.executable,
@@ -215,6 +228,7 @@ class Worker:
                 delivery=self.delivery,
                 max_records=self.max_records,
                 commit_interval_ms=self.commit_interval_ms,
+                runtime=self.runtime,
             )
             headrace = Path(sys.executable).parent / "headrace"
             cli = [str(headrace)] if headrace.exists() else [sys.executable, "-m", "headrace.cli"]

@@ -132,12 +132,13 @@ def kafka_pipeline(
     model: str | None = None,
     producer: Mapping[str, Any] | None = None,
     shutdown_timeout_s: float = 20,
+    runtime: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a Kafka pipeline YAML: `topic` -> ``function`` -> ``sinks``. ``consumer``,
     ``source`` and ``batching`` add (or override) keys of those sections;
     ``max_in_flight_bytes`` None keeps the default byte bound. ``model``, YAML text
     starting ``model:``, replaces the callable model (e.g. a ``registry`` one);
-    ``producer`` adds librdkafka producer settings."""
+    ``producer`` adds librdkafka producer settings; ``runtime`` more runtime keys."""
     producer_settings = {"linger.ms": 5, **(producer or {})}
     consumer_settings = {"session.timeout.ms": 6000, "fetch.wait.max.ms": 10, **(consumer or {})}
     batching_settings = {"max_size": 64, "max_wait_ms": 5, **(batching or {})}
@@ -163,7 +164,7 @@ batching:
 {_yaml_map(flow, 2)}runtime:
   commit_interval_ms: {commit_interval_ms}
   shutdown_timeout_s: {shutdown_timeout_s}
-delivery: {delivery}
+{_yaml_map(runtime or {}, 2)}delivery: {delivery}
 sinks:
 {sinks}
 {extra}

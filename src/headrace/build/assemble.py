@@ -150,6 +150,8 @@ def build_settings(config: cfg.PipelineConfig) -> EngineSettings:
         max_in_flight_bytes=flow.max_in_flight_bytes,
         resume_at=flow.resume_at,
         commit_interval=r.commit_interval_ms / 1000.0,
+        commit_as_acknowledged=r.commit_as_acknowledged,
+        max_uncommitted=r.max_uncommitted,
         shutdown_timeout=r.shutdown_timeout_s,
     )
 

@@ -157,6 +157,7 @@ def _kafka_source(
     source = KafkaSource(
         topics,
         group_id=c.group_id,
+        instance_id=c.instance_id,
         settings=settings,
         max_records=c.max_records,
         poll_timeout=min(0.1, max(0.001, wait)),

@@ -7,8 +7,10 @@ written into the file. Relative paths are relative to the current directory.
 
 One concern per module: :mod:`~headrace.config.components` and
 :mod:`~headrace.config.schema` are the schema, :mod:`~headrace.config.load` reads a file,
-:mod:`~headrace.config.rules` checks what spans keys, :mod:`~headrace.config.messages`
-rewrites msgspec's messages. Import from here: the split is not part of the API.
+:mod:`~headrace.config.instance` settles a Kafka source's instance id (from the file, the
+environment or the hostname), :mod:`~headrace.config.rules` checks what spans keys,
+:mod:`~headrace.config.messages` rewrites msgspec's messages. Import from here: the split
+is not part of the API.
 """
 
 from headrace.config.base import (

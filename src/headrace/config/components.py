@@ -37,9 +37,14 @@ class JsonLinesSourceConfig(Section, kw_only=True, tag="jsonl", tag_field="type"
 
 class KafkaSourceConfig(Section, kw_only=True, tag="kafka", tag_field="type"):
     """A Kafka topic (or several) read as a member of a consumer group. The connection is
-    the top-level ``kafka`` section."""
+    the top-level ``kafka`` section. ``instance_id`` makes the worker a static member
+    (librdkafka's ``group.instance.id``); see :mod:`headrace.config.instance` for where it
+    comes from when the key is left out."""
 
     group_id: str
+    # Once loaded: the id in effect (this key, else HEADRACE_INSTANCE_ID, `hostname`
+    # replaced by the machine's name), or None for dynamic membership.
+    instance_id: str | None = None
     topics: list[str] = msgspec.field(default_factory=list)
     key_field: str | None = None
     time_field: str | None = None

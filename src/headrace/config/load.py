@@ -1,5 +1,6 @@
 """Reading a pipeline file: YAML, then ``${NAME}`` interpolation, then the schema, then
-the rules across keys. Every mistake is a :class:`ConfigError` that starts with where the
+the Kafka source's instance id (which may come from the environment), then the rules
+across keys. Every mistake is a :class:`ConfigError` that starts with where the
 configuration came from."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import msgspec
 import yaml
 
 from headrace.config.base import ConfigError
+from headrace.config.instance import resolve_instance_id
 from headrace.config.messages import explain
 from headrace.config.rules import check
 from headrace.config.schema import PipelineConfig
@@ -49,14 +51,16 @@ def parse_config(
     """Validate an already-parsed document (a dict) into a :class:`PipelineConfig`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    env = os.environ if env is None else env
     try:
-        data = interpolate(data, os.environ if env is None else env)
+        data = interpolate(data, env)
         # Lax conversion: a number that came in through ${VAR} arrives as a string.
         config = msgspec.convert(data, PipelineConfig, strict=False)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {explain(str(exc), data)}") from None
+    config = resolve_instance_id(config, env, origin)
     check(config, origin)
     return config
 

@@ -100,6 +100,8 @@ class AdminConfig(Section, kw_only=True):
 
 class RuntimeConfig(Section, kw_only=True):
     commit_interval_ms: NonNegative = defaults.COMMIT_INTERVAL * 1000
+    commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
+    max_uncommitted: Annotated[int, msgspec.Meta(ge=1)] | None = defaults.MAX_UNCOMMITTED
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = defaults.SHUTDOWN_TIMEOUT
 
 

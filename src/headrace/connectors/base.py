@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from headrace.record import FailedRecord, Record, ScoredBatch
@@ -25,6 +25,13 @@ class RebalanceListener(Protocol):
     ) -> Mapping[PartitionKey, int]:
         """Partitions going to another worker: returns the positions to commit for them,
         once their records in flight are finished."""
+
+    def positions_committed(
+        self, positions: Mapping[PartitionKey, int], failed: Sequence[PartitionKey]
+    ) -> None:
+        """The broker confirmed ``positions``, and the commits of ``failed`` partitions
+        failed or went unanswered (commits sent with
+        :meth:`PartitionedSource.commit_soon`); called on the event loop."""
 
 
 class Source(ABC):
@@ -95,10 +102,14 @@ class PartitionedSource(Source):
         read (0 when nothing is left to read). Empty where the source cannot tell."""
         return {}
 
-    def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        """Commit for monitoring only, without waiting, where the positions' truth is kept
-        elsewhere (exactly-once into a database), so that lag as the source's own tools
-        see it stays current. Nothing to do where the source keeps no positions itself."""
+    def commit_soon(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit without waiting: sent before the next poll, at most one commit in flight
+        per partition (a newer position waits for it, replacing any older one waiting).
+        The listener hears of each that the broker confirmed
+        (:meth:`RebalanceListener.positions_committed`). One that fails leaves the
+        partition where it was: the next covers it. Also what keeps lag current where the
+        positions' truth is kept elsewhere (exactly-once into a database). Nothing to do
+        where the source keeps no positions itself."""
 
 
 class Sink(ABC):
@@ -127,3 +138,18 @@ class Sink(ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Flush and release resources."""
+
+
+class AcknowledgingSink(Sink):
+    """A sink that says when its writes are durable (Kafka: every message acknowledged by
+    the broker), so a position can be committed as soon as its outputs are, without a
+    :meth:`~Sink.flush` that also waits for every write made after them."""
+
+    @abstractmethod
+    def when_acknowledged(self, callback: Callable[[BaseException | None], None]) -> None:
+        """Call ``callback`` on the event loop once every write accepted so far is
+        durable (with ``None``), or as soon as one of them failed (with the error)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise if a write ever failed (and keep raising: see :meth:`Sink.flush`)."""

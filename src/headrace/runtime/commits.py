@@ -12,14 +12,22 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from headrace.connectors.base import PartitionKey, Sink, Source
+from headrace.connectors.base import (
+    AcknowledgingSink,
+    PartitionedSource,
+    PartitionKey,
+    Sink,
+    Source,
+)
 from headrace.errors import HeadraceError
 from headrace.observe.metrics import PipelineMetrics
+from headrace.record import Record
 from headrace.runtime.delivery import Delivery
 from headrace.runtime.offsets import OffsetTracker
 from headrace.runtime.order import Turn, WriteOrder
 from headrace.runtime.settings import EngineSettings
 from headrace.runtime.state import PipelineError, RunState
+from headrace.runtime.uncommitted import Uncommitted
 from headrace.windows.stage import WindowStage
 
 log = logging.getLogger("headrace")
@@ -61,6 +69,12 @@ class Commits:
         self.commit_point_timeout = settings.commit_point_timeout
         self.shutdown_timeout = settings.shutdown_timeout
         self.revoke_timeout = settings.revoke_timeout
+        self.commit_as_acknowledged = settings.commit_as_acknowledged
+        # Decided when commits start (the sinks are known then): commit positions as
+        # their outputs are acknowledged, without waiting, under a ceiling.
+        self.eager = False
+        self.uncommitted = Uncommitted(settings.max_uncommitted)
+        self._revoking = False
         self.tracker = OffsetTracker()
         self.committed: dict[PartitionKey, int] = {}
         self.finished = asyncio.Event()  # set whenever records finish
@@ -104,13 +118,94 @@ class Commits:
         await self.delivery.commit(positions, self.sinks(), self.source)
         self.tracker.mark_committed(positions)
         self.committed.update(positions)
+        self.uncommitted.confirmed(positions)
+
+    # -- committing as outputs are acknowledged ------------------------------------------
+
+    def _can_be_eager(self) -> bool:
+        return (
+            self.commit_as_acknowledged
+            and not self.delivery.exactly_once
+            and self.windows is None
+            and isinstance(self.source, PartitionedSource)
+            and all(isinstance(s, AcknowledgingSink) for s in self.sinks())
+        )
+
+    async def _eagerly(self, on_failure: Callable[[], None]) -> None:
+        """Whenever records finished (their outputs acknowledged), hand the positions that
+        moved to the source to commit without waiting. One that fails or is lost only
+        leaves a partition where it was: the next one, or the final commit, covers it."""
+        assert isinstance(self.source, PartitionedSource)
+        source, tracker, stop = self.source, self.tracker, self._stop
+        while not stop.is_set():
+            await self.finished.wait()
+            self.finished.clear()
+            if stop.is_set():
+                return
+            try:
+                for sink in self.sinks():
+                    if isinstance(sink, AcknowledgingSink):
+                        sink.check()
+                positions = tracker.committable()
+                if positions:
+                    source.commit_soon(positions)
+                    tracker.mark_committed(positions)
+                    self.committed.update(positions)
+            except Exception as exc:
+                self.state.fail(exc)
+                on_failure()
+                return
+
+    def positions_committed(
+        self, positions: Mapping[PartitionKey, int], failed: Sequence[PartitionKey]
+    ) -> None:
+        """The broker confirmed commits, or some failed (the source calls this on the
+        event loop): a failed one is sent again with the next."""
+        self.uncommitted.confirmed(positions)
+        if failed:
+            self.tracker.unmark(failed)
+            self.finished.set()
+        self.state.wake()
+
+    def written(self, records: Sequence[Record]) -> None:
+        """Records about to be written to the sinks: counted against the ceiling."""
+        if self.eager:
+            self.uncommitted.written(records)
+
+    async def room_for(self, n: int, *, acknowledging: Callable[[], bool]) -> None:
+        """Return once ``n`` more records may be written without going over
+        ``max_uncommitted``, or once waiting cannot make room: no output is awaiting its
+        acknowledgement (``acknowledging()``) and every position that may be committed
+        was confirmed. Then the records holding positions back are in this batch or
+        behind it (a lower priority's batch, overtaken), and it goes. At once too when
+        not committing eagerly, while partitions are revoked and while stopping (the
+        confirmations come from polls not made then)."""
+        uncommitted, state, tracker = self.uncommitted, self.state, self.tracker
+        if not self.eager or uncommitted.room(n):
+            return
+
+        def go() -> bool:
+            if uncommitted.room(n) or self._revoking or state.stopping:
+                return True
+            return not acknowledging() and not uncommitted.behind(tracker.positions())
+
+        timeout = self.revoke_timeout
+        try:
+            await state.until(go, timeout)
+        except TimeoutError:
+            raise PipelineError(
+                f"no commit was confirmed for {timeout}s with max_uncommitted="
+                f"{uncommitted.limit} records written and not committed; stopping"
+            ) from None
 
     def start_periodic(self, interval: float, *, on_failure: Callable[[], None]) -> None:
         """Commit every ``interval`` seconds from now on; with 0, as soon as anything
         finished (one commit at a time: what finishes during a commit goes into the next).
         A failed commit fails the run, and ``on_failure`` is called (to stop it)."""
         self._stop.clear()
-        self._periodic = asyncio.create_task(self._every(interval, on_failure))
+        self.eager = self._can_be_eager()
+        loop = self._eagerly(on_failure) if self.eager else self._every(interval, on_failure)
+        self._periodic = asyncio.create_task(loop)
 
     async def _every(self, interval: float, on_failure: Callable[[], None]) -> None:
         stop = self._stop
@@ -148,6 +243,10 @@ class Commits:
         """The last commit of a run, bounded by ``shutdown_timeout``: a sink that is down
         (and waits for its service) must not keep a stopping worker alive."""
         timeout = self.shutdown_timeout
+        if self.eager:
+            # Every position again, and waited for: a commit sent without waiting may
+            # have failed or be unanswered.
+            self.tracker.unmark_committed()
         try:
             async with asyncio.timeout(timeout):
                 await self.commit()
@@ -246,9 +345,19 @@ class Commits:
             # Nothing more will finish: give the partitions up without committing them.
             self.forget(partitions)
             return {}
+        self._revoking = True  # no batch waits for commit confirmations meanwhile
+        state.wake()
+        try:
+            return await self._finish_revoked(partitions)
+        finally:
+            self._revoking = False
+
+    async def _finish_revoked(
+        self, partitions: Sequence[PartitionKey]
+    ) -> Mapping[PartitionKey, int]:
         timeout = self.revoke_timeout
         try:
-            await state.until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
+            await self.state.until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
         except TimeoutError:
             raise PipelineError(
                 f"records of revoked partitions were not finished within revoke_timeout="
@@ -279,6 +388,7 @@ class Commits:
 
     def forget(self, partitions: Sequence[PartitionKey]) -> None:
         self.delivery.release(partitions)
+        self.uncommitted.forget(partitions)
         if self.windows is not None:
             self.windows.revoke(partitions)
         for key in partitions:

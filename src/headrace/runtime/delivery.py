@@ -7,7 +7,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from headrace.connectors.base import PartitionedSource, PartitionKey, Sink, Source
+from headrace.connectors.base import (
+    AcknowledgingSink,
+    PartitionedSource,
+    PartitionKey,
+    Sink,
+    Source,
+)
 
 if TYPE_CHECKING:
     from headrace.connectors.kafka import KafkaProducer, KafkaSource
@@ -41,13 +47,22 @@ class Delivery(ABC):
 
 class AtLeastOnce(Delivery):
     """Flush every sink, then commit to the source. A crash re-reads what was written since
-    the last commit: nothing is lost, and duplicates are bounded by one commit interval."""
+    the last commit: nothing is lost, and duplicates are bounded by what was written and
+    not committed. ``acknowledged``: records are finished only once the sinks that
+    acknowledge (:class:`AcknowledgingSink`) have them durable, so those need no flush,
+    only a check that none of their writes failed."""
+
+    def __init__(self, *, acknowledged: bool = False) -> None:
+        self.acknowledged = acknowledged
 
     async def commit(
         self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
     ) -> None:
         for sink in sinks:
-            await sink.flush()
+            if self.acknowledged and isinstance(sink, AcknowledgingSink):
+                sink.check()
+            else:
+                await sink.flush()
         await source.commit(positions)
 
 
@@ -87,7 +102,7 @@ class PostgresTransactions(Delivery):
         # Also to Kafka, without waiting, for lag monitoring only: the database's copy is
         # the truth, and waiting could block on a rebalance in progress.
         if isinstance(source, PartitionedSource):
-            source.mirror_commit(positions)
+            source.commit_soon(positions)
 
     async def start_positions(
         self, partitions: Sequence[PartitionKey]

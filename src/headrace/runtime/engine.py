@@ -27,6 +27,7 @@ from headrace.models.base import Model
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats, RunSummary
 from headrace.record import FailedRecord, Record
+from headrace.runtime.acks import Acknowledgements
 from headrace.runtime.backpressure import Backpressure
 from headrace.runtime.batcher import Batcher
 from headrace.runtime.commits import CommitPointTimeout, Commits
@@ -39,7 +40,7 @@ from headrace.runtime.order import WriteOrder
 from headrace.runtime.outputs import Outputs, SideWrites, SinkBinding
 from headrace.runtime.parts import close_logging
 from headrace.runtime.pool import InferencePool
-from headrace.runtime.scorer import Scorer
+from headrace.runtime.scorer import Scored, Scorer
 from headrace.runtime.scoring import FailurePolicy, ModelCaller
 from headrace.runtime.settings import EngineSettings
 from headrace.runtime.spec import PipelineSpec
@@ -85,7 +86,11 @@ class Engine:
         self.decoder = spec.decoder or JsonDecoder()
         self.windows = windows
         s = self.settings = spec.settings
-        self.delivery = spec.delivery or AtLeastOnce()
+        delivery = spec.delivery
+        acknowledged = s.commit_as_acknowledged and (delivery is None or not delivery.exactly_once)
+        if delivery is None or type(delivery) is AtLeastOnce:
+            delivery = AtLeastOnce(acknowledged=acknowledged)
+        self.delivery = delivery
         self.metrics = spec.metrics or PipelineMetrics()
         bindings = [b if isinstance(b, SinkBinding) else SinkBinding(b) for b in spec.sinks]
         self.stats = EngineStats(written={b.name: 0 for b in bindings})
@@ -120,6 +125,7 @@ class Engine:
             metrics=self.metrics,
             stats=self.stats,
             level_of=events.level_of,
+            acks=Acknowledgements(self._write_failed) if acknowledged else None,
         )
         self.stage: PipelineStage = (
             events
@@ -314,6 +320,8 @@ class Engine:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(batches)
                 await self.aside.drain()
+                if self.outputs.acks is not None:
+                    await self.outputs.acks.wait()
         except TimeoutError:
             batches.cancel()
             self.aside.cancel()
@@ -381,6 +389,8 @@ class Engine:
             async with turn:  # write in batch order: per key, outputs keep source order
                 if self.state.fatal is not None:
                     return
+                if self.commits.eager:
+                    await self._make_room(scored)
                 for batch in scored.batches:
                     await self.outputs.write(batch, self.ledger.scored)
                 if scored.failed:
@@ -391,6 +401,20 @@ class Engine:
             raise
         finally:
             turn.end()
+
+    async def _make_room(self, scored: Scored) -> None:
+        """Hold the batch until it fits under ``max_uncommitted``, then count it."""
+        records = [r for b in scored.batches for r in b.records]
+        records += [f.record for f in scored.failed]
+        acks = self.outputs.acks
+        assert acks is not None  # eager commits follow acknowledgements
+        await self.commits.room_for(len(records), acknowledging=lambda: acks.pending > 0)
+        self.commits.written(records)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """An output was never acknowledged: nothing from its record on is committed."""
+        self.state.fail(exc)
+        self.stop()
 
     def settle_read(self, records: Sequence[Record], size: int | None) -> None:
         self.ledger.read(records, size)

@@ -123,6 +123,15 @@ class OffsetTracker:
             if k in self._partitions:
                 self._committed[k] = position
 
+    def unmark(self, keys: Iterable[PartitionKey]) -> None:
+        """Forget that ``keys`` were committed: :meth:`committable` gives them again."""
+        for key in keys:
+            self._committed.pop(key, None)
+
+    def unmark_committed(self) -> None:
+        """Forget what was marked committed: :meth:`committable` gives every position."""
+        self._committed.clear()
+
     def take_committable(self) -> dict[PartitionKey, int]:
         """:meth:`committable`, marked committed at once."""
         changed = self.committable()

@@ -21,11 +21,9 @@ from headrace.errors import Stage
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
 from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch, WindowRecord
+from headrace.runtime.acks import Acknowledgements, Settle
 from headrace.runtime.order import Turn, WriteOrder
 from headrace.runtime.state import PipelineError, RunState
-
-#: Called with records that reached a terminal state, and how many of them were scored.
-Settle = Callable[[Sequence[Record], int], None]
 
 
 @dataclass
@@ -54,8 +52,10 @@ class Outputs:
         metrics: PipelineMetrics,
         stats: EngineStats,
         level_of: Callable[[Record], str],
+        acks: Acknowledgements | None = None,
     ) -> None:
         self.sinks = sinks
+        self.acks = acks
         self.dead_letter = dead_letter
         self.shed_sink = shed_sink
         self.late_sink = late_sink
@@ -88,13 +88,23 @@ class Outputs:
                 for f in failed or ():  # an output this sink can never take
                     refused.setdefault(id(f.record), f)
             self._observe(batch, time.time())
+        sinks = [b.sink for b in self.sinks]
         if refused:
             # Terminal once dead-lettered, not before: their positions wait for that.
             done = [r for r in batch.records if id(r) not in refused]
-            settle(done, len(done))
+            self._settle(sinks, settle, done, len(done))
             await self.set_aside(list(refused.values()), settle)
             return
-        settle(batch.records, n)
+        self._settle(sinks, settle, batch.records, n)
+
+    def _settle(
+        self, sinks: Sequence[Sink], settle: Settle, records: Sequence[Record], scored: int
+    ) -> None:
+        """Settle now, or (at-least-once) once the sinks that acknowledge have them."""
+        if self.acks is None:
+            settle(records, scored)
+        else:
+            self.acks.settle(sinks, settle, records, scored)
 
     def _observe(self, batch: ScoredBatch, acked: float) -> None:
         records, n = batch.records, len(batch)
@@ -119,7 +129,7 @@ class Outputs:
             if rejected:
                 failed = [f for f in failed if f.stage != Stage.WINDOW]
                 await self.late_sink.write_failures(rejected)
-                settle([f.record for f in rejected], 0)
+                self._settle([self.late_sink], settle, [f.record for f in rejected], 0)
         if not failed:
             return
         if self.dead_letter is None:
@@ -137,7 +147,7 @@ class Outputs:
         for f in failed:
             self.metrics.records_failed.labels(f.stage).inc()
         self.stats.records_failed += len(failed)
-        settle([f.record for f in failed], 0)
+        self._settle([self.dead_letter], settle, [f.record for f in failed], 0)
 
     async def _write_shed(self, shed_records: list[FailedRecord], settle: Settle) -> None:
         assert self.shed_sink is not None  # a shedding policy comes with its sink
@@ -146,7 +156,7 @@ class Outputs:
         for f in shed_records:
             counter.labels(f.error_type, level_of(f.record)).inc()
         self.stats.records_shed += len(shed_records)
-        settle([f.record for f in shed_records], 0)
+        self._settle([self.shed_sink], settle, [f.record for f in shed_records], 0)
 
 
 class SideWrites:

@@ -13,7 +13,11 @@ class EngineSettings:
 
     ``window_tick``: how often time alone may close windows (idle partitions);
     ``commit_point_timeout``: how long a windowed periodic commit waits for a commit point
-    before trying again later.
+    before trying again later. ``commit_as_acknowledged``: at-least-once from a
+    partitioned source into sinks that all acknowledge (Kafka), commit each position as
+    soon as its outputs are acknowledged, without waiting, instead of every
+    ``commit_interval``; ``max_uncommitted`` then bounds the records written and not yet
+    committed (``None``: no bound).
     """
 
     max_batch_size: int = defaults.MAX_BATCH_SIZE
@@ -23,6 +27,8 @@ class EngineSettings:
     max_in_flight_bytes: int | None = defaults.MAX_IN_FLIGHT_BYTES
     resume_at: float = defaults.RESUME_AT
     commit_interval: float = defaults.COMMIT_INTERVAL
+    commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
+    max_uncommitted: int | None = defaults.MAX_UNCOMMITTED
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     revoke_timeout: float = defaults.REVOKE_TIMEOUT
     window_tick: float = defaults.WINDOW_TICK

