@@ -22,6 +22,7 @@ from headrace.connectors.base import (
 from headrace.errors import HeadraceError
 from headrace.observe.metrics import PipelineMetrics
 from headrace.record import Record
+from headrace.runtime.acks import Acknowledgements
 from headrace.runtime.delivery import Delivery
 from headrace.runtime.offsets import OffsetTracker
 from headrace.runtime.order import Turn, WriteOrder
@@ -167,10 +168,11 @@ class Commits:
             self.finished.set()
         self.state.wake()
 
-    def written(self, records: Sequence[Record]) -> None:
-        """Records about to be written to the sinks: counted against the ceiling."""
-        if self.eager:
-            self.uncommitted.written(records)
+    async def make_room(self, records: Sequence[Record], acks: Acknowledgements) -> None:
+        """Hold ``records`` (about to be written) until they fit under
+        ``max_uncommitted``, then count them against it."""
+        await self.room_for(len(records), acknowledging=lambda: acks.pending > 0)
+        self.uncommitted.written(records)
 
     async def room_for(self, n: int, *, acknowledging: Callable[[], bool]) -> None:
         """Return once ``n`` more records may be written without going over

@@ -25,6 +25,9 @@ log = logging.getLogger("headrace")
 class Delivery(ABC):
     """Commits positions whose records reached a terminal state."""
 
+    #: Whether records written to sinks that acknowledge are finished only once they did.
+    acknowledged: bool = False
+
     #: Whether a commit must hold back writes: outputs and positions go in one transaction,
     #: so no output may join it unless its position does too.
     exactly_once: bool = False
@@ -111,3 +114,11 @@ class PostgresTransactions(Delivery):
 
     def release(self, partitions: Sequence[PartitionKey]) -> None:
         self.sink.release(partitions)
+
+
+def chosen_delivery(delivery: Delivery | None, commit_as_acknowledged: bool) -> Delivery:
+    """The delivery a run uses: the spec's, or at-least-once, which commits positions as
+    their outputs are acknowledged unless ``commit_as_acknowledged`` is off."""
+    if delivery is None or type(delivery) is AtLeastOnce:
+        return AtLeastOnce(acknowledged=commit_as_acknowledged)
+    return delivery

@@ -32,7 +32,7 @@ from headrace.runtime.backpressure import Backpressure
 from headrace.runtime.batcher import Batcher
 from headrace.runtime.commits import CommitPointTimeout, Commits
 from headrace.runtime.decode import JsonDecoder
-from headrace.runtime.delivery import AtLeastOnce
+from headrace.runtime.delivery import chosen_delivery
 from headrace.runtime.flow import FlowControl
 from headrace.runtime.lag import watch_lag
 from headrace.runtime.ledger import Ledger
@@ -40,7 +40,7 @@ from headrace.runtime.order import WriteOrder
 from headrace.runtime.outputs import Outputs, SideWrites, SinkBinding
 from headrace.runtime.parts import close_logging
 from headrace.runtime.pool import InferencePool
-from headrace.runtime.scorer import Scored, Scorer
+from headrace.runtime.scorer import Scorer
 from headrace.runtime.scoring import FailurePolicy, ModelCaller
 from headrace.runtime.settings import EngineSettings
 from headrace.runtime.spec import PipelineSpec
@@ -86,11 +86,7 @@ class Engine:
         self.decoder = spec.decoder or JsonDecoder()
         self.windows = windows
         s = self.settings = spec.settings
-        delivery = spec.delivery
-        acknowledged = s.commit_as_acknowledged and (delivery is None or not delivery.exactly_once)
-        if delivery is None or type(delivery) is AtLeastOnce:
-            delivery = AtLeastOnce(acknowledged=acknowledged)
-        self.delivery = delivery
+        self.delivery = delivery = chosen_delivery(spec.delivery, s.commit_as_acknowledged)
         self.metrics = spec.metrics or PipelineMetrics()
         bindings = [b if isinstance(b, SinkBinding) else SinkBinding(b) for b in spec.sinks]
         self.stats = EngineStats(written={b.name: 0 for b in bindings})
@@ -125,7 +121,7 @@ class Engine:
             metrics=self.metrics,
             stats=self.stats,
             level_of=events.level_of,
-            acks=Acknowledgements(self._write_failed) if acknowledged else None,
+            acks=Acknowledgements(self._write_failed) if delivery.acknowledged else None,
         )
         self.stage: PipelineStage = (
             events
@@ -390,7 +386,9 @@ class Engine:
                 if self.state.fatal is not None:
                     return
                 if self.commits.eager:
-                    await self._make_room(scored)
+                    acks = self.outputs.acks
+                    assert acks is not None  # eager commits follow acknowledgements
+                    await self.commits.make_room(scored.outgoing(), acks)
                 for batch in scored.batches:
                     await self.outputs.write(batch, self.ledger.scored)
                 if scored.failed:
@@ -401,15 +399,6 @@ class Engine:
             raise
         finally:
             turn.end()
-
-    async def _make_room(self, scored: Scored) -> None:
-        """Hold the batch until it fits under ``max_uncommitted``, then count it."""
-        records = [r for b in scored.batches for r in b.records]
-        records += [f.record for f in scored.failed]
-        acks = self.outputs.acks
-        assert acks is not None  # eager commits follow acknowledgements
-        await self.commits.room_for(len(records), acknowledging=lambda: acks.pending > 0)
-        self.commits.written(records)
 
     def _write_failed(self, exc: BaseException) -> None:
         """An output was never acknowledged: nothing from its record on is committed."""

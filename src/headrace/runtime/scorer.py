@@ -29,6 +29,12 @@ class Scored:
     batches: list[ScoredBatch] = field(default_factory=list)
     failed: list[FailedRecord] = field(default_factory=list)
 
+    def outgoing(self) -> list[Record]:
+        """Every record this batch writes somewhere: scored, or failed."""
+        records = [r for b in self.batches for r in b.records]
+        records += [f.record for f in self.failed]
+        return records
+
 
 class Scorer:
     """Scores batches with the model serving now."""
