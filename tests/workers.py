@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,10 +191,13 @@ def reference_events(n: int, *, seed: int = 5) -> list[dict[str, Any]]:
 class Worker:
     """One `headrace run` process."""
 
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str], log: Path, args: Sequence[str] = ()
+    ) -> None:
         self.config = config
         self.env = env
         self.log = log
+        self.args = list(args)  # more `headrace run` options, e.g. --workers
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
@@ -209,6 +212,7 @@ class Worker:
                     "--no-progress",
                     "--log-level",
                     os.environ.get("HEADRACE_TEST_LOG_LEVEL", "info"),
+                    *self.args,
                 ],
                 env=self.env,
                 stdout=subprocess.DEVNULL,

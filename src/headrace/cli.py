@@ -76,10 +76,19 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the live progress line on stderr.")] = True,
     log_level: LogLevel = "warning",
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Worker processes in the Kafka source's group (auto: one per core), "
+            "restarted when they die, with one /metrics for all."
+        ),
+    ] = "1",
 ) -> None:
     """Run the pipeline a YAML file describes, until its source ends or SIGTERM/SIGINT."""
     _logging(log_level)
     cfg = _load(config)
+    if workers != "1":
+        raise typer.Exit(_supervise(config, cfg, workers, metrics_port, progress, log_level))
     try:
         pipeline = Pipeline.from_config(cfg, path=config)
     except (ConfigError, ModelLoadError) as exc:
@@ -118,6 +127,43 @@ def run(
         raise typer.Exit(EXIT_PIPELINE) from None
     except PipelineError as exc:
         _stopped(exc)
+
+
+def _supervise(
+    config: Path,
+    cfg: PipelineConfig,
+    workers: str,
+    metrics_port: int | None,
+    progress: bool,
+    log_level: str,
+) -> int:
+    """``run --workers N``: N processes of this pipeline, supervised."""
+    from headrace.config.components import KafkaSourceConfig
+    from headrace.supervise import Supervisor, worker_count
+
+    try:
+        n = worker_count(workers)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
+        return EXIT_CONFIG
+    if not isinstance(cfg.source, KafkaSourceConfig):
+        err.print(
+            f"[red]--workers {workers}: {config} reads a "
+            f"{type(cfg.source).__struct_config__.tag} source, which one "
+            "process reads; only a kafka source's partitions are shared by workers[/red]",
+            highlight=False,
+        )
+        return EXIT_CONFIG
+    port = metrics_port if metrics_port is not None else cfg.metrics.port if cfg.metrics else None
+    host = cfg.metrics.host if cfg.metrics else defaults.METRICS_HOST
+    supervisor = Supervisor(
+        config,
+        n,
+        args=["--log-level", log_level],
+        metrics=None if port is None else (host, port),
+        progress=progress,
+    )
+    return supervisor.run()
 
 
 def _missing_extra(exc: MissingExtraError, path: Path | None = None) -> None:

@@ -204,3 +204,16 @@ def test_the_python_source_takes_the_id_and_checks_it() -> None:
         KafkaSource(["events"], group_id="scorers", instance_id="a b")
     with pytest.raises(ValueError, match=r"differs from settings\['group.instance.id'\] 'b'"):
         KafkaSource(["events"], group_id="g", instance_id="a", settings={"group.instance.id": "b"})
+
+
+def test_each_worker_of_a_supervisor_gets_the_id_with_its_index(tmp_path: Path) -> None:
+    """`run --workers N` sets HEADRACE_WORKER: the id in effect, then the index."""
+    path = write(tmp_path, source="  instance_id: scorer\n")
+    assert instance_id(path, env={"HEADRACE_WORKER": "2"}) == "scorer-2"
+    from_env = {"HEADRACE_INSTANCE_ID": "pod-7", "HEADRACE_WORKER": "0"}
+    assert instance_id(write(tmp_path), env=from_env) == "pod-7-0"
+
+
+def test_a_worker_without_an_id_takes_the_machines_name(tmp_path: Path) -> None:
+    expected = f"{socket.gethostname()}-1"
+    assert instance_id(write(tmp_path), env={"HEADRACE_WORKER": "1"}) == expected

@@ -24,6 +24,9 @@ from headrace.connectors.kafka_ids import INSTANCE_ID_RULE, instance_id_problem
 
 #: The environment variable that gives the id when the file does not.
 INSTANCE_ID_ENV = "HEADRACE_INSTANCE_ID"
+#: Set by ``headrace run --workers N`` for each worker: its index, appended to the id
+#: (the machine's name when none is given), so that every worker has its own.
+WORKER_ENV = "HEADRACE_WORKER"
 #: The value that stands for the machine's hostname.
 HOSTNAME = "hostname"
 
@@ -45,6 +48,10 @@ def resolve_instance_id(
     if not isinstance(src, KafkaSourceConfig):
         return config
     given = _given(src, env)
+    worker = env.get(WORKER_ENV)
+    if worker is not None:
+        given = _hostname(given or _Given(value=HOSTNAME, where=""))
+        given = _Given(value=f"{given.value}-{worker}", where=f"{given.where}worker {worker}: ")
     if given is None:
         return config
     given = _hostname(given)

@@ -1,0 +1,139 @@
+"""`headrace run --workers N`: one supervisor, N worker processes in one consumer group."""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from kafka_helpers import TansuBroker
+from pg_helpers import PgSchema
+from workers import Worker, kafka_pipeline, models_env, pg_count, pg_rows, wait_until
+
+N = 12_000
+DELAY = 0.01  # per batch of 64: the run outlasts a kill, a restart and a join
+
+
+def _children(supervisor: Worker) -> list[psutil.Process]:
+    assert supervisor.proc is not None
+    return psutil.Process(supervisor.proc.pid).children()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_workers_restart_one_that_dies_and_share_the_group_exactly_once(
+    tansu: TansuBroker, pg_dsn: PgSchema, tmp_path: Path
+) -> None:
+    """Three workers under one supervisor; one is SIGKILLed (the supervisor starts it
+    again), then a second supervisor joins the group with one more, and takes part of
+    the rest of the input: exactly-once into
+    PostgreSQL, every input once; both stop on SIGTERM with exit 0; the supervisor's
+    /metrics holds every worker's."""
+    from workers import reference_events
+
+    tansu.create_topic("events", 6)
+    events = reference_events(N)
+    tansu.produce_json("events", events[: N // 2], key_field="entity_id")
+    with psycopg.connect(pg_dsn.dsn, autocommit=True) as conn:
+        conn.execute(  # no key: a duplicate would show
+            """CREATE TABLE predictions (topic text, partition integer, "offset" bigint,
+            key text, prediction jsonb, model_name text, model_version text, model_sha256 text,
+            event_time double precision, processed_at double precision, input jsonb)"""
+        )
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks=f"  - type: postgres\n    dsn: '{pg_dsn.dsn}'\n    mode: insert",
+        delivery="exactly-once",
+        max_in_flight=1000,
+    )
+    env = models_env(tmp_path, DELAY)
+    port = _free_port()
+    first = Worker(
+        config, env, tmp_path / "first.log", ["--workers", "3", "--metrics-port", str(port)]
+    ).start()
+    second: Worker | None = None
+    try:
+        wait_until(lambda: len(_children(first)) == 3, 30, "three workers", (first,))
+        wait_until(lambda: pg_count(pg_dsn.dsn) >= 1000, 120, "outputs", (first,))
+        victim = _children(first)[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_until(
+            lambda: (
+                len(_children(first)) == 3 and victim.pid not in {p.pid for p in _children(first)}
+            ),
+            30,
+            "the killed worker started again",
+            (first,),
+        )
+        wait_until(
+            lambda: all(f'worker="{i}"' in _scrape(port) for i in range(3)),
+            30,
+            "every worker's metrics on the supervisor's port",
+            (first,),
+        )
+        assert "headrace_records_out_total" in _scrape(port)
+        second = Worker(config, env, tmp_path / "second.log", ["--workers", "1"]).start()
+        # The second half only once the new worker has partitions: it scores some of it.
+        wait_until(lambda: "assigned" in second.tail(), 60, "the join", (first, second))
+        tansu.produce_json("events", events[N // 2 :], key_field="entity_id")
+        wait_until(lambda: pg_count(pg_dsn.dsn) >= N, 240, "all rows", (first, second))
+        assert first.terminate() == 0, first.tail()
+        assert second.terminate() == 0, second.tail()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    ids = pg_rows(pg_dsn.dsn)
+    assert len(set(ids)) == N
+    assert len(ids) == N, f"{len(ids) - len(set(ids))} inputs written twice"
+
+
+def test_workers_need_a_kafka_source(tmp_path: Path) -> None:
+    """Other sources are read by one process: one line, exit 2."""
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "name: g\nsource: {type: generator, rate: 0, count: 10}\n"
+        'model: {type: callable, name: s, version: "1", function: workermodels:score, '
+        "features: {vector: features}}\n"
+        "sinks: [{type: jsonl, path: out.jsonl}]\n"
+    )
+    w = Worker(config, models_env(tmp_path), tmp_path / "w.log", ["--workers", "2"]).start()
+    assert w.wait(60) == 2
+    tail = w.tail()
+    assert "--workers 2" in tail and "generator source" in tail, tail
+
+
+def _free_port() -> int:
+    from headrace.supervise import free_port
+
+    return free_port()
+
+
+def _scrape(port: int) -> str:
+    """The supervisor's /metrics ("" while it does not answer yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text: str = reply.read().decode()
+    except OSError:
+        return ""
+    return text
+
+
+def test_a_worker_that_keeps_dying_stops_the_supervisor(tmp_path: Path) -> None:
+    """Restarted with backoff, until it died MAX_RESTARTS times within the window: then
+    the others are stopped and the supervisor exits 1, saying which and why."""
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        "127.0.0.1:9",  # never reached: the model fails to load first
+        sinks="  - type: kafka\n    topic: predictions",
+        function="workermodels:no_such_function",
+    )
+    w = Worker(config, models_env(tmp_path), tmp_path / "w.log", ["--workers", "2"]).start()
+    assert w.wait(120) == 1
+    assert "exited 5 times within 60s" in w.tail(), w.tail()
