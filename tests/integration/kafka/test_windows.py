@@ -644,3 +644,49 @@ def test_exactly_once_into_postgres_survives_sigkill_with_each_window_once(
         second.stop()
     assert assert_matches(pg_windows(dsn), events) == 0
     assert sum(restored_windows(second)) > 0, "the state should have held open windows"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_supervised_workers_and_a_kill_give_the_recomputed_windows(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    """`headrace run --workers 2`: one worker SIGKILLed mid-run, started again by the
+    supervisor, restores its partitions' state: every window exactly as recomputed (a
+    window written twice is identical)."""
+    import psutil
+
+    topics(tansu)
+    config = windowed(tmp_path, tansu.bootstrap)
+    env = model_env(tmp_path)
+    reader = TopicReader(tansu.bootstrap, "outputs", PARTITIONS)
+    feeder = Feeder(tansu.bootstrap, make_events(LONG, seed=4), rate=RATE).start()
+    supervisor = Worker(config, env, tmp_path / "supervisor.log", ["--workers", "2"]).start()
+
+    def children() -> list[psutil.Process]:
+        assert supervisor.proc is not None
+        return psutil.Process(supervisor.proc.pid).children()
+
+    try:
+        wait_until(
+            lambda: anything_committed(tansu) and distinct(reader) >= 50,
+            60,
+            "outputs and a commit",
+            (supervisor,),
+        )
+        victim = children()[0]
+        victim.kill()
+        victim.wait(10)
+        wait_until(
+            lambda: len(children()) == 2 and victim.pid not in {c.pid for c in children()},
+            30,
+            "the killed worker started again",
+            (supervisor,),
+        )
+        events = _finish(tansu, feeder, reader, supervisor)
+        assert supervisor.terminate() == 0, supervisor.tail()
+    finally:
+        feeder.stop()
+        supervisor.stop()
+        reader.close()
+    assert_matches(outputs(reader), events)
