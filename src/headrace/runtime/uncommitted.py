@@ -32,18 +32,21 @@ class Uncommitted:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self._written: dict[PartitionKey, int] = {}  # the offset after the last written
-        self._committed: dict[PartitionKey, int] = {}  # confirmed, or the first written
+        self._first: dict[PartitionKey, int] = {}  # the lowest offset written
+        self._committed: dict[PartitionKey, int] = {}  # the highest position confirmed
 
     def written(self, records: Sequence[Record]) -> None:
-        """Records about to be written (in read order within each partition)."""
-        written, committed = self._written, self._committed
+        """Records about to be written: batches of a partition may come out of offset
+        order (a higher priority's batch overtakes), so the lowest offset written counts
+        from where it is, not the first batch's."""
+        written, first = self._written, self._first
         for r in records:
             key = (r.topic, r.partition)
-            end = r.offset + 1
-            if end > written.get(key, -1):
-                written[key] = end
-            if key not in committed:
-                committed[key] = r.offset
+            offset = r.offset
+            if offset + 1 > written.get(key, -1):
+                written[key] = offset + 1
+            if offset < first.get(key, offset + 1):
+                first[key] = offset
 
     def confirmed(self, positions: Mapping[PartitionKey, int]) -> None:
         """The broker confirmed these commit positions."""
@@ -53,8 +56,11 @@ class Uncommitted:
                 committed[key] = position
 
     def count(self) -> int:
-        committed = self._committed
-        return sum(max(0, end - committed.get(key, end)) for key, end in self._written.items())
+        first, committed = self._first, self._committed
+        return sum(
+            max(0, end - max(first[key], committed.get(key, -1)))
+            for key, end in self._written.items()
+        )
 
     def room(self, n: int) -> bool:
         """Whether ``n`` more records may be written: always when nothing is uncommitted,
@@ -67,10 +73,13 @@ class Uncommitted:
     def behind(self, positions: Mapping[PartitionKey, int]) -> bool:
         """Whether any of ``positions`` (what may be committed now) is past what the
         broker confirmed: a confirmation that would make room may still come."""
-        committed = self._committed
-        return any(p > committed.get(k, p) for k, p in positions.items())
+        first, committed = self._first, self._committed
+        return any(
+            k in first and p > max(first[k], committed.get(k, -1)) for k, p in positions.items()
+        )
 
     def forget(self, keys: Iterable[PartitionKey]) -> None:
         for key in keys:
             self._written.pop(key, None)
+            self._first.pop(key, None)
             self._committed.pop(key, None)
