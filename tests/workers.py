@@ -313,6 +313,18 @@ class TopicReader:
         self.consumer.close()
 
 
+def insert_only_table(dsn: str, table: str = "predictions") -> None:
+    """The sink's predictions table without its primary key: a duplicate would show."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"""CREATE TABLE {table} (topic text, partition integer, "offset" bigint,
+            key text, prediction jsonb, model_name text, model_version text, model_sha256 text,
+            event_time double precision, processed_at double precision, input jsonb)"""
+        )
+
+
 def pg_rows(dsn: str, table: str = "predictions") -> list[int]:
     """The input ids of every row of a predictions table, duplicates included."""
     import psycopg

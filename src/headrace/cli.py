@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import shlex
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -139,6 +141,7 @@ def _supervise(
 ) -> int:
     """``run --workers N``: N processes of this pipeline, supervised."""
     from headrace.config.components import KafkaSourceConfig
+    from headrace.config.instance import INSTANCE_ID_ENV
     from headrace.supervise import Supervisor, worker_count
 
     try:
@@ -156,12 +159,15 @@ def _supervise(
         return EXIT_CONFIG
     port = metrics_port if metrics_port is not None else cfg.metrics.port if cfg.metrics else None
     host = cfg.metrics.host if cfg.metrics else defaults.METRICS_HOST
+    given = cfg.source.instance_id or os.environ.get(INSTANCE_ID_ENV)
     supervisor = Supervisor(
         config,
         n,
         args=["--log-level", log_level],
         metrics=None if port is None else (host, port),
         progress=progress,
+        # Without an id of the user's, one of this supervisor's own: unique on the machine.
+        base_id=None if given else f"{socket.gethostname()}-{os.getpid()}",
     )
     return supervisor.run()
 

@@ -1,8 +1,11 @@
 """``headrace run --workers N``: N worker processes in one consumer group, supervised.
 
 Each worker is a ``headrace run`` of the same file, with ``HEADRACE_WORKER`` set to its
-index, which gives it a stable instance id of its own (``<id or hostname>-<index>``,
-static membership: a worker restarted within the session gets its partitions back). The
+index, which gives it a stable instance id of its own, ``<id>-<index>`` (static
+membership: a worker restarted within the session gets its partitions back). The id is
+the source's ``instance_id`` (or ``HEADRACE_INSTANCE_ID``); without one,
+``<hostname>-<supervisor pid>``: two supervisors on one machine must not share ids (a
+member joining with an id in use fences the one holding it). The
 supervisor restarts a worker that dies, with backoff, and gives up (stopping the others,
 exit 1) when one keeps dying; it forwards SIGTERM and SIGINT for a graceful stop of all
 (a second signal kills them); and it serves one ``/metrics`` for the group, the workers'
@@ -29,7 +32,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from headrace.config.instance import WORKER_ENV
+from headrace.config.instance import INSTANCE_ID_ENV, WORKER_ENV
 
 log = logging.getLogger("headrace")
 
@@ -139,8 +142,12 @@ class Supervisor:
         args: Sequence[str] = (),
         metrics: tuple[str, int] | None = None,
         progress: bool = True,
+        base_id: str | None = None,
     ) -> None:
+        """``base_id``: the instance id the workers' ids start with, where the file and
+        the environment give none."""
         self.config = config
+        self.base_id = base_id
         self.args = list(args)
         self.metrics = metrics
         self.progress = progress
@@ -198,6 +205,8 @@ class Supervisor:
 
     def _start(self, w: _Worker) -> None:
         env = {**os.environ, WORKER_ENV: str(w.index)}
+        if self.base_id is not None:
+            env[INSTANCE_ID_ENV] = self.base_id
         cmd = [sys.executable, "-m", "headrace.cli", "run", str(self.config), "--no-progress"]
         cmd += ["--metrics-port", str(w.port), *self.args]
         w.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import psycopg
 import pytest
 
 from kafka_helpers import TansuBroker
@@ -25,6 +24,7 @@ from workers import (
     TopicReader,
     Worker,
     committed,
+    insert_only_table,
     kafka_pipeline,
     log_text,
     models_env,
@@ -45,16 +45,6 @@ def dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def insert_only_table(dsn: str, table: str = "predictions") -> None:
-    """The sink's predictions table without its primary key: a duplicate would show."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            f"""CREATE TABLE {table} (topic text, partition integer, "offset" bigint,
-            key text, prediction jsonb, model_name text, model_version text, model_sha256 text,
-            event_time double precision, processed_at double precision, input jsonb)"""
-        )
 
 
 # -- 1. an output Kafka that cannot be written ---------------------------------------------

@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from kafka_helpers import TansuBroker
@@ -23,6 +22,7 @@ from pg_helpers import PgSchema
 from workers import (
     TopicReader,
     Worker,
+    insert_only_table,
     kafka_pipeline,
     models_env,
     pg_count,
@@ -167,13 +167,7 @@ def test_exactly_once_kafka_to_postgres(
     every input is in the table exactly once."""
     tansu.create_topic("events", 4)
     tansu.produce_json("events", reference_events(N), key_field="entity_id")
-    # No primary key here, unlike the table the sink creates: a duplicate would show.
-    with psycopg.connect(pg_dsn.dsn, autocommit=True) as conn:
-        conn.execute(
-            """CREATE TABLE predictions (topic text, partition integer, "offset" bigint,
-            key text, prediction jsonb, model_name text, model_version text, model_sha256 text,
-            event_time double precision, processed_at double precision, input jsonb)"""
-        )
+    insert_only_table(pg_dsn.dsn)  # no primary key, unlike the sink's: a duplicate shows
     config = kafka_pipeline(
         tmp_path / "p.yaml",
         tansu.bootstrap,
