@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
         if "pg_dsn" in names:
             item.add_marker(pytest.mark.postgres)
+        if "browser" in names:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, installed by the test setup when missing."""
+    from system_packages import ensure_command
+
+    return ensure_command("chromium", "chromium")
+
+
+@pytest.fixture
+def browser(chromium: str) -> Iterator[Any]:
+    """A headless Chromium, driven by Playwright. One per test, not per session:
+    Playwright's synchronous API runs an event loop on this thread while it is open, and
+    any later test that starts one of its own (``asyncio.run``) would fail."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

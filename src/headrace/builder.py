@@ -24,6 +24,7 @@ from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery
 from headrace.runtime.engine import Engine, EngineSettings, RunSummary, SinkBinding
 from headrace.runtime.manager import ModelManager, ModelSource, Probation
+from headrace.runtime.operations import Operations
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.rollout import Canary, Rollout, Shadow
 from headrace.runtime.scoring import FailurePolicy
@@ -211,7 +212,8 @@ class PipelineBuilder:
         return self
 
     def admin(self, token: str | None) -> Self:
-        """Enable admin calls on the metrics server for requests bearing ``token``."""
+        """Enable the admin calls (``POST /admin/...``) on the HTTP server for requests
+        bearing ``token``."""
         self._admin_token = token
         return self
 
@@ -305,7 +307,8 @@ class PipelineBuilder:
     def metrics(
         self, *, port: int = defaults.METRICS_PORT, host: str = defaults.METRICS_HOST
     ) -> Self:
-        """Serve /metrics and /health on ``host:port`` while running."""
+        """Serve the dashboard, /metrics, /health, /ready and /api/status on
+        ``host:port`` while running (:mod:`headrace.observe.http`)."""
         self._metrics_at = (host, port)
         return self
 
@@ -360,12 +363,12 @@ async def run_engine(
             engine.metrics.registry,
             host=metrics_at[0],
             port=metrics_at[1],
-            healthy=lambda: engine.healthy,
+            ops=Operations(engine),
             admin_token=admin_token,
-            admin={"/admin/models/check": engine.check_models},
         )
         await server.start()
-        log.info("metrics on http://%s:%d/metrics", server.host, server.port)
+        engine.served_at = server.url
+        log.info("metrics on %smetrics, the dashboard on %s", server.url, server.url)
     signals = (signal.SIGTERM, signal.SIGINT)
     if install_signal_handlers:
         for sig in signals:

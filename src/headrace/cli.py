@@ -107,6 +107,9 @@ def run(
         lines: list[LiveLine] = []
 
         def started(engine: Engine) -> None:
+            if engine.served_at is not None:
+                url = engine.served_at
+                err.print(f"dashboard: {url}  metrics: {url}metrics", highlight=False)
             if progress:
                 lines.append(LiveLine(engine.stats, err))
                 lines[0].start()

@@ -1,5 +1,19 @@
-"""A small HTTP server for /metrics, /health and token-guarded admin calls, on loopback
-unless told otherwise."""
+"""The HTTP server of a running pipeline, on aiohttp in the engine's event loop, on
+loopback unless told otherwise.
+
+==========================  ==========================================================
+``GET /``                   the live dashboard (a page, its script and style; no CDN)
+``GET /metrics``            Prometheus text
+``GET /health``             liveness: 200 while running, 503 once stopping or failed
+``GET /ready``              readiness: 200 only with partitions assigned, window state
+                            restored and the model loaded; 503 (with why) otherwise
+``GET /api/status``         what the dashboard shows, as JSON (``?history=1`` adds the
+                            last few minutes of chart points)
+``GET /api/events``         the same, as server-sent events, about once a second
+``POST /admin/...``         the operator's actions, only with ``Authorization: Bearer
+                            <token>`` and only when a token is configured (404 otherwise)
+==========================  ==========================================================
+"""
 
 from __future__ import annotations
 
@@ -7,20 +21,35 @@ import asyncio
 import contextlib
 import errno
 import hmac
-from collections.abc import Callable, Mapping
-from typing import Any
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any, Protocol
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from headrace.errors import HeadraceError
+from headrace.observe.status import StatusBoard
 
-_MAX_REQUEST = 8192
+#: The dashboard's files, served from the package (``headrace/observe/dashboard``).
+_PAGES = {
+    "/": ("index.html", "text/html"),
+    "/dashboard.js": ("dashboard.js", "text/javascript"),
+    "/dashboard.css": ("dashboard.css", "text/css"),
+}
+# The page loads nothing but its own files and talks only to this server.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 class MetricsPortError(HeadraceError, OSError):
-    """The metrics server cannot listen where it was told to (the port is taken, or not
-    ours to take). Raised before the pipeline reads anything; the message says what is
-    wrong and what to do, in one sentence."""
+    """The HTTP server cannot listen where it was told to (the port is taken, or not ours
+    to take). Raised before the pipeline reads anything; the message says what is wrong
+    and what to do, in one sentence."""
 
     def __init__(self, host: str, port: int, cause: OSError) -> None:
         if cause.errno == errno.EADDRINUSE:
@@ -36,21 +65,42 @@ class MetricsPortError(HeadraceError, OSError):
         self.port = port
 
 
-def _bearer(headers: list[bytes]) -> str | None:
-    for line in headers:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer":
-                return token.strip().decode("utf-8", "replace")
-    return None
+class Refused(HeadraceError):
+    """An admin action that cannot be done now: answered 409 with its message."""
+
+
+class Operations(Protocol):
+    """What the server asks of a running pipeline
+    (:class:`headrace.runtime.operations.Operations`)."""
+
+    def healthy(self) -> bool: ...
+
+    def ready(self) -> str | None:
+        """``None`` when ready, else why not."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def actions(self) -> Mapping[str, Callable[[], Awaitable[dict[str, Any]]]]:
+        """The admin calls by path; each answers a JSON body or raises
+        :class:`Refused`."""
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` (Prometheus text format) and ``GET /health``.
+    """Serves the endpoints in the module docstring for ``ops`` (``None``: only
+    ``/metrics``, and ``/health`` and ``/ready`` always 200).
 
-    ``/health`` answers 200 while ``healthy()`` is true and 503 otherwise. It binds
-    127.0.0.1 by default: exposing it on other interfaces is an explicit choice.
+    It binds 127.0.0.1 by default: exposing it on other interfaces is an explicit choice.
+    Admin calls are off unless ``admin_token`` is set, and need it then (compared in
+    constant time).
     """
 
     def __init__(
@@ -59,78 +109,134 @@ class MetricsServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9108,
-        healthy: Callable[[], bool] = lambda: True,
+        ops: Operations | None = None,
         admin_token: str | None = None,
-        admin: Mapping[str, Callable[[], Any]] | None = None,
+        status_every: float = 1.0,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
-        self.healthy = healthy
+        self.ops = ops
         self.admin_token = admin_token
-        self.admin = dict(admin or {})
-        self._server: asyncio.Server | None = None
+        self.board = StatusBoard(ops.status, every=status_every) if ops is not None else None
+        self._runner: web.AppRunner | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     async def start(self) -> None:
         """Listen on ``host:port``; raises :class:`MetricsPortError` in one sentence (what
         is wrong, and what to do) if it cannot."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        if self.board is not None:
+            for path in _PAGES:
+                app.router.add_get(path, self._page)
+            app.router.add_get("/api/status", self._status)
+            app.router.add_get("/api/events", self._events)
+        app.router.add_post("/admin/{action:.+}", self._admin)
+        # No access log: a scrape a second is noise, and lines could carry tokens' paths.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
         try:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+            await site.start()
         except OSError as exc:
+            await runner.cleanup()
             raise MetricsPortError(self.host, self.port, exc) from None
+        self._runner = runner
         if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
-
-    def _admin(self, path: str, headers: list[bytes]) -> tuple[str, str, bytes]:
-        """An admin action: only with ``Authorization: Bearer <token>``, and only when a
-        token was configured (admin calls are off otherwise)."""
-        action = self.admin.get(path)
-        if self.admin_token is None or action is None:
-            return "404 Not Found", "text/plain", b"not found\n"
-        given = _bearer(headers)
-        if given is None or not hmac.compare_digest(given, self.admin_token):
-            return "401 Unauthorized", "text/plain", b"a valid bearer token is required\n"
-        action()
-        return "202 Accepted", "application/json", b'{"status":"accepted"}\n'
+            self.port = runner.addresses[0][1]
+        if self.board is not None:
+            self._sampler = asyncio.create_task(self.board.run(), name="headrace-status")
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        self._closing.set()  # event streams end now rather than at the shutdown timeout
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            writer.close()
-            return
-        lines = head[:_MAX_REQUEST].split(b"\r\n")
-        parts = lines[0].split()
-        method = parts[0] if parts else b""
-        path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-        if method == b"POST" and path.startswith(b"/admin/"):
-            status, ctype, body = self._admin(path.decode("ascii", "replace"), lines[1:])
-        elif method != b"GET":
-            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-        elif path == b"/metrics":
-            body = await asyncio.to_thread(generate_latest, self.registry)
-            status, ctype = "200 OK", CONTENT_TYPE_LATEST
-        elif path == b"/health":
-            ok = self.healthy()
-            status = "200 OK" if ok else "503 Service Unavailable"
-            ctype, body = (
-                "application/json",
-                b'{"status":"ok"}\n' if ok else b'{"status":"stopping"}\n',
-            )
-        else:
-            status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-        writer.write(
-            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode()
-            + body
+    # -- handlers ------------------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self.ops is None or self.ops.healthy():
+            return _json({"status": "ok"})
+        return _json({"status": "stopping"}, 503)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        why = self.ops.ready() if self.ops is not None else None
+        if why is None:
+            return _json({"status": "ready"})
+        return _json({"status": "not ready", "reason": why}, 503)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        name, ctype = _PAGES[request.path]
+        body = resources.files("headrace.observe").joinpath("dashboard", name).read_bytes()
+        return web.Response(body=body, content_type=ctype, headers=_PAGE_HEADERS)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        assert self.board is not None
+        body = dict(self.board.current())
+        if request.query.get("history") in ("1", "true"):
+            body["history"] = self.board.history()
+        return _json(body)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the status, each time the board samples it."""
+        board = self.board
+        assert board is not None
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
+        await response.prepare(request)
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            status = board.current()
+            while not self._closing.is_set():
+                line = json.dumps(status, default=str)
+                await response.write(f"data: {line}\n\n".encode())
+                sampled = asyncio.create_task(board.wait())
+                done, _ = await asyncio.wait(
+                    {sampled, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if sampled not in done:
+                    sampled.cancel()
+                    break
+                status = sampled.result()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the page went away
+        finally:
+            closing.cancel()
+        return response
+
+    async def _admin(self, request: web.Request) -> web.Response:
+        """An admin action: only with ``Authorization: Bearer <token>``, and only when a
+        token was configured (admin calls are off otherwise)."""
+        action = self.ops.actions().get(request.path) if self.ops is not None else None
+        if self.admin_token is None or action is None:
+            return web.Response(status=404, text="not found\n")
+        given = _bearer(request)
+        if given is None or not hmac.compare_digest(
+            given.encode("utf-8", "replace"), self.admin_token.encode("utf-8")
+        ):
+            return web.Response(status=401, text="a valid bearer token is required\n")
+        try:
+            body = await action()
+        except Refused as exc:
+            return _json({"status": "refused", "error": str(exc)}, 409)
+        return _json(body, 202)

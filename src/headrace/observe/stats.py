@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +58,10 @@ class EngineStats:
     started_at: float = field(default_factory=time.monotonic)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     written: dict[str, int] = field(default_factory=dict)
+    # Dead letters by (stage, error type), and the latest outputs an alert sink (a sink with
+    # a filter) took: for the dashboard and /api/status.
+    failed_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    recent_alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
     def mean_batch_size(self) -> float:

@@ -76,6 +76,8 @@ class Commits:
         self.eager = False
         self.uncommitted = Uncommitted(settings.max_uncommitted)
         self._revoking = False
+        # Rebalance callbacks under way (restoring window state included): not ready.
+        self.moving = 0
         self.tracker = OffsetTracker()
         self.committed: dict[PartitionKey, int] = {}
         self.finished = asyncio.Event()  # set whenever records finish
@@ -328,13 +330,17 @@ class Commits:
     ) -> Mapping[PartitionKey, int] | None:
         """Where new partitions start: the delivery's stored positions, else the window
         state's (restored before the partitions' first record), else the source's."""
-        starts = await self.delivery.start_positions(partitions)
-        if self.windows is not None:
-            restored = await self.windows.restore(partitions)
-            self.metrics.state_restore_seconds.set(self.windows.restore_seconds)
-            if restored:
-                starts = {**(starts or {}), **restored}
-        return starts
+        self.moving += 1
+        try:
+            starts = await self.delivery.start_positions(partitions)
+            if self.windows is not None:
+                restored = await self.windows.restore(partitions)
+                self.metrics.state_restore_seconds.set(self.windows.restore_seconds)
+                if restored:
+                    starts = {**(starts or {}), **restored}
+            return starts
+        finally:
+            self.moving -= 1
 
     async def partitions_revoked(
         self, partitions: Sequence[PartitionKey]
@@ -348,11 +354,13 @@ class Commits:
             self.forget(partitions)
             return {}
         self._revoking = True  # no batch waits for commit confirmations meanwhile
+        self.moving += 1
         state.wake()
         try:
             return await self._finish_revoked(partitions)
         finally:
             self._revoking = False
+            self.moving -= 1
 
     async def _finish_revoked(
         self, partitions: Sequence[PartitionKey]

@@ -154,6 +154,8 @@ class Engine:
         self._batcher: Batcher[Record] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        # Where the HTTP server listens (its dashboard's URL), once it does.
+        self.served_at: str | None = None
 
     # -- what others read --------------------------------------------------------------
 
@@ -182,6 +184,28 @@ class Engine:
     def healthy(self) -> bool:
         state = self.state
         return state.running and not state.stopping and state.fatal is None
+
+    def ready(self) -> str | None:
+        """``None`` when ready to take traffic, else why not (the /ready answer): running,
+        not stopping, the model loaded (before running starts), no rebalance or window
+        restore under way, and, for a source that shares partitions, some assigned."""
+        state = self.state
+        if state.fatal is not None:
+            return "failed"
+        if state.stopping:
+            return "stopping"
+        if not state.running:
+            return "starting"
+        if self.commits.moving:
+            return "rebalancing"
+        if isinstance(self.source, PartitionedSource) and not self.source.assigned():
+            return "no partitions assigned"
+        return None
+
+    def pause_reading(self, on: bool) -> None:
+        """Pause (or resume) reading by an operator's call: records in flight finish and
+        are committed; a Kafka consumer keeps its partitions and goes on polling."""
+        self.backpressure.pause("operator", on)
 
     def check_models(self) -> None:
         """Look for new model versions now (the admin call)."""
@@ -333,6 +357,11 @@ class Engine:
         tracker, gate, flow = self.commits.tracker, self.commits.gate, self.backpressure.flow
         records_in, decode = self.metrics.records_in, self._decode
         async for chunk in self.source.chunks():
+            if backpressure.paused:
+                # Paused since the last chunk (an operator, the model down): a source that
+                # is not polled handed this one over before it was held; it waits here,
+                # not yet counted as read.
+                await backpressure.resumed()
             if not gate.is_set():
                 await gate.wait()  # a commit is taking its snapshot of the window state
             n = len(chunk)
@@ -409,5 +438,11 @@ class Engine:
         self.ledger.read(records, size)
 
     def _forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        lag = (self.metrics.lag_records, self.metrics.lag_seconds)
         for key in partitions:
             self.backpressure.forget(key)
+            # Another worker reports them now: a last value kept here would be a lag
+            # nobody works off (and an alert that never clears).
+            for gauge in lag:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(key[0], str(key[1]))

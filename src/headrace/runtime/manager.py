@@ -20,11 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import time as wall_clock
 from typing import Any, Protocol
 
 from headrace import defaults
+from headrace.errors import HeadraceError
 from headrace.models.base import Model, model_label, model_ref
 from headrace.observe.metrics import PipelineMetrics
 
@@ -47,6 +50,21 @@ class ModelSource(Protocol):
     def roll_back(self, bad_version: str, to: str | None = None) -> None:
         """Move the reference off ``bad_version``, if it still points there: to ``to``
         (the version that was serving before it), else one step back. May block."""
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """One change of the serving version (or a version refused), for the dashboard."""
+
+    at: float
+    outcome: str  # serving (at start), swapped, rejected, rolled_back
+    version: str
+    detail: str = ""
+
+
+class NothingToRollBack(HeadraceError):
+    """An operator's rollback found no earlier version to go back to (the message says
+    why)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class ModelManager:
         self._retired: dict[int, Model] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.events: deque[ModelEvent] = deque(maxlen=20)
 
     # -- starting and watching -------------------------------------------------------------
 
@@ -128,6 +147,7 @@ class ModelManager:
         version = await asyncio.to_thread(self.source.latest)
         model = await asyncio.to_thread(self.source.load, version)
         self._set_serving(model, previous=None, probation=False)
+        self._event("serving", model_label(model))
         log.info("model %s: serving %s", self.source.describe(), model_label(model))
         return model
 
@@ -148,9 +168,10 @@ class ModelManager:
         """Look for a new version now (the admin call)."""
         self._wake.set()
 
-    async def check(self) -> bool:
+    async def check(self, *, outcome: str = "swapped") -> bool:
         """Swap in the version the reference points at, if it is new and valid. Returns
-        whether a swap happened."""
+        whether a swap happened; ``outcome`` is what the swap counts as (an operator's
+        rollback swaps in an older version)."""
         async with self._lock:
             self._end_probation_if_due()
             version = await asyncio.to_thread(self.source.latest)
@@ -165,6 +186,7 @@ class ModelManager:
             except Exception as exc:
                 self.rejected.add(version)
                 self.metrics.model_updates.labels("rejected").inc()
+                self._event("rejected", version, str(exc))
                 log.error(
                     "model %s: version %s rejected, %s keeps serving: %s",
                     self.source.describe(),
@@ -174,7 +196,8 @@ class ModelManager:
                 )
                 return False
             self._set_serving(model, previous=current, probation=True)
-            self.metrics.model_updates.labels("swapped").inc()
+            self.metrics.model_updates.labels(outcome).inc()
+            self._event(outcome, model_label(model))
             log.warning(
                 "model %s: now serving %s (was %s; loaded and validated in %.2fs), on "
                 "probation for %gs",
@@ -267,6 +290,7 @@ class ModelManager:
         self.rejected.add(version)
         self._set_serving(good, previous=None, probation=False, retire=bad)
         self.metrics.model_updates.labels("rolled_back").inc()
+        self._event("rolled_back", model_label(good), reason)
         log.error(
             "model %s: rolled back from %s to %s: %s",
             self.source.describe(),
@@ -280,6 +304,38 @@ class ModelManager:
             None, self.source.roll_back, version, model_ref(good).version
         )
         task.add_done_callback(self._rolled_back)
+
+    async def roll_back_now(self, reason: str) -> str:
+        """An operator's rollback; returns the version serving after it.
+
+        A version on probation goes back to the one it replaced (:meth:`roll_back`).
+        Otherwise the reference is moved back on the registry (the alias's history) and
+        the version it then names is swapped in; the one rolled back from is never taken
+        again in this run. Raises :class:`NothingToRollBack` when there is no earlier
+        version (a pinned reference, or an alias with no history)."""
+        current = self.serving
+        if current is None:
+            raise NothingToRollBack("no model is serving yet")
+        if self.previous is not None:
+            self.roll_back(reason)
+            assert self.serving is not None
+            return model_label(self.serving)
+        version = model_ref(current).version
+        await asyncio.to_thread(self.source.roll_back, version, None)
+        if await asyncio.to_thread(self.source.latest) == version:
+            raise NothingToRollBack(
+                f"{self.source.describe()} names no earlier version to go back to (a pinned "
+                "version, or an alias with no history)"
+            )
+        self.rejected.add(version)
+        await self.check(outcome="rolled_back")
+        assert self.serving is not None
+        return model_label(self.serving)
+
+    def _event(self, outcome: str, version: str, detail: str = "") -> None:
+        self.events.append(
+            ModelEvent(at=wall_clock(), outcome=outcome, version=version, detail=detail)
+        )
 
     def _rolled_back(self, future: asyncio.Future[None]) -> None:
         exc = future.exception()

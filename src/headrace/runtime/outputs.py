@@ -83,6 +83,8 @@ class Outputs:
                 if binding.keep is not None:
                     keep = binding.keep
                     out = batch.select([keep(p) for p in batch.predictions])
+                    if len(out):
+                        self._alerted(binding.name, out)
                 failed = await binding.sink.write(out)
                 written[binding.name] += len(out) - len(failed or ())
                 for f in failed or ():  # an output this sink can never take
@@ -116,6 +118,25 @@ class Outputs:
             closed_at = np.fromiter((r.closed_at for r in windows), np.float64, n)
             self.metrics.window_output_delay.observe_many(acked - closed_at)
 
+    def _alerted(self, sink: str, out: ScoredBatch) -> None:
+        """Keep the latest outputs a filtered sink took (at most the last few of a batch:
+        the deque keeps 20)."""
+        recent = self.stats.recent_alerts
+        at = time.time()
+        tail = max(0, len(out) - (recent.maxlen or 20))
+        for record, prediction in zip(
+            out.records[tail:], list(out.predictions)[tail:], strict=True
+        ):
+            recent.append(
+                {
+                    "at": at,
+                    "sink": sink,
+                    "key": _plain(record.key),
+                    "prediction": _plain(prediction),
+                    "event_time": record.event_time,
+                }
+            )
+
     async def set_aside(self, failed: list[FailedRecord], settle: Settle) -> None:
         """Records that will not be scored: shed ones to the shed sink, ones no window
         took to the late sink (if any), the rest to the dead letters. Without a
@@ -144,8 +165,10 @@ class Outputs:
                 "committed."
             )
         await self.dead_letter.write_failures(failed)
+        by = self.stats.failed_by
         for f in failed:
             self.metrics.records_failed.labels(f.stage).inc()
+            by[f.stage, f.error_type] = by.get((f.stage, f.error_type), 0) + 1
         self.stats.records_failed += len(failed)
         self._settle([self.dead_letter], settle, [f.record for f in failed], 0)
 
@@ -157,6 +180,18 @@ class Outputs:
             counter.labels(f.error_type, level_of(f.record)).inc()
         self.stats.records_shed += len(shed_records)
         self._settle([self.shed_sink], settle, [f.record for f in shed_records], 0)
+
+
+def _plain(value: Any) -> Any:
+    """A key or prediction as JSON can show it (NumPy scalars and arrays included)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
 
 
 class SideWrites:

@@ -31,6 +31,7 @@ from headrace.registry import LocalRegistry, Sample, Signature, VersionInfo
 from headrace.runtime.rollout import canary_bucket
 from headrace.tools.audit import audit
 from kafka_helpers import TansuBroker
+from version_helpers import Linear
 from workers import (
     PacedProducer,
     TopicReader,
@@ -66,48 +67,6 @@ _decode = msgspec.json.Decoder().decode
 
 
 # -- models ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Linear:
-    """``features . w + b`` (``relu`` of it, with ``relu``): what a version computes."""
-
-    w: list[float]
-    b: float
-    relu: bool = False
-
-    def __call__(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32).reshape(-1, len(self.w))
-        y = x @ np.asarray(self.w, dtype=np.float32) + np.float32(self.b)
-        return np.maximum(y, 0) if self.relu else y
-
-    def onnx(self, path: Path) -> Path:
-        """The same function as an ONNX graph (MatMul, Add, optionally Relu)."""
-        from onnx import TensorProto, checker, helper, numpy_helper
-
-        w = np.asarray(self.w, dtype=np.float32).reshape(len(self.w), 1)
-        top = "lin" if self.relu else "y"
-        nodes = [
-            helper.make_node("MatMul", ["x", "w"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], [top]),
-        ]
-        if self.relu:
-            nodes.append(helper.make_node("Relu", ["lin"], ["y"]))
-        graph = helper.make_graph(
-            nodes,
-            "linear",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, len(self.w)])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
-            [
-                numpy_helper.from_array(w, "w"),
-                numpy_helper.from_array(np.asarray([self.b], np.float32), "b"),
-            ],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8  # what opset 17 needs; newer IRs may outrun onnxruntime
-        checker.check_model(model)
-        path.write_bytes(model.SerializeToString())
-        return path
 
 
 V1 = Linear(W1, B1)

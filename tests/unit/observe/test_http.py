@@ -5,22 +5,58 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from headrace import Pipeline
-from headrace.observe.http import MetricsPortError, MetricsServer
+from headrace.observe.http import MetricsPortError, MetricsServer, Refused
 from headrace.observe.metrics import PipelineMetrics
 from headrace.runtime.engine import Engine
 from helpers import MemorySink, wait_for
 from version_helpers import FakeSource, FeedSource, make_records
 
 
+class FakeOps:
+    """The operations a server asks for, as a unit test sets them."""
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.why_not_ready: str | None = None
+        self.calls: list[str] = []
+
+    def healthy(self) -> bool:
+        return self.alive
+
+    def ready(self) -> str | None:
+        return self.why_not_ready
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "time": 0.0,
+            "totals": {"in": 0, "out": 0, "batches": 0, "batched_records": 0},
+            "latency": {"p50": None, "p99": None},
+            "in_flight": {"records": 0},
+            "lag": [],
+        }
+
+    def actions(self) -> dict[str, Callable[[], Awaitable[dict[str, Any]]]]:
+        async def check() -> dict[str, Any]:
+            self.calls.append("check")
+            return {"status": "accepted"}
+
+        async def refuse() -> dict[str, Any]:
+            raise Refused("nothing to roll back to")
+
+        return {"/admin/models/check": check, "/admin/models/rollback": refuse}
+
+
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     data = await reader.read()
     writer.close()
@@ -31,8 +67,8 @@ async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
 async def test_metrics_and_health_are_served_on_loopback() -> None:
     metrics = PipelineMetrics()
     metrics.records_out.inc(42)
-    healthy = [True]
-    server = MetricsServer(metrics.registry, port=0, healthy=lambda: healthy[0])
+    ops = FakeOps()
+    server = MetricsServer(metrics.registry, port=0, ops=ops)
     await server.start()
     try:
         assert server.host == "127.0.0.1"
@@ -41,7 +77,7 @@ async def test_metrics_and_health_are_served_on_loopback() -> None:
         assert "headrace_records_out_total 42.0" in body
         assert "headrace_end_to_end_latency_seconds_bucket" in body
         assert (await get(server.port, "/health"))[0] == 200
-        healthy[0] = False
+        ops.alive = False
         assert (await get(server.port, "/health"))[0] == 503
         assert (await get(server.port, "/nope"))[0] == 404
         assert (await get(server.port, "/metrics", method="POST"))[0] == 405
@@ -55,7 +91,7 @@ async def test_metrics_and_health_are_served_on_loopback() -> None:
 async def post(port: int, path: str, *headers: str) -> tuple[int, str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = "".join(f"{h}\r\n" for h in headers)
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{head}\r\n".encode())
     await writer.drain()
     data = await reader.read()
     writer.close()
@@ -64,15 +100,10 @@ async def post(port: int, path: str, *headers: str) -> tuple[int, str]:
 
 
 async def admin_server(token: str | None) -> tuple[MetricsServer, list[str]]:
-    calls: list[str] = []
-    server = MetricsServer(
-        PipelineMetrics().registry,
-        port=0,
-        admin_token=token,
-        admin={"/admin/models/check": lambda: calls.append("check")},
-    )
+    ops = FakeOps()
+    server = MetricsServer(PipelineMetrics().registry, port=0, admin_token=token, ops=ops)
     await server.start()
-    return server, calls
+    return server, ops.calls
 
 
 async def test_admin_calls_are_off_without_a_token() -> None:
@@ -105,9 +136,9 @@ async def test_admin_calls_need_the_right_bearer_token() -> None:
             assert (await post(server.port, path, *headers))[0] == 401, headers
         assert calls == []
         # GET does not run an action, even with the token.
-        assert (await get(server.port, path))[0] == 404
+        assert (await get(server.port, path))[0] == 405
         status, body = await post(server.port, path, "authorization: bearer  s3cret-token")
-        assert (status, body) == (202, '{"status":"accepted"}\n')
+        assert (status, json.loads(body)) == (202, {"status": "accepted"})
         assert calls == ["check"]
         bearer = "Authorization: Bearer s3cret-token"
         assert (await post(server.port, "/admin/nope", bearer))[0] == 404
