@@ -1,6 +1,6 @@
 """The ready-made monitoring in deploy/: the Prometheus rules pass promtool (their syntax,
-and their unit tests on synthetic series), and the Grafana dashboard and the rules name
-only metrics Headrace exports.
+and their unit tests on synthetic series), the Grafana dashboard's queries parse, and the
+dashboard and the rules name only metrics Headrace exports.
 
 promtool comes from Debian's ``prometheus`` package: the ``promtool`` fixture installs it
 with apt when it is missing. Without it the tests skip, except under ``CI=true``, where
@@ -168,6 +168,28 @@ def test_the_alert_rules_fire_on_synthetic_series(promtool: str) -> None:
     """deploy/prometheus/alerts_test.yml: lag, no output, failed updates, the circuit
     breaker and dead letters, each firing where it should and not before."""
     _run_promtool(promtool, "test", "rules", ALERTS_TEST.name)
+
+
+@pytest.mark.timeout(900)
+def test_the_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """promtool parses every panel query, written as a recording rule, with Grafana's
+    interval variables filled in."""
+    exprs = [
+        (panel["title"], t["expr"])
+        for panel in panels(dashboard())
+        for t in panel.get("targets", [])
+    ]
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": re.sub(r"\$__\w*interval|\$__range", "5m", e)}
+        for i, (_, e) in enumerate(exprs)
+    ]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    failed = "\n".join(f"query_{i}: panel {title!r}" for i, (title, _) in enumerate(exprs))
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n(queries by number)\n{failed}"
 
 
 # --- the rules' shape ----------------------------------------------------------------------
