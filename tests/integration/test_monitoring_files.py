@@ -9,15 +9,11 @@ they fail.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ import pytest
 import yaml
 
 from headrace.observe.metrics import PipelineMetrics
+from system_packages import ensure_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "headrace.json"
@@ -33,19 +30,8 @@ ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 SRC = ROOT / "src" / "headrace"
 
-# pytest-xdist runs two processes: one installs, the other waits on this lock.
-INSTALL_LOCK = Path(tempfile.gettempdir()) / "headrace-promtool-install.lock"
-POLICY_RC = Path("/usr/sbin/policy-rc.d")
-APT_INSTALL = [
-    "apt-get",
-    "install",
-    "-y",
-    "-q",
-    "--no-install-recommends",
-    "-o",
-    "DPkg::Lock::Timeout=120",
-    "prometheus",
-]
+# The server the package's install script would start (policy-rc.d stops that) and enable
+# for the next boot: only promtool is wanted.
 BOOT_DISABLE = (
     ["update-rc.d", "prometheus", "disable"],
     ["deb-systemd-helper", "disable", "prometheus.service"],
@@ -72,83 +58,22 @@ KIND_OF = {"BulkHistogram": "histogram", "Info": "info", "Enum": "enum"}
 # --- promtool ------------------------------------------------------------------------------
 
 
-def _prometheus_pids() -> set[int]:
-    """Processes running the Prometheus server binary."""
-    pids = set()
+def _no_server() -> None:
+    """After the install: no Prometheus server running, none started at boot."""
     for exe in Path("/proc").glob("[0-9]*/exe"):
         try:
             if os.readlink(exe) == "/usr/bin/prometheus":
-                pids.add(int(exe.parent.name))
+                os.kill(int(exe.parent.name), signal.SIGTERM)
         except OSError:
             continue
-    return pids
-
-
-def _apt_install() -> str | None:
-    """Installs Debian's prometheus package (for promtool); None, or why it failed.
-
-    The package's postinst starts the server (``invoke-rc.d``/``deb-systemd-invoke``, which
-    listens on :9090) unless ``policy-rc.d`` forbids it: where the machine has none, one
-    that forbids every start is put in place for the install and removed after. Any
-    Prometheus server that still appears during the install is stopped, and the service
-    the postinst enables for the next boot is disabled: only promtool is wanted.
-    """
-    if os.geteuid() != 0:
-        return "not root, so apt-get cannot install it"
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    placed_policy = False
-    before = _prometheus_pids()
-    try:
-        if not POLICY_RC.exists():
-            POLICY_RC.write_text("#!/bin/sh\n# headrace tests: installing promtool\nexit 101\n")
-            POLICY_RC.chmod(0o755)
-            placed_policy = True
-        done = subprocess.run(APT_INSTALL, env=env, capture_output=True, text=True, timeout=540)
-        if done.returncode != 0:  # stale package lists: refresh once, then try again
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
-            done = subprocess.run(APT_INSTALL, env=env, capture_output=True, text=True, timeout=540)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{' '.join(APT_INSTALL)}: {exc}"
-    finally:
-        if placed_policy:
-            POLICY_RC.unlink(missing_ok=True)
-        for pid in _prometheus_pids() - before:
-            os.kill(pid, signal.SIGTERM)
-    if done.returncode == 0:
-        for disable in BOOT_DISABLE:  # either init system's; the other one's is harmless
-            subprocess.run(disable, env=env, capture_output=True, timeout=60, check=False)
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        return f"{' '.join(APT_INSTALL)} exited {done.returncode}: " + " | ".join(tail)
-    return None
+    for disable in BOOT_DISABLE:  # either init system's; the other one's is harmless
+        subprocess.run(disable, capture_output=True, timeout=60, check=False)
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """The path of promtool, installed from Debian's prometheus package when missing."""
-    found = shutil.which("promtool")
-    if found is not None:
-        return found
-    why = "promtool is not on PATH"
-    with INSTALL_LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other xdist process may be installing it
-        found = shutil.which("promtool")
-        if found is None:
-            started = time.monotonic()
-            failed = _apt_install()
-            found = shutil.which("promtool")
-            if found is not None:
-                print(f"installed promtool with apt in {time.monotonic() - started:.1f} s")
-            elif failed is not None:
-                why = failed
-    if found is None:
-        message = f"promtool is missing and could not be installed: {why}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)  # CI machines can install it: a skip would hide that
-        pytest.skip(message)
-    return found
+    return ensure_command("promtool", "prometheus", recommends=False, after_install=_no_server)
 
 
 def _run_promtool(promtool: str, *args: str) -> None:
