@@ -172,7 +172,16 @@ def _supervise(
         # Without an id of the user's, one of this supervisor's own: unique on the machine.
         base_id=None if given else f"{socket.gethostname()}-{os.getpid()}",
     )
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    except MetricsPortError as exc:
+        setting = "--metrics-port" if metrics_port is not None else f"metrics.port in {config}"
+        err.print(
+            f"[red]workers not started:[/red] {escape(str(exc))} — the port comes from {setting}",
+            highlight=False,
+        )
+        supervisor.stop()
+        return EXIT_PIPELINE
 
 
 def _missing_extra(exc: MissingExtraError, path: Path | None = None) -> None:

@@ -8,19 +8,24 @@ the source's ``instance_id`` (or ``HEADRACE_INSTANCE_ID``); without one,
 member joining with an id in use fences the one holding it). The
 supervisor restarts a worker that dies, with backoff, and gives up (stopping the others,
 exit 1) when one keeps dying; it forwards SIGTERM and SIGINT for a graceful stop of all
-(a second signal kills them); and it serves one ``/metrics`` for the group, the workers'
-own scrapes merged with a ``worker`` label, and one progress line. Across machines the
+(a second signal kills them); and it serves the group's dashboard and ``/api/status``
+(the workers' own, merged: :mod:`headrace.observe.group`), one ``/metrics`` (the workers'
+scrapes merged with a ``worker`` label), and one progress line. Across machines the
 same file runs as it is: Kafka's consumer group is what coordinates the workers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -256,13 +261,53 @@ class Supervisor:
                 continue
         return out
 
+    def statuses(self) -> list[tuple[int, dict[str, Any]]]:
+        """Every running worker's ``/api/status`` (a worker not answering is left out)."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        for w in self.workers:
+            if w.proc is None or w.proc.poll() is not None:
+                continue
+            try:
+                url = f"http://127.0.0.1:{w.port}/api/status"
+                with urllib.request.urlopen(url, timeout=0.5) as reply:
+                    out.append((w.index, json.loads(reply.read())))
+            except (OSError, ValueError):
+                continue
+        return out
+
     def _serve_metrics(self, host: str, port: int) -> None:
-        from prometheus_client import start_http_server
+        """The group's HTTP server (its dashboard, merged /metrics and /api/status), on an
+        event loop of its own in a thread: the supervisor itself is not asynchronous.
+        Raises :class:`MetricsPortError` when it cannot listen."""
+        from headrace.observe.group import GroupOperations
+        from headrace.observe.http import MetricsServer
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Group(self))
-        start_http_server(port, addr=host, registry=registry)
-        log.warning("metrics of the group on http://%s:%d/metrics", host, port)
+        ops = GroupOperations(
+            self.statuses, expected=len(self.workers), running=lambda: not self.stopping
+        )
+        server = MetricsServer(registry, host=host, port=port, ops=ops)
+        started: queue.Queue[BaseException | None] = queue.Queue()
+
+        def serve() -> None:
+            async def main() -> None:
+                try:
+                    await server.start()
+                except BaseException as exc:
+                    started.put(exc)
+                    return
+                started.put(None)
+                await asyncio.Event().wait()  # until the process ends (a daemon thread)
+
+            asyncio.run(main())
+
+        threading.Thread(target=serve, name="headrace-group-http", daemon=True).start()
+        failed = started.get()
+        if failed is not None:
+            raise failed
+        # The same startup line as a single worker's, for the group's page.
+        sys.stderr.write(f"dashboard: {server.url}  metrics: {server.url}metrics\n")
 
     def _show(self) -> None:
         out = 0.0

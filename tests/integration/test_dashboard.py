@@ -201,3 +201,40 @@ def test_a_paused_kafka_pipeline_shows_its_lag(
     finally:
         worker.stop()
     assert os.path.exists(tmp_path / "kafka.png")
+
+
+@pytest.mark.slow
+def test_the_supervisors_page_shows_the_whole_group(
+    tansu: TansuBroker, tmp_path: Path, worker_env: dict[str, str], page_of: Any
+) -> None:
+    """`--workers 2`: the supervisor's page adds up both workers (every record scored
+    once, in the group's total) and lists each."""
+    tansu.create_topic("events", partitions=2)
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks="  - type: kafka\n    topic: predictions\n",
+        extra="metrics: {port: 0}\n",
+    )
+    events, _ = SensorEvents(entities=20, seed=4).make(start_id=0, n=400, ts=1.7e9)
+    tansu.produce_json("events", events, key_field="entity_id")
+    group = Worker(config, worker_env, tmp_path / "group.log", args=["--workers", "2"]).start()
+    try:
+        url = dashboard_url(group)  # the supervisor's: it listens before any worker starts
+        page = page_of(url)
+        page.wait(
+            "() => document.querySelectorAll('#workers tbody tr').length === 2",
+            "both workers listed",
+            timeout=60,
+        )
+        page.wait_text(
+            "records-out", "Number(t.replace(/,/g, '')) === 400", "400 scored", timeout=60
+        )
+        status, body = get_json(url + "api/status")
+        assert status == 200 and body["totals"]["out"] == 400
+        assert sorted(w["worker"] for w in body["workers"]) == [0, 1]
+        page.screenshot("group")
+        assert page.errors == []
+        assert group.terminate() == 0, group.tail()  # SIGTERM reaches the workers too
+    finally:
+        group.stop()

@@ -133,6 +133,10 @@ function render(st) {
   setText("model-shadow", m.shadow ? (m.shadow.version + ": " + (m.shadow.agreement === null ? "no comparisons yet" : (m.shadow.agreement * 100).toFixed(1) + "% agree")) : "–");
   fillTable("model-history", m.history.slice().reverse().map((e) => [clock(e.at), e.outcome.replace("_", " "), e.version, e.detail]));
 
+  if (st.workers) {
+    $("workers-panel").hidden = false;
+    fillTable("workers", st.workers.map((w) => [w.worker, w.state, w.ready ? "yes" : "no", w.out, w.model, w.partitions]));
+  }
   fillTable("lag-table", st.lag.map((p) => [p.topic, p.partition, p.records, seconds(p.seconds)]));
   const win = st.windows;
   setText("watermark", win && win.watermark ? new Date(win.watermark * 1000).toISOString() : "–");
