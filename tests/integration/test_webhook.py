@@ -7,14 +7,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cli_helpers import HEADRACE, pipeline_yaml
 from headrace import CallableModel, Pipeline, PipelineError
+from headrace.connectors.base import SinkContext
 from headrace.connectors.webhook import WebhookSink
+from headrace.observe.metrics import PipelineMetrics
+from headrace.record import ModelRef, Record, ScoredBatch
 from headrace.runtime.engine import Engine
 from headrace.testing import Input, TestingSink, TestingSource
 from helpers import wait_for
@@ -232,3 +241,132 @@ async def test_a_webhook_that_is_down_pauses_the_pipeline_and_nothing_is_lost(
     assert "webhook sink 'alerts' answers again" in text
     for secret in (TOKEN, server.path, str(server.port)):
         assert secret not in text, "neither the URL nor a header is logged"
+
+
+# -- batching: a property -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[AlertServer]:
+    with AlertServer() as s:
+        yield s.start()
+
+
+def scored(offsets: range) -> ScoredBatch:
+    records = [
+        Record(key=f"k{o}", value={"id": o}, event_time=1.0, topic="t", partition=0, offset=o)
+        for o in offsets
+    ]
+    ones = [1.0] * len(records)
+    return ScoredBatch(
+        records=records, predictions=ones, model=ModelRef("m", "1"), processed_at=2.0
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), max_size=8),
+    max_records=st.integers(1, 12),
+    max_wait=st.sampled_from([0.0, 0.002, 60.0]),
+    flush_after=st.sets(st.integers(0, 7)),
+)
+def test_posts_carry_each_alert_once_in_order_and_at_most_max_records(
+    shared_server: AlertServer,
+    sizes: list[int],
+    max_records: int,
+    max_wait: float,
+    flush_after: set[int],
+) -> None:
+    """Whatever the writes, flushes and limits: after a flush every alert was posted
+    exactly once, in the order written; no POST holds more than ``max_records``; and
+    without a flush or the wait running out, a POST goes only when it is full."""
+    start = len(shared_server.requests)
+    sink = WebhookSink(shared_server.url, max_records=max_records, max_wait=max_wait)
+    failed: list[Any] = []
+
+    async def set_aside(f: list[Any]) -> None:
+        failed.extend(f)
+
+    sink.bind(SinkContext(metrics=PipelineMetrics(), set_aside=set_aside))
+
+    async def run() -> None:
+        await sink.open()
+        try:
+            offset = 0
+            for i, n in enumerate(sizes):
+                assert await sink.write(scored(range(offset, offset + n))) is None
+                offset += n
+                # A full POST goes with the write that filled it; without a wait, all.
+                assert sink.pending < (max_records if max_wait else 1)
+                if i in flush_after:
+                    await sink.flush()
+                    assert sink.pending == 0
+            await sink.flush()
+        finally:
+            await sink.close()
+
+    asyncio.run(run())
+    posts = [r.json() for r in shared_server.requests[start:]]
+    assert [a["input"]["id"] for p in posts for a in p] == list(range(sum(sizes)))
+    assert all(1 <= len(p) <= max_records for p in posts)
+    if max_wait == 60.0 and not flush_after:
+        assert all(len(p) == max_records for p in posts[:-1]), "only the flush sends a part"
+    assert failed == [] and sink.pending == 0
+
+
+# -- `headrace run`, killed ------------------------------------------------------------------
+
+WEBHOOK_SINK = """  - type: webhook
+    name: alerts
+    url: ${ALERT_WEBHOOK_URL}
+    headers: {Authorization: "Bearer ${ALERT_TOKEN}"}
+    filter: {above: THRESHOLD}
+    batch: {max_records: 20, max_wait_ms: 50}
+    template: json
+    timeout_ms: 2000
+    retries: 5"""
+
+
+def test_sigkill_mid_run_loses_no_alert(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str], server: AlertServer
+) -> None:
+    """Two SIGKILLs of `headrace run` while alerts are being posted, then a run to the
+    end: every output above the threshold reached the endpoint at least once, and no
+    other did. Positions are committed (the file's checkpoint) only after the alerts
+    before them were answered."""
+    server.start()
+    events = [msgspec.json.decode(line) for line in events_file.read_bytes().splitlines()]
+    scores = sorted(sum(e["features"]) for e in events)
+    threshold = scores[int(len(scores) * 0.9)]
+    expected = {e["id"] for e in events if sum(e["features"]) > threshold}
+    sinks = WEBHOOK_SINK.replace("THRESHOLD", repr(threshold))
+    config = pipeline_yaml(tmp_path, events_file, sinks, extra="dead_letter: {type: stdout}")
+    env = {**cli_env, "ALERT_WEBHOOK_URL": server.url, "ALERT_TOKEN": TOKEN}
+    for at_least in (300, 1000):
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            server.wait(
+                lambda n=at_least, p=proc: len(server.delivered()) >= n or p.poll() is not None
+            )
+            assert proc.poll() is None, "the pipeline exited early"
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+    result = subprocess.run(
+        [*HEADRACE, "run", str(config), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    delivered = ids(server.delivered())
+    assert set(delivered) == expected, "every alert at least once, and no other"
+    assert len(delivered) >= len(expected)
+    assert TOKEN not in result.stdout + result.stderr
+    assert server.path not in result.stdout + result.stderr
