@@ -5,8 +5,10 @@ of logs. No HTTP mocks: every request crosses a socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -241,6 +243,39 @@ async def test_a_webhook_that_is_down_pauses_the_pipeline_and_nothing_is_lost(
     assert "webhook sink 'alerts' answers again" in text
     for secret in (TOKEN, server.path, str(server.port)):
         assert secret not in text, "neither the URL nor a header is logged"
+
+
+async def test_a_connection_not_made_in_time_is_an_outage_not_a_failed_attempt() -> None:
+    """A listener whose backlog is full never completes a connection: the endpoint is not
+    reachable, so the alert waits (retried past ``retries``), and is not dead-lettered."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):  # fill the backlog: later connections are never answered
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        failed: list[Any] = []
+
+        async def set_aside(f: list[Any]) -> None:
+            failed.extend(f)
+
+        sink = WebhookSink(
+            f"http://127.0.0.1:{port}/x", max_records=1, timeout=0.05, retries=1, backoff_cap=0.01
+        )
+        sink.bind(SinkContext(metrics=PipelineMetrics(), set_aside=set_aside))
+        await sink.open()
+        write = asyncio.create_task(sink.write(scored(range(1))))
+        try:
+            await wait_for(lambda: sink.down and sink.posts >= 4, timeout=10)
+            assert not write.done() and failed == []
+        finally:
+            write.cancel()
+            await asyncio.wait([write])
+            await sink.close()
 
 
 # -- batching: a property -------------------------------------------------------------------

@@ -171,7 +171,13 @@ class WebhookSink(Sink):
 
     async def open(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # No total: a connection not made in time must tell itself apart (the endpoint
+            # is not reachable) from an answer that does not come (a failed attempt), and
+            # with a total timer as long as the connect timer, which fires first is chance.
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.timeout, sock_read=self.timeout
+            )
+            self._session = aiohttp.ClientSession(timeout=timeout)
 
     # -- accepting -----------------------------------------------------------------------
 

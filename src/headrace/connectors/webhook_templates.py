@@ -25,6 +25,8 @@ from typing import Any
 
 import msgspec
 
+from headrace.errors import HeadraceError
+
 NAMED = ("json", "slack")
 
 #: The fields of an event's output, and of a window's (``headrace.record``), and the
@@ -48,7 +50,7 @@ WINDOW_FIELDS = frozenset(
 FIELDS = EVENT_FIELDS | WINDOW_FIELDS | {"sink"}
 
 
-class TemplateError(ValueError):
+class TemplateError(HeadraceError, ValueError):
     """A template cannot render one output (a field it names is missing, or an expression
     fails on its values). ``missing`` names the field when that is why."""
 

@@ -4,13 +4,18 @@ template checked before anything runs, and the URL and headers never shown."""
 from __future__ import annotations
 
 import copy
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from headrace.build.connectors import KafkaParts, build_sink
 from headrace.config import ConfigError, WebhookSinkConfig, parse_config
 from headrace.connectors.webhook import WebhookSink
+from headrace.connectors.webhook_templates import Renderer
 
 BASE: dict[str, Any] = {
     "source": {"type": "generator", "count": 10},
@@ -150,3 +155,22 @@ def test_neither_config_nor_sink_shows_the_url_or_headers() -> None:
     for shown in (repr(config), repr(config.sinks[0]), repr(sink), str(sink)):
         assert "s3cr3t" not in shown and "tok-42" not in shown and "hooks.example" not in shown
     assert (sink.max_records, sink.max_wait, sink.cooldown, sink.timeout) == (50, 1.0, 60, 5.0)
+
+
+def readme_examples() -> list[Any]:
+    """The YAML blocks of the README's section on the webhook sink."""
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = text.split("### Alerts: the webhook sink", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```yaml\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    return [yaml.safe_load(b) for b in blocks]
+
+
+def test_the_readme_examples_are_valid() -> None:
+    pipeline, template = readme_examples()
+    parse_config({**BASE, **pipeline}, env=ENV)
+    sink = {"type": "webhook", "url": "https://example.com/x", **template}
+    parsed = parse_config({**BASE, "sinks": [sink]}, env={}).sinks[0]
+    assert isinstance(parsed, WebhookSinkConfig) and parsed.batch.max_records == 1
+    out = {"key": "p-1", "prediction": 0.9712, "input": {}}
+    body = Renderer(parsed.template, sink="alerts").body([out])
+    assert json.loads(body) == {"text": "Pump p-1: anomaly score 0.97"}
