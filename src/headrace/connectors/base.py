@@ -123,8 +123,9 @@ class SinkContext:
     ``set_aside`` dead-letters outputs the sink accepted and then could not deliver (a
     sink that sends later, in batches of its own): they go to the dead-letter sink, are
     counted as failed and no longer as written, and the call raises (``PipelineError``)
-    where the pipeline has no dead-letter sink. The sink must finish it before its next
-    ``flush`` returns, so that the dead letters are flushed by the same commit.
+    where the pipeline has no dead-letter sink. It returns once they are flushed there; the
+    sink must finish it before its next ``flush`` returns, so that a commit never passes
+    an output that is neither delivered nor a durable dead letter.
     """
 
     metrics: PipelineMetrics

@@ -75,10 +75,13 @@ class Outputs:
     async def set_aside_written(self, name: str, failed: list[FailedRecord]) -> None:
         """Outputs the sink ``name`` accepted and could not deliver after all: to the dead
         letters. Their records were settled when the sink accepted them, and their
-        positions wait for the sink's next flush, which waits for this."""
+        positions wait for the sink's next flush, which waits for this; the dead letters
+        are flushed here, since a commit may have flushed their sink already."""
         if failed:
             self.stats.written[name] -= len(failed)
             await self.set_aside(failed, _already_settled)
+            if self.dead_letter is not None:
+                await self.dead_letter.flush()
 
     def all_sinks(self) -> list[Sink]:
         """Every sink once, side outputs included: what a commit flushes."""
