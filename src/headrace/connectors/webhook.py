@@ -37,6 +37,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,6 +65,21 @@ class Unreachable(HeadraceError, ConnectionError):
 
 def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, Unreachable)
+
+
+def _secrets(url: str, headers: Mapping[str, str]) -> list[str]:
+    """What to take out of any text the sink quotes, longest first: the URL, its path and
+    query (where Slack and others keep the secret), and each header value and the longer
+    words of it (a token without its ``Bearer``)."""
+    found = {url}
+    parts = urlsplit(url)
+    found.update(p for p in (parts.path, parts.query, parts.netloc) if len(p) >= 8)
+    for key, value in headers.items():
+        if key.lower() == "content-type":
+            continue
+        found.add(value)
+        found.update(w for w in value.split() if len(w) >= 8)
+    return sorted((f for f in found if f), key=len, reverse=True)
 
 
 @dataclass(slots=True)
@@ -124,11 +140,7 @@ class WebhookSink(Sink):
         if not any(k.lower() == "content-type" for k in given):
             given["Content-Type"] = self._renderer.content_type
         self._headers = given
-        self._secrets = sorted(
-            {url, *(v for v in given.values() if len(v) >= 4)} - {self._renderer.content_type},
-            key=len,
-            reverse=True,
-        )
+        self._secrets = _secrets(url, given)
         self.max_records = max_records
         self.max_wait = max_wait
         self.cooldown = cooldown
@@ -324,7 +336,10 @@ class WebhookSink(Sink):
             ) as response:
                 status = response.status
                 retry_after = self._retry_after(response.headers.get("Retry-After"))
-                start = await response.content.read(SNIPPET_CHARS * 4)
+                try:
+                    start = await response.content.read(SNIPPET_CHARS * 4)
+                except (aiohttp.ClientError, TimeoutError):
+                    start = b""  # the status says enough
         except aiohttp.ConnectionTimeoutError as exc:
             raise Unreachable(self._say(exc)) from None
         except TimeoutError:
@@ -361,7 +376,8 @@ class WebhookSink(Sink):
             return "the server closed the connection before answering"
         errno = getattr(getattr(exc, "os_error", exc), "errno", None)
         if isinstance(errno, int) and errno > 0:
-            return f"cannot connect: {os.strerror(errno)}"
+            doing = "cannot connect" if isinstance(exc, aiohttp.ClientConnectorError) else "lost"
+            return f"{doing}: {os.strerror(errno)}"
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             return "cannot connect: the host name does not resolve"
         return self._scrub(type(exc).__name__)
