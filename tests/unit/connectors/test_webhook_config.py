@@ -174,3 +174,25 @@ def test_the_readme_examples_are_valid() -> None:
     out = {"key": "p-1", "prediction": 0.9712, "input": {}}
     body = Renderer(parsed.template, sink="alerts").body([out])
     assert json.loads(body) == {"text": "Pump p-1: anomaly score 0.97"}
+
+
+def test_a_window_output_reads_as_a_line_of_slack_text() -> None:
+    out = {
+        "key": "pump-7",
+        "window": {"start": 0.0, "end": 10.0},
+        "count": 12,
+        "features": {"n": 12},
+        "prediction": 0.95,
+        "model": {"name": "m", "version": "2", "sha256": None},
+        "source": {"topic": "t", "partition": 0},
+        "event_time": 10.0,
+        "processed_at": 11.0,
+    }
+    body = json.loads(Renderer("slack", sink="alerts").body([out, out]))
+    line = (
+        "alerts: pump-7 scored 0.95 (model m version 2, window 1970-01-01T00:00:00Z to "
+        "1970-01-01T00:00:10Z, 12 events, 1970-01-01T00:00:10Z)"
+    )
+    assert body == {"text": f"{line}\n{line}"}
+    templated = Renderer("{{ key }}: {{ count }} since {{ window.start }}", sink="alerts")
+    assert templated.body([out]) == b"pump-7: 12 since 0.0"
