@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from headrace.connectors.kafka import KafkaProducer, KafkaSink, KafkaSource
     from headrace.connectors.mqtt import MqttSource
     from headrace.connectors.postgres import PostgresSink
+    from headrace.connectors.webhook import WebhookSink
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,7 @@ _LAZY = {
     "KafkaSource": "headrace.connectors.kafka",
     "MqttSource": "headrace.connectors.mqtt",
     "PostgresSink": "headrace.connectors.postgres",
+    "WebhookSink": "headrace.connectors.webhook",
 }
 
 
@@ -159,6 +161,7 @@ __all__ = [
     "StdoutSink",
     "Sum",
     "Tumbling",
+    "WebhookSink",
     "WindowOperator",
     "__version__",
     "load_config",

@@ -72,6 +72,7 @@ class ErrorType(StrEnum):
     # output
     OUTPUT_TOO_LARGE = "output-too-large"  # larger than the sink accepts
     OUTPUT_REJECTED = "output-rejected"  # the sink refused this one output for good
+    OUTPUT_RETRIES_EXHAUSTED = "output-retries-exhausted"  # the sink failed on it every retry
 
 
 class HeadraceError(Exception):

@@ -58,6 +58,33 @@ def test_validate_does_not_print_secret_values(
     assert "hunter2" not in result.stdout + result.stderr
 
 
+WEBHOOK_SINK = """  - type: webhook
+    name: alerts
+    url: ${ALERT_WEBHOOK_URL}
+    headers: {Authorization: "Bearer ${ALERT_TOKEN}"}
+    template: TEMPLATE"""
+
+
+def test_validate_checks_a_webhook_sink_and_never_prints_its_secrets(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    env = {
+        **cli_env,
+        "ALERT_WEBHOOK_URL": "https://hooks.example.com/hunter2-path",
+        "ALERT_TOKEN": "hunter2-token",
+    }
+    good = pipeline_yaml(tmp_path, events_file, WEBHOOK_SINK.replace("TEMPLATE", "slack"))
+    result = run_cli("validate", str(good), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "alerts (webhook)" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+    bad = pipeline_yaml(tmp_path, events_file, WEBHOOK_SINK.replace("TEMPLATE", "slak"))
+    result = run_cli("validate", str(bad), env=env)
+    assert result.returncode == 2
+    assert "at sinks[0].template: unknown template 'slak'" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+
+
 def test_run_scores_a_file_to_stdout(
     tmp_path: Path, events_file: Path, cli_env: dict[str, str]
 ) -> None:

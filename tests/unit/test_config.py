@@ -201,7 +201,7 @@ def test_unknown_key_in_a_nested_filter_and_dead_letter() -> None:
     assert expected_keys(message) == ["filter", "fsync", "name", "path"]
 
 
-SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null"}
+SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null", "webhook"}
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ PUBLIC = [
     "StdoutSink",
     "Sum",
     "Tumbling",
+    "WebhookSink",
     "WindowOperator",
     "__version__",
     "load_config",

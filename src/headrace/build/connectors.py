@@ -287,6 +287,22 @@ def _null_sink(c: cfg.NullSinkConfig, use: SinkUse) -> Sink:
     return NullSink(name=use.name)
 
 
+def _webhook_sink(c: cfg.WebhookSinkConfig, use: SinkUse) -> Sink:
+    from headrace.connectors.webhook import WebhookSink
+
+    return WebhookSink(
+        c.url,
+        headers=c.headers,
+        template=c.template,
+        max_records=c.batch.max_records,
+        max_wait=c.batch.max_wait_ms / 1000.0,
+        cooldown=c.cooldown_s,
+        timeout=c.timeout_ms / 1000.0,
+        retries=c.retries,
+        name=use.name,
+    )
+
+
 SINKS: dict[str, SinkBuilder] = {
     "sqlite": _sqlite_sink,
     "jsonl": _jsonl_sink,
@@ -294,6 +310,7 @@ SINKS: dict[str, SinkBuilder] = {
     "postgres": _postgres_sink,
     "stdout": _stdout_sink,
     "null": _null_sink,
+    "webhook": _webhook_sink,
 }
 
 # -- delivery --------------------------------------------------------------------------

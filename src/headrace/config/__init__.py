@@ -42,6 +42,8 @@ from headrace.config.components import (
     SourceConfig,
     SqliteSinkConfig,
     StdoutSinkConfig,
+    WebhookBatchConfig,
+    WebhookSinkConfig,
     sink_name,
 )
 from headrace.config.load import interpolate, load_config, parse_config
@@ -113,6 +115,8 @@ __all__ = [
     "SqliteSinkConfig",
     "StdoutSinkConfig",
     "UpdatesConfig",
+    "WebhookBatchConfig",
+    "WebhookSinkConfig",
     "WindowFeatureConfig",
     "WindowsConfig",
     "check",

@@ -212,6 +212,43 @@ class NullSinkConfig(_SinkSection, kw_only=True, tag="null", tag_field="type"):
     pass
 
 
+class WebhookBatchConfig(Section, kw_only=True):
+    """How many alerts one POST carries at most, and how long the first waits for more."""
+
+    max_records: Positive = 50
+    max_wait_ms: NonNegative = 1000.0
+
+
+class WebhookSinkConfig(_SinkSection, kw_only=True, tag="webhook", tag_field="type"):
+    """Alerts POSTed to an HTTP endpoint (Slack, Teams, Discord incoming webhooks, or your
+    own). ``url`` and ``headers`` come from the environment (``${VAR}``) and are never
+    printed."""
+
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    batch: WebhookBatchConfig = msgspec.field(default_factory=WebhookBatchConfig)
+    template: str = "json"
+    cooldown_s: NonNegative = 0.0
+    timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 5000.0
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 5
+
+    def __post_init__(self) -> None:
+        from headrace.connectors.webhook_templates import template_problem
+
+        # Never the URL itself in the message: it may hold a secret (Slack's does).
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url: expected an http:// or https:// URL")
+        problem = template_problem(self.template)
+        if problem is not None:
+            raise ValueError(f"template: {problem} (sink {self.name or 'webhook'!r})")
+
+    def __repr__(self) -> str:
+        fields = msgspec.structs.asdict(self)
+        fields["url"] = "***"
+        fields["headers"] = {k: "***" for k in self.headers}
+        return f"WebhookSinkConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
 SinkConfig = (
     SqliteSinkConfig
     | JsonLinesSinkConfig
@@ -219,6 +256,7 @@ SinkConfig = (
     | PostgresSinkConfig
     | StdoutSinkConfig
     | NullSinkConfig
+    | WebhookSinkConfig
 )
 
 

@@ -13,6 +13,7 @@ from headrace.config.schema import PipelineConfig
 
 _AT = re.compile(r"^(?P<msg>.*?) - at `\$(?P<path>[^`]*)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+_KEYED = re.compile(r"^(?P<key>[a-z_]+): (?P<rest>.*)$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`$")
 
 
@@ -43,6 +44,11 @@ def explain(message: str, data: Any) -> str:
         allowed = [repr(a) for m in _members(tp) for a in typing.get_args(m)]
         if allowed:
             return f"at {where}: {msg}; expected one of: {', '.join(allowed)}"
+    if (k := _KEYED.match(msg)) is not None and path:
+        # A check of the section's own (``__post_init__``) that names one of its keys first.
+        struct = _resolve(*_type_at(path, data))
+        if struct is not None and k.group("key") in struct.__struct_fields__:
+            return f"at {where}.{k.group('key')}: {k.group('rest')}"
     if path.endswith(".type") and msg.endswith("got `NoneType`"):
         return f'at {where}: {msg}; YAML reads a bare null as nothing: write type: "null"'
     return f"at {where}: {msg}"

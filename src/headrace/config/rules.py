@@ -11,6 +11,7 @@ from headrace.config.components import (
     MqttSourceConfig,
     PostgresSinkConfig,
     RegistryModelConfig,
+    WebhookSinkConfig,
     sink_name,
 )
 from headrace.config.schema import PipelineConfig
@@ -49,6 +50,7 @@ def check(config: PipelineConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
         )
+    _check_webhooks(config, origin, list(zip(sinks, wheres, strict=True)))
     _check_priorities(config, origin)
     _check_updates(config, origin)
     _check_windows(config, origin)
@@ -62,6 +64,33 @@ def check(config: PipelineConfig, origin: str) -> None:
     features = config.model.features
     if features is not None and not features.fields and features.vector is None:
         raise ConfigError(f"{origin}: at model.features: give `fields`, `vector` or both")
+
+
+def _check_webhooks(config: PipelineConfig, origin: str, sinks: list[tuple[object, str]]) -> None:
+    from headrace.connectors.webhook_templates import (
+        EVENT_FIELDS,
+        WINDOW_FIELDS,
+        is_template,
+        template_fields,
+    )
+
+    for sink, where in sinks:
+        if not isinstance(sink, WebhookSinkConfig):
+            continue
+        if not where.startswith("sinks["):
+            raise ConfigError(
+                f"{origin}: at {where}: a webhook sink takes outputs (alerts) only, not "
+                "records set aside; use a sink that stores them, e.g. jsonl or postgres"
+            )
+        if is_template(sink.template):
+            windowed = config.windows is not None
+            other = (EVENT_FIELDS - WINDOW_FIELDS) if windowed else (WINDOW_FIELDS - EVENT_FIELDS)
+            wrong = sorted(template_fields(sink.template) & other)
+            if wrong:
+                kind = "a windowed pipeline's outputs (windows)" if windowed else "event outputs"
+                raise ConfigError(
+                    f"{origin}: at {where}.template: {wrong[0]!r} is not a field of {kind}"
+                )
 
 
 _WINDOW_SIZES = {

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from headrace.record import FailedRecord, Record, ScoredBatch
+
+if TYPE_CHECKING:
+    from headrace.observe.metrics import PipelineMetrics
 
 PartitionKey = tuple[str, int]
 
@@ -112,6 +116,22 @@ class PartitionedSource(Source):
         where the source keeps no positions itself."""
 
 
+@dataclass(frozen=True)
+class SinkContext:
+    """What the engine gives a sink before it opens (:meth:`Sink.bind`).
+
+    ``set_aside`` dead-letters outputs the sink accepted and then could not deliver (a
+    sink that sends later, in batches of its own): they go to the dead-letter sink, are
+    counted as failed and no longer as written, and the call raises (``PipelineError``)
+    where the pipeline has no dead-letter sink. It returns once they are flushed there; the
+    sink must finish it before its next ``flush`` returns, so that a commit never passes
+    an output that is neither delivered nor a durable dead letter.
+    """
+
+    metrics: PipelineMetrics
+    set_aside: Callable[[list[FailedRecord]], Awaitable[None]]
+
+
 class Sink(ABC):
     """Writes scored batches. ``write`` returning means the batch was accepted, except
     the outputs it returns as refused (each a :class:`FailedRecord` saying why: it can
@@ -121,6 +141,9 @@ class Sink(ABC):
     lost are written again, never report a loss once and then succeed."""
 
     name: str = "sink"
+
+    def bind(self, context: SinkContext) -> None:  # noqa: B027 - optional hook
+        """Called by the engine, for the sinks that take outputs, before :meth:`open`."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, create tables. Called once before the first write."""

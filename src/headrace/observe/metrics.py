@@ -155,6 +155,13 @@ class PipelineMetrics:
         )
         for c in (self.batch_size, self.inference_seconds, self.latency):
             r.register(c)
+        self.alerts_suppressed = Counter(
+            "headrace_alerts_suppressed",
+            "Alerts a webhook sink did not send because their key alerted within its "
+            "cooldown_s (counted as written), by sink",
+            ["sink"],
+            registry=r,
+        )
         # Windows (only moved by a windowed pipeline).
         self.windows_closed = Counter(
             "headrace_windows_closed",

@@ -123,6 +123,7 @@ class Engine:
             level_of=events.level_of,
             acks=Acknowledgements(self._write_failed) if delivery.acknowledged else None,
         )
+        self.outputs.bind()
         self.stage: PipelineStage = (
             events
             if windows is None

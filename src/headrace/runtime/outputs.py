@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from headrace.connectors.base import Sink
+from headrace.connectors.base import Sink, SinkContext
 from headrace.errors import Stage
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
@@ -62,6 +62,26 @@ class Outputs:
         self.metrics = metrics
         self.level_of = level_of
         self.stats = stats
+
+    def bind(self) -> None:
+        """Give each sink that takes outputs what it may need of the pipeline."""
+        for binding in self.sinks:
+
+            async def set_aside(failed: list[FailedRecord], name: str = binding.name) -> None:
+                await self.set_aside_written(name, failed)
+
+            binding.sink.bind(SinkContext(metrics=self.metrics, set_aside=set_aside))
+
+    async def set_aside_written(self, name: str, failed: list[FailedRecord]) -> None:
+        """Outputs the sink ``name`` accepted and could not deliver after all: to the dead
+        letters. Their records were settled when the sink accepted them, and their
+        positions wait for the sink's next flush, which waits for this; the dead letters
+        are flushed here, since a commit may have flushed their sink already."""
+        if failed:
+            self.stats.written[name] -= len(failed)
+            await self.set_aside(failed, _already_settled)
+            if self.dead_letter is not None:
+                await self.dead_letter.flush()
 
     def all_sinks(self) -> list[Sink]:
         """Every sink once, side outputs included: what a commit flushes."""
@@ -192,6 +212,10 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool | list | dict):
         return value
     return str(value)
+
+
+def _already_settled(records: Sequence[Record], scored: int) -> None:
+    """Records settled before: nothing more to do."""
 
 
 class SideWrites:
