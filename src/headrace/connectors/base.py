@@ -7,12 +7,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from headrace.errors import HeadraceError
 from headrace.record import FailedRecord, Record, ScoredBatch
 
 if TYPE_CHECKING:
     from headrace.observe.metrics import PipelineMetrics
 
 PartitionKey = tuple[str, int]
+
+
+class CommitRefused(HeadraceError):
+    """The source refused a commit for a reason that passes: its consumer group is
+    rebalancing (Kafka's ``ILLEGAL_GENERATION``, ``REBALANCE_IN_PROGRESS``,
+    ``UNKNOWN_MEMBER_ID``). Nothing was committed; the next commit covers the positions,
+    or, for a partition that moved, its next owner reads them again."""
 
 
 class RebalanceListener(Protocol):

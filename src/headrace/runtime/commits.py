@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from headrace.connectors.base import (
     AcknowledgingSink,
+    CommitRefused,
     PartitionedSource,
     PartitionKey,
     Sink,
@@ -225,7 +226,7 @@ class Commits:
                 return
             try:
                 await self.commit()
-            except CommitPointTimeout as exc:
+            except (CommitPointTimeout, CommitRefused) as exc:
                 log.warning("%s; committing later", exc)
             except Exception as exc:
                 self.state.fail(exc)
@@ -261,6 +262,10 @@ class Commits:
                 timeout,
             )
             self.state.fail(PipelineError("the final commit timed out"))
+        except CommitRefused as exc:
+            # Stopping while the group rebalances: the partitions' next owners read what
+            # was not committed again (at least once), nothing is lost.
+            log.warning("final commit not made: %s", exc)
         except Exception as exc:
             log.error("final commit failed, positions stay where they were: %s", exc)
             self.state.fail(exc)

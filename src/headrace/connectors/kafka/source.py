@@ -22,7 +22,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from headrace.connectors.base import PartitionedSource, PartitionKey, RebalanceListener
+from headrace.connectors.base import (
+    CommitRefused,
+    PartitionedSource,
+    PartitionKey,
+    RebalanceListener,
+)
 from headrace.connectors.kafka.commits import SoonCommits, answers
 from headrace.connectors.kafka.common import (
     KafkaFatalError,
@@ -41,6 +46,16 @@ _CONSUMER_DEFAULTS: Settings = {
     "auto.offset.reset": "earliest",
     "enable.partition.eof": False,
 }
+
+
+# Commit errors that mean "the group is changing", not "the commit cannot work".
+_REBALANCING = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.UNKNOWN_MEMBER_ID,
+    }
+)
 
 
 class KafkaSource(PartitionedSource):
@@ -315,8 +330,16 @@ class KafkaSource(PartitionedSource):
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            if exc.args[0].code() == KafkaError._NO_OFFSET:  # nothing to commit
+            code = exc.args[0].code()
+            if code == KafkaError._NO_OFFSET:  # nothing to commit
                 return
+            if code in _REBALANCING:
+                # The group moved on while this commit was on its way (a member joined
+                # or left): refused, not failed. Seen with --workers and a worker joining.
+                raise CommitRefused(
+                    f"kafka {self.name}: commit refused while the group rebalances "
+                    f"({exc.args[0].name()})"
+                ) from None
             raise
 
     def group_metadata(self) -> Any:
