@@ -175,6 +175,7 @@ class MqttSource(PahoCallbacks, Source):
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
+        client.on_log = self._on_log
         self.client = client
         log.info(
             "mqtt source %s: %s:%s (%s), client_id %s, MQTT %s, QoS %s, filters %s",
