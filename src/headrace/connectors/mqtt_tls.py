@@ -16,6 +16,8 @@ import os
 import ssl
 from dataclasses import dataclass
 
+from headrace.errors import HeadraceError
+
 log = logging.getLogger("headrace.mqtt")
 
 # The port MQTT over TLS listens on by default (IANA's "secure-mqtt"), and plain MQTT's.
@@ -23,7 +25,7 @@ TLS_PORT = 8883
 PLAIN_PORT = 1883
 
 
-class TlsSettingsError(ValueError):
+class TlsSettingsError(HeadraceError, ValueError):
     """A TLS file that is missing, unreadable or not what its key says; the message
     starts with the key (``cert_file: ...``)."""
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from cli_helpers import HEADRACE
 from headrace import CallableModel
 from headrace.build import KafkaParts, build_source
 from headrace.config import ConfigError, MqttSourceConfig, parse_config
@@ -599,3 +600,32 @@ def test_websocket_keys_are_checked() -> None:
         mqtt_config({"transport": "websockets", "ws_path": "mqtt"})
     with pytest.raises(ConfigError, match=r"at source\.transport: Invalid enum value 'ws'"):
         mqtt_config({"transport": "ws"})
+
+
+def test_headrace_validate_names_the_tls_key_and_never_the_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        """
+source:
+  type: mqtt
+  host: broker.example
+  topics: [t]
+  client_id: c
+  username: ${MQTT_USERNAME}
+  password: ${MQTT_PASSWORD}
+  tls: {ca_file: /nonexistent/ca.pem}
+model: {type: callable, name: m, version: "1", function: "mod:fn"}
+sinks: [{type: stdout}]
+"""
+    )
+    env = {**os.environ, "MQTT_USERNAME": "user-7f3a", "MQTT_PASSWORD": "hunter2"}
+    result = subprocess.run(
+        [*HEADRACE, "validate", str(config)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"configuration error {config}: at source.tls.ca_file: /nonexistent/ca.pem does not exist"
+    ], result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "user-7f3a" not in result.stdout + result.stderr

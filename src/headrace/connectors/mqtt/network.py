@@ -146,7 +146,8 @@ class PahoCallbacks:
     def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
         """A TLS alert from the broker before it ever accepted this client (it wants a
         client certificate, or does not trust the one given) reaches paho only as a log
-        line, after which paho would retry until open() times out: fail at once."""
+        line, after which paho would retry until open() times out: fail at once. Set until
+        the first CONNACK only."""
         if self._connected_once or self._closing or level != paho.MQTT_LOG_ERR:
             return
         alert = _TLS_ALERT.search(buf)
@@ -177,6 +178,9 @@ class PahoCallbacks:
             else:
                 log.error("mqtt source %s: %s; retrying", self.name, error)
             return
+        # Only the first connection's TLS alerts matter (see _on_log); with on_log set,
+        # paho formats every log line, one per message received, whether logged or not.
+        client.on_log = None
         session_present = bool(flags.session_present)
         with self._lock:
             epoch = self._epoch
