@@ -4,11 +4,14 @@ its union (and a builder in :mod:`headrace.build`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
 from headrace.config.base import REF, TABLE, Fraction, NonNegative, Port, Positive, Section, Sha256
+
+if TYPE_CHECKING:
+    from headrace.connectors.mqtt_tls import MqttTls
 
 # -- sources ---------------------------------------------------------------------------
 
@@ -52,14 +55,47 @@ class KafkaSourceConfig(Section, kw_only=True, tag="kafka", tag_field="type"):
     max_records: Positive = 1000
 
 
+class MqttTlsConfig(Section, kw_only=True):
+    """TLS for an ``mqtt`` source: ``tls: {}`` trusts the system's CAs. The files are
+    checked when the configuration loads: that they exist, are PEM, and that the key fits
+    the certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    def __post_init__(self) -> None:
+        from headrace.connectors.mqtt_tls import tls_context
+
+        # Raises with the key first ("cert_file: ..."): the message names source.tls.KEY.
+        tls_context(self.settings())
+
+    def settings(self) -> MqttTls:
+        from headrace.connectors.mqtt_tls import MqttTls
+
+        return MqttTls(
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            insecure_skip_verify=self.insecure_skip_verify,
+        )
+
+
 class MqttSourceConfig(Section, kw_only=True, tag="mqtt", tag_field="type"):
     """MQTT topic filters read in a persistent session (``client_id`` names it); a message
-    is acknowledged only once it reached a terminal state. See docs/mqtt.md."""
+    is acknowledged only once it reached a terminal state. ``port`` defaults to 8883 with
+    ``tls`` and 1883 without. ``username`` and ``password`` come from the environment
+    (``${VAR}``, checked before interpolation) and are never shown. See docs/mqtt.md."""
 
     topics: Annotated[list[str], msgspec.Meta(min_length=1)]
     client_id: Annotated[str, msgspec.Meta(min_length=1)]
     host: str = "127.0.0.1"
-    port: Port = 1883
+    # Once loaded: never None (8883 with tls, else 1883).
+    port: Port | None = None
+    tls: MqttTlsConfig | None = None
+    transport: Literal["tcp", "websockets"] = "tcp"
+    ws_path: str | None = None
     qos: Literal[0, 1, 2] = 1
     protocol: Literal[5, "3.1.1"] = 5
     session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)] = 86_400
@@ -73,6 +109,7 @@ class MqttSourceConfig(Section, kw_only=True, tag="mqtt", tag_field="type"):
     max_records: Positive = 500
 
     def __post_init__(self) -> None:
+        from headrace.connectors.mqtt_tls import PLAIN_PORT, TLS_PORT
         from headrace.connectors.mqtt_topics import topic_filter_problem
 
         for t in self.topics:
@@ -84,11 +121,19 @@ class MqttSourceConfig(Section, kw_only=True, tag="mqtt", tag_field="type"):
                 "qos 2 is refused: the client confirms a QoS 2 message on receipt and keeps it "
                 "only in memory, so a crash loses it; use 1 (at-least-once) or 0"
             )
+        if self.ws_path is not None:
+            if self.transport != "websockets":
+                raise ValueError("ws_path: goes with `transport: websockets`; leave it out")
+            if not self.ws_path.startswith("/"):
+                raise ValueError("ws_path: must start with / (e.g. /mqtt)")
+        if self.port is None:
+            self.port = TLS_PORT if self.tls is not None else PLAIN_PORT
 
     def __repr__(self) -> str:
         fields = msgspec.structs.asdict(self)
-        if fields["password"] is not None:
-            fields["password"] = "***"
+        for key in ("username", "password"):
+            if fields[key] is not None:
+                fields[key] = "***"
         return f"MqttSourceConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 

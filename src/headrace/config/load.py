@@ -17,7 +17,7 @@ import yaml
 from headrace.config.base import ConfigError
 from headrace.config.instance import resolve_instance_id
 from headrace.config.messages import explain
-from headrace.config.rules import check
+from headrace.config.rules import check, check_credentials
 from headrace.config.schema import PipelineConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -52,6 +52,7 @@ def parse_config(
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
     env = os.environ if env is None else env
+    check_credentials(data, origin)
     try:
         data = interpolate(data, env)
         # Lax conversion: a number that came in through ${VAR} arrives as a string.

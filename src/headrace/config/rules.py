@@ -3,6 +3,9 @@ and what to do about it."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from headrace.config.base import ConfigError
 from headrace.config.components import (
     JsonLinesSourceConfig,
@@ -287,3 +290,25 @@ def _check_kafka(config: PipelineConfig, origin: str) -> None:
             "shedding or late destination: late events go to that dead_letter), committed in "
             "one database transaction"
         )
+
+
+# The whole value one environment variable, no default: ``${NAME}``.
+_ENV_ONLY = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def check_credentials(data: Any, origin: str) -> None:
+    """An ``mqtt`` source's ``username`` and ``password`` come from the environment: checked
+    on the document as written, before ``${NAME}`` is replaced. The message never shows
+    the value."""
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, dict) or source.get("type") != "mqtt":
+        return
+    for key in ("username", "password"):
+        if key in source and source[key] is not None:
+            value = source[key]
+            if not isinstance(value, str) or _ENV_ONLY.match(value) is None:
+                raise ConfigError(
+                    f"{origin}: at source.{key}: write it as ${{ENV_VAR}} (the whole value, "
+                    "no default): MQTT credentials come from the environment, never from "
+                    "the file"
+                )

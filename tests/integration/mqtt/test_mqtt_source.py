@@ -31,11 +31,12 @@ from headrace import CallableModel
 from headrace.build import KafkaParts, build_source
 from headrace.config import ConfigError, MqttSourceConfig, parse_config
 from headrace.connectors.mqtt import MqttSource
-from headrace.record import Record
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.engine import Engine, EngineSettings
 from headrace.runtime.spec import PipelineSpec
 from helpers import MemorySink, wait_for
+from mqtt_helpers import Reader, ids_of
+from mqtt_helpers import publish as publish_to
 from workers import Worker, models_env, wait_until
 
 paho = pytest.importorskip("paho.mqtt.client")
@@ -46,9 +47,6 @@ from paho.mqtt.properties import Properties  # noqa: E402
 BROKER = os.environ.get("HEADRACE_TEST_MQTT", "127.0.0.1:1883")
 HOST, _, _PORT = BROKER.rpartition(":")
 PORT = int(_PORT)
-FENCE = -1  # the id of a fence message
-
-encode = msgspec.json.encode
 decode = msgspec.json.Decoder().decode
 
 
@@ -112,24 +110,8 @@ def create_session(client_id: str, topic: str, expiry_s: int = 300) -> None:
 
 
 def publish(topic: str, ids: range | list[int]) -> None:
-    """Publish ``{"id": i, "features": [i, 1]}`` at QoS 1; return once the broker has
-    acknowledged every one (so it holds them for every subscribed session)."""
-    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    c.max_inflight_messages_set(100)
-    c.connect(HOST, PORT)
-    c.loop_start()
-    try:
-        infos = [c.publish(topic, encode({"id": i, "features": [float(i), 1.0]}), 1) for i in ids]
-        for info in infos:
-            info.wait_for_publish(10)
-            assert info.is_published(), "the broker did not acknowledge a publish"
-    finally:
-        c.disconnect()
-        c.loop_stop()
-
-
-def ids_of(records: list[Record]) -> list[int]:
-    return [decode(r.raw)["id"] for r in records if r.raw is not None]
+    """Publish numbered messages to the broker under test (see :mod:`mqtt_helpers`)."""
+    publish_to(topic, ids, host=HOST, port=PORT)
 
 
 class RecordingSource(MqttSource):
@@ -147,37 +129,6 @@ class RecordingSource(MqttSource):
         """(offset, mid, qos) of the current connection's unacknowledged messages."""
         with self._lock:
             return list(self._pending)
-
-
-class Reader:
-    """Reads a source's chunks in the test's own pace."""
-
-    def __init__(self, source: MqttSource) -> None:
-        self.source = source
-        self.fence: Record | None = None
-        self._chunks = source.chunks().__aiter__()
-
-    async def take(self, n: int, timeout: float = 10) -> list[Record]:  # noqa: ASYNC109
-        """Exactly the next ``n`` records."""
-        out: list[Record] = []
-        async with asyncio.timeout(timeout):
-            while len(out) < n:
-                out.extend(await self._chunks.__anext__())
-        assert len(out) == n, f"expected {n} records, got {len(out)}: {ids_of(out)}"
-        return out
-
-    async def until_fence(self, topic: str, timeout: float = 10) -> list[Record]:  # noqa: ASYNC109
-        """Publish a fence and return every record that came before it (the fence is
-        kept in ``self.fence``)."""
-        await asyncio.to_thread(publish, topic, [FENCE])
-        out: list[Record] = []
-        async with asyncio.timeout(timeout):
-            while True:
-                for r in await self._chunks.__anext__():
-                    if ids_of([r]) == [FENCE]:
-                        self.fence = r
-                        return out
-                    out.append(r)
 
 
 def source(
@@ -509,19 +460,19 @@ def test_the_configuration_builds_a_source_and_keeps_the_password_out_of_sight()
                 "port": "${MQTT_PORT}",
                 "topics": ["plant/+/sensors", "$share/scorers/alerts/#"],
                 "client_id": "scorer-1",
-                "username": "scorer",
+                "username": "${MQTT_USERNAME}",
                 "password": "${MQTT_PASSWORD}",
                 "protocol": "3.1.1",
                 "max_inflight": 500,
                 "key_field": "device",
             },
         },
-        env={"MQTT_PASSWORD": "hunter2", "MQTT_PORT": "8883"},
+        env={"MQTT_USERNAME": "user-7f3a", "MQTT_PASSWORD": "hunter2", "MQTT_PORT": "8883"},
     )
     c = config.source
     assert isinstance(c, MqttSourceConfig)
     assert (c.port, c.qos, c.session_expiry_s, c.keepalive_s) == (8883, 1, 86_400, 30)
-    assert "hunter2" not in repr(c) and "hunter2" not in str(c)
+    assert "hunter2" not in repr(c) and "hunter2" not in str(c) and "user-7f3a" not in repr(c)
     src, decoder = build_source(c, KafkaParts(config))
     assert isinstance(src, MqttSource)
     assert (src.host, src.port, src.protocol, src.max_inflight) == (

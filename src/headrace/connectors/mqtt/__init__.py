@@ -20,7 +20,9 @@ upsert by position never overwrite a previous run's output with a different mess
 * :mod:`~headrace.connectors.mqtt.source`: :class:`MqttSource`, what the engine calls;
 * :mod:`~headrace.connectors.mqtt.network`: what paho calls on its network thread;
 * :mod:`headrace.connectors.mqtt_topics` (outside this package, to need no paho): topic
-  filters and protocol limits.
+  filters and protocol limits;
+* :mod:`headrace.connectors.mqtt_tls` (outside too, for the same reason): TLS settings,
+  the :class:`ssl.SSLContext` they make, and the words for a failed certificate check.
 
 paho-mqtt is the ``mqtt`` extra: it is imported here first, so that without it this
 import fails with one line that says what to install.
@@ -35,6 +37,7 @@ except ImportError as exc:
 
 from headrace.connectors.mqtt.network import MqttError, Protocol
 from headrace.connectors.mqtt.source import CLOSE_BARRIER_TIMEOUT_S, CONNECT_TIMEOUT_S, MqttSource
+from headrace.connectors.mqtt_tls import MqttTls
 from headrace.connectors.mqtt_topics import (
     MAX_RECEIVE_MAXIMUM,
     MAX_SESSION_EXPIRY_S,
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_SESSION_EXPIRY_S",
     "MqttError",
     "MqttSource",
+    "MqttTls",
     "Protocol",
     "topic_filter_problem",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -44,6 +45,10 @@ class _QuietCleanStop(logging.Filter):
 paho_log.addFilter(_QuietCleanStop())
 
 Protocol = Literal[5, "3.1.1"]
+
+# paho's log line for a TLS alert the broker sent: "[SSL: ...] tlsv13 alert certificate
+# required (_ssl.c:2576)".
+_TLS_ALERT = re.compile(r"\[SSL: [A-Z0-9_]*ALERT[A-Z0-9_]*\] ([^(]*?alert[^(]*?)\s*(?:\(|$)")
 
 
 class MqttError(HeadraceError, RuntimeError):
@@ -137,6 +142,25 @@ class PahoCallbacks:
                 reason,
             )
 
+    @_guarded
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
+        """A TLS alert from the broker before it ever accepted this client (it wants a
+        client certificate, or does not trust the one given) reaches paho only as a log
+        line, after which paho would retry until open() times out: fail at once. Set until
+        the first CONNACK only."""
+        if self._connected_once or self._closing or level != paho.MQTT_LOG_ERR:
+            return
+        alert = _TLS_ALERT.search(buf)
+        if alert is None:
+            return
+        self._fail(
+            MqttError(
+                f"mqtt {self.host}:{self.port}: TLS: the broker refused this client "
+                f"({alert.group(1)}); if it authenticates clients by certificate, set "
+                "source.tls.cert_file and source.tls.key_file to a certificate it trusts"
+            )
+        )
+
     def _new_epoch(self) -> None:
         """Packet ids belong to a connection: forget those of the one that ended."""
         with self._lock:
@@ -154,6 +178,9 @@ class PahoCallbacks:
             else:
                 log.error("mqtt source %s: %s; retrying", self.name, error)
             return
+        # Only the first connection's TLS alerts matter (see _on_log); with on_log set,
+        # paho formats every log line, one per message received, whether logged or not.
+        client.on_log = None
         session_present = bool(flags.session_present)
         with self._lock:
             epoch = self._epoch

@@ -4,8 +4,10 @@ what paho calls on its network thread is in :mod:`~headrace.connectors.mqtt.netw
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -14,6 +16,15 @@ from paho.mqtt.properties import Properties
 
 from headrace.connectors.base import PartitionKey, Source
 from headrace.connectors.mqtt.network import MqttError, PahoCallbacks, Protocol, log, paho_log
+from headrace.connectors.mqtt_tls import (
+    PLAIN_PORT,
+    TLS_PORT,
+    MqttTls,
+    TlsSettingsError,
+    tls_context,
+    verification_failure,
+    warn_insecure,
+)
 from headrace.connectors.mqtt_topics import (
     MAX_RECEIVE_MAXIMUM,
     MAX_SESSION_EXPIRY_S,
@@ -49,6 +60,11 @@ class MqttSource(PahoCallbacks, Source):
     confirms a QoS 2 message (PUBREC) on receipt and holds it only in memory, so a crash
     before it is processed loses it; the broker resends only the release (PUBREL). QoS 1
     is what gives at-least-once here.
+
+    ``tls`` (:class:`~headrace.connectors.mqtt_tls.MqttTls`) encrypts the connection and
+    checks the broker's certificate (a client certificate too, if set); ``port`` then
+    defaults to 8883 instead of 1883. ``transport="websockets"`` speaks MQTT inside a
+    WebSocket at ``ws_path``, as brokers behind HTTP proxies and port 443 want.
     """
 
     def __init__(
@@ -57,7 +73,10 @@ class MqttSource(PahoCallbacks, Source):
         *,
         client_id: str,
         host: str = "127.0.0.1",
-        port: int = 1883,
+        port: int | None = None,
+        tls: MqttTls | None = None,
+        transport: Literal["tcp", "websockets"] = "tcp",
+        ws_path: str = "/mqtt",
         qos: int = 1,
         protocol: Protocol = 5,
         session_expiry_s: int = 86_400,
@@ -90,6 +109,12 @@ class MqttSource(PahoCallbacks, Source):
             problem = topic_filter_problem(t)
             if problem is not None:
                 raise ValueError(f"topic filter {t!r}: {problem}")
+        if transport not in ("tcp", "websockets"):
+            raise ValueError(f"transport must be 'tcp' or 'websockets', not {transport!r}")
+        if tls is not None and (problem := tls.problem()) is not None:
+            raise ValueError(f"tls.{problem}")
+        if port is None:
+            port = TLS_PORT if tls is not None else PLAIN_PORT
         super().__init__(
             list(topics),
             client_id=client_id,
@@ -100,10 +125,13 @@ class MqttSource(PahoCallbacks, Source):
             max_inflight=max_inflight,
             name=name,
         )
+        self.tls = tls
+        self.transport: Literal["tcp", "websockets"] = transport
+        self.ws_path = ws_path
         self.session_expiry_s = session_expiry_s
         self.keepalive_s = keepalive_s
-        self.username = username
-        self._password = password  # never logged, never in a repr
+        self._username = username  # never logged, never in a repr
+        self._password = password
         self.max_records = max_records
         self.client: paho.Client | None = None
 
@@ -126,23 +154,35 @@ class MqttSource(PahoCallbacks, Source):
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
+            transport=self.transport,
         )
         client.enable_logger(paho_log)
         client.reconnect_delay_set(1, 30)
-        if self.username is not None:
-            client.username_pw_set(self.username, self._password)
+        if self.transport == "websockets":
+            client.ws_set_options(path=self.ws_path)
+        if self.tls is not None:
+            try:
+                client.tls_set_context(tls_context(self.tls))
+            except TlsSettingsError as exc:
+                raise MqttError(f"mqtt source {self.name}: at tls.{exc}") from None
+            if self.tls.insecure_skip_verify:
+                warn_insecure(self.name, self.host, self.port)
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_pre_connect = self._on_pre_connect
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
+        client.on_log = self._on_log
         self.client = client
         log.info(
-            "mqtt source %s: %s:%s, client_id %s, MQTT %s, QoS %s, filters %s",
+            "mqtt source %s: %s:%s (%s), client_id %s, MQTT %s, QoS %s, filters %s",
             self.name,
             self.host,
             self.port,
+            self._describe_transport(),
             self.client_id,
             self.protocol,
             self.qos,
@@ -151,7 +191,23 @@ class MqttSource(PahoCallbacks, Source):
         try:
             # The first connect is synchronous so that a refused or unreachable broker is
             # an error here, with the operating system's reason, rather than silent retries.
-            await loop.run_in_executor(None, self._connect, client)
+            try:
+                await loop.run_in_executor(None, self._connect, client)
+            except ssl.SSLCertVerificationError as exc:
+                ca_file = self.tls.ca_file if self.tls is not None else None
+                message = verification_failure(exc, host=self.host, port=self.port, ca_file=ca_file)
+                raise MqttError(message) from None
+            except ssl.SSLError as exc:
+                raise MqttError(
+                    f"mqtt {self.host}:{self.port}: TLS handshake failed ({exc.reason or exc}); "
+                    f"is {self.port} the broker's TLS port (source.port)?"
+                ) from None
+            except paho.WebsocketConnectionError as exc:
+                raise MqttError(
+                    f"mqtt {self.host}:{self.port}: the WebSocket handshake failed ({exc}); "
+                    f"check source.ws_path ({self.ws_path}) and that the port serves "
+                    "MQTT over WebSockets"
+                ) from None
             client.loop_start()
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self._ready
@@ -170,6 +226,16 @@ class MqttSource(PahoCallbacks, Source):
                 "default 20); max_inflight applies to MQTT 5 only",
                 self.name,
             )
+
+    def _describe_transport(self) -> str:
+        scheme = ("wss" if self.tls else "ws") if self.transport == "websockets" else "tcp"
+        where = f"{scheme} {self.ws_path}" if self.transport == "websockets" else scheme
+        if self.tls is None:
+            return where
+        if self.tls.insecure_skip_verify:
+            return f"{where}, TLS without verification"
+        client_cert = ", client certificate" if self.tls.cert_file else ""
+        return f"{where}, TLS{client_cert}"
 
     def _connect(self, client: paho.Client) -> None:
         if self.protocol == 5:
