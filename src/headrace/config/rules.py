@@ -3,8 +3,11 @@ and what to do about it."""
 
 from __future__ import annotations
 
+import re
+
 from headrace.config.base import ConfigError
 from headrace.config.components import (
+    FIELD_NAME,
     JsonLinesSourceConfig,
     KafkaSinkConfig,
     KafkaSourceConfig,
@@ -54,6 +57,7 @@ def check(config: PipelineConfig, origin: str) -> None:
     _check_priorities(config, origin)
     _check_updates(config, origin)
     _check_windows(config, origin)
+    _check_enrich(config, origin)
     f = config.failures
     if f.max_backoff_ms < f.backoff_ms:
         raise ConfigError(
@@ -153,6 +157,40 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at source.checkpoint: window state of a file source lives in memory, "
             "so a checkpoint would skip records a restart needs; leave it out"
         )
+
+
+def _check_enrich(config: PipelineConfig, origin: str) -> None:
+    lookups = config.enrich
+    if lookups is None:
+        return
+    if config.windows is not None:
+        raise ConfigError(
+            f"{origin}: at enrich: lookups apply to events, not windows; a windowed "
+            "pipeline takes no `enrich` (yet)"
+        )
+    intos: dict[str, str] = {}
+    for name, lookup in lookups.items():
+        at = f"{origin}: at enrich.{name}"
+        into = lookup.into or name
+        if lookup.into is None and not re.fullmatch(FIELD_NAME, name):
+            raise ConfigError(
+                f"{at}: the name is what merged fields are prefixed with (NAME.FIELD), so it "
+                "takes no dot or space; rename it or give `into`"
+            )
+        if into in intos:
+            raise ConfigError(
+                f"{at}.into: {into!r} is where lookup {intos[into]!r} merges too; give each "
+                "lookup its own `into`"
+            )
+        intos[into] = name
+        if lookup.fields is not None and len(set(lookup.fields)) != len(lookup.fields):
+            raise ConfigError(f"{at}.fields: a field is named twice")
+        if lookup.default is not None and lookup.fields is not None:
+            extra = sorted(set(lookup.default) - set(lookup.fields))
+            if extra:
+                raise ConfigError(
+                    f"{at}.default: {extra[0]!r} is not one of fields {lookup.fields}"
+                )
 
 
 def _check_updates(config: PipelineConfig, origin: str) -> None:

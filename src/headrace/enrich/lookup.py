@@ -157,6 +157,10 @@ class _Running:
         self.seconds.observe(time.perf_counter() - started)
         return found
 
+    async def _fetch_retrying(self, keys: list[Key]) -> dict[Key, dict[str, Any] | RecordError]:
+        """One round trip, again after each transient failure until the store answers."""
+        return await self.outage.run(lambda: self._fetch(keys), reset=self.lookup.store.reset)
+
     async def apply(self, records: list[Record], failed: list[FailedRecord]) -> list[Record]:
         """Merge the lookup into ``records``; those that cannot be enriched go to
         ``failed``; the others are returned, in order."""
@@ -250,22 +254,35 @@ class _Running:
                     missing.append(k)
                 else:
                     found[k] = v
-            if found:
-                self.hits.inc(len(found))
+        if missing:
+            lock = self._lock
+            waited = lock.locked()
+            async with lock:
+                if waited and cache is not None:
+                    # Another batch fetched while this one waited: take what it cached.
+                    still = []
+                    for k in missing:
+                        v = cache.get(k, _MISS)
+                        if v is _MISS:
+                            still.append(k)
+                        else:
+                            found[k] = v
+                    missing = still
+                if missing:
+                    fetched = await self._fetch_retrying(missing)
+                    for k in missing:
+                        v = fetched.get(k, _ABSENT)
+                        if v.__class__ is dict:
+                            v = self._flat(v)
+                        found[k] = v
+                        if cache is not None:
+                            cache[k] = v
+        if cache is not None:
+            # A hit: served by the cache; a miss: fetched from the store.
+            if len(found) > len(missing):
+                self.hits.inc(len(found) - len(missing))
             if missing:
                 self.misses.inc(len(missing))
-        if missing:
-            async with self._lock:
-                fetched = await self.outage.run(
-                    lambda: self._fetch(missing), reset=self.lookup.store.reset
-                )
-            for k in missing:
-                v = fetched.get(k, _ABSENT)
-                if v.__class__ is dict:
-                    v = self._flat(v)
-                found[k] = v
-                if cache is not None:
-                    cache[k] = v
         default = self.default
         if default is not None:
             for k, v in found.items():
