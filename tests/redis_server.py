@@ -54,6 +54,10 @@ class PrivateRedis:
         )
         deadline = time.monotonic() + 10
         while True:
+            if self.proc.poll() is not None:  # the port taken, for one
+                raise RuntimeError(
+                    f"redis-server did not start: {(self.root / 'server.log').read_text()}"
+                )
             try:
                 with self.client() as c:
                     if c.ping():

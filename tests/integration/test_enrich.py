@@ -35,7 +35,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         server = PrivateRedis()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    with server.start():
+    with server:  # started on entering, killed on leaving
         yield server
 
 
@@ -165,6 +165,7 @@ async def test_missing_keys_get_the_default_or_go_to_the_dead_letters_from_yaml(
     def config(default: dict[str, float] | None, run: str) -> dict[str, Any]:
         lookup: dict[str, Any] = {
             "type": "redis",
+            "name": "device",
             "url": "${REDIS_URL}",
             "key_field": "device_id",
             "key_prefix": "dev:",
@@ -185,7 +186,7 @@ async def test_missing_keys_get_the_default_or_go_to_the_dead_letters_from_yaml(
             },
             "sinks": [{"type": "jsonl", "path": str(tmp_path / f"out-{run}.jsonl")}],
             "dead_letter": {"type": "jsonl", "path": str(tmp_path / f"dead-{run}.jsonl")},
-            "enrich": {"device": lookup},
+            "enrich": [lookup],
         }
 
     def lines(name: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from headrace import config as cfg
 from headrace.enrich.lookup import Lookup, LookupStore
 
 
-def build_lookup(name: str, c: cfg.LookupConfig) -> Lookup:
+def build_lookup(c: cfg.LookupConfig) -> Lookup:
     timeout = c.timeout_ms / 1000.0
     store: LookupStore
     if isinstance(c, cfg.RedisLookupConfig):
@@ -23,7 +23,7 @@ def build_lookup(name: str, c: cfg.LookupConfig) -> Lookup:
         store = PostgresStore(c.dsn, table=c.table, key_column=c.key_column, fields=c.fields)
     cache = c.cache
     return Lookup(
-        name=name,
+        name=c.name,
         store=store,
         key_field=c.key_field,
         into=c.into,
@@ -37,4 +37,4 @@ def build_lookup(name: str, c: cfg.LookupConfig) -> Lookup:
 
 def build_lookups(config: cfg.PipelineConfig) -> list[Lookup]:
     """The lookups, in the order the file lists them."""
-    return [build_lookup(name, c) for name, c in (config.enrich or {}).items()]
+    return [build_lookup(c) for c in config.enrich]

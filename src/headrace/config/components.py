@@ -286,6 +286,7 @@ class LookupCacheConfig(Section, kw_only=True):
 
 
 class _LookupSection(Section, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
     key_field: str
     into: Annotated[str, msgspec.Meta(pattern=FIELD_NAME)] | None = None
     fields: (

@@ -161,21 +161,26 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
 
 def _check_enrich(config: PipelineConfig, origin: str) -> None:
     lookups = config.enrich
-    if lookups is None:
+    if not lookups:
         return
     if config.windows is not None:
         raise ConfigError(
             f"{origin}: at enrich: lookups apply to events, not windows; a windowed "
             "pipeline takes no `enrich` (yet)"
         )
+    names: set[str] = set()
     intos: dict[str, str] = {}
-    for name, lookup in lookups.items():
-        at = f"{origin}: at enrich.{name}"
+    for i, lookup in enumerate(lookups):
+        at = f"{origin}: at enrich[{i}]"
+        name = lookup.name
+        if name in names:
+            raise ConfigError(f"{at}.name: {name!r} names another lookup too")
+        names.add(name)
         into = lookup.into or name
         if lookup.into is None and not re.fullmatch(FIELD_NAME, name):
             raise ConfigError(
-                f"{at}: the name is what merged fields are prefixed with (NAME.FIELD), so it "
-                "takes no dot or space; rename it or give `into`"
+                f"{at}.name: merged fields are named INTO.FIELD, and `into` defaults to the "
+                f"name, so {name!r} would need no dot or space; rename it or give `into`"
             )
         if into in intos:
             raise ConfigError(

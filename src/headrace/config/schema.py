@@ -196,4 +196,4 @@ class PipelineConfig(Section, kw_only=True):
     metrics: MetricsConfig | None = None
     kafka: KafkaConfig | None = None
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
-    enrich: dict[str, LookupConfig] | None = None
+    enrich: list[LookupConfig] = msgspec.field(default_factory=list)
