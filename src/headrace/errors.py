@@ -57,12 +57,12 @@ class ErrorType(StrEnum):
     MISSING_FIELD = "missing-field"  # a field that must be there is not
     WRONG_TYPE = "wrong-type"  # a field holds the wrong kind of value
     INVALID_TIME = "invalid-time"  # an event time that is no time (no zone, out of range)
+    # enrich
+    LOOKUP_MISSING = "lookup-missing"  # its key is not in the lookup's store, and no default
     # validate
     NON_FINITE = "non-finite"  # a feature is NaN or infinite
     OUT_OF_RANGE = "out-of-range"  # a feature is too large for the feature matrix's type
     WRONG_SHAPE = "wrong-shape"  # a different number of features than the others
-    # enrich
-    LOOKUP_MISSING = "lookup-missing"  # its key is not in the lookup's store, and no default
     # window
     LATE = "late"  # behind the watermark by more than the allowed lateness
     # model

@@ -17,7 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from headrace import CallableModel, Featurizer, Pipeline
+from headrace import CallableModel, Featurizer, Pipeline, PipelineError
 from headrace.config import parse_config
 from headrace.enrich.lookup import Lookup
 from headrace.enrich.postgres_store import PostgresStore
@@ -371,3 +371,27 @@ async def test_postgres_going_away_pauses_reading_and_loses_nothing() -> None:
         e["id"]: expected({**e, "device_id": f"d{e['device_id']}"}, gains) for e in first + second
     }
     assert summary.committed == {("testing", 0): 80}
+
+
+async def test_a_stop_while_the_store_is_away_commits_nothing_it_holds(
+    private_redis: PrivateRedis,
+) -> None:
+    await asyncio.to_thread(private_redis.stop)
+    source = TestingSource(events(20, 5), chunk_size=20)
+    outputs, dead = TestingSink(), TestingSink("dead")
+    store = RedisStore(private_redis.url, key_prefix="device:")
+    lookup = Lookup(name="device", store=store, key_field="device_id")
+    engine = pipeline(source, lookup, outputs, dead).build()
+    run = asyncio.create_task(engine.run())
+    try:
+        await until(
+            lambda: sample(engine, "headrace_source_paused", reason="enrich-down") == 1,
+            "reading paused for the lookup",
+        )
+        engine.stop()
+        with pytest.raises(PipelineError, match="stopped while lookup 'device' waited"):
+            await asyncio.wait_for(run, 10)
+    finally:
+        run.cancel()
+    assert outputs.outputs == [] and dead.failures == []
+    assert source.committed.get(("testing", 0), 0) == 0  # read again by the next run

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from headrace.build import configure
 from headrace.config import (
@@ -190,3 +193,19 @@ def test_windows_take_no_lookups() -> None:
 def test_unset_variables_are_named() -> None:
     message = error_of(config(), env={"PG_DSN": "postgresql://db/x"})
     assert "at enrich[0].url: environment variable REDIS_URL is not set" in message
+
+
+def test_the_readme_example_is_valid() -> None:
+    """The YAML of the README's section on lookups, completed into a pipeline."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### Feature lookups: enrich", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"^```yaml\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    assert block is not None
+    example = yaml.safe_load(block.group(1))
+    data = copy.deepcopy(BASE)
+    data["enrich"] = example["enrich"]
+    data["model"]["features"] = example["model"]["features"]
+    c = parse_config(data, env=ENV)
+    assert [lk.name for lk in c.enrich] == ["device", "profile"]
+    device, profile = configure(Pipeline(), c).spec.lookups
+    assert device.default == {"gain": 1.0, "offset": 0.0} and profile.default is None
