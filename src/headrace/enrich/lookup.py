@@ -68,7 +68,6 @@ class LookupUnavailableError(HeadraceError, RuntimeError):
 
 # What the cache holds for a key the store does not have (negative results are cached).
 _ABSENT: Any = object()
-_MISS: Any = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +174,10 @@ class _Running:
             return await self._apply_slow(records, failed)
         found = await self._values(distinct)
         if all(v.__class__ is dict for v in found.values()):
-            # Every key resolved: one C-level dict update per record.
+            # Every key resolved: one dict update per record. A cached lookup of a
+            # 256-record batch with 100 distinct keys costs 0.5-0.75 µs a record in all,
+            # about what featurizing 3 fields costs (`python -m bench.enrich_lookup`,
+            # 2-core EPYC shared with other work, 2026-12-05).
             for r, k in zip(records, keys, strict=True):
                 r.value.update(found[k])
             return records
@@ -247,13 +249,16 @@ class _Running:
         if cache is None:
             missing = list(keys)
         else:
+            # `cache[k]` in a try costs 0.4 µs a key where `cache.get(k)` costs 1.2-1.4 µs
+            # (`python -m bench.enrich_lookup`, 2026-12-05): per distinct key of every
+            # batch, `get` was most of a cached lookup's time. A miss raises, then waits
+            # for a round trip anyway.
             missing = []
             for k in keys:
-                v = cache.get(k, _MISS)
-                if v is _MISS:
+                try:
+                    found[k] = cache[k]
+                except KeyError:
                     missing.append(k)
-                else:
-                    found[k] = v
         if missing:
             lock = self._lock
             waited = lock.locked()
@@ -262,11 +267,10 @@ class _Running:
                     # Another batch fetched while this one waited: take what it cached.
                     still = []
                     for k in missing:
-                        v = cache.get(k, _MISS)
-                        if v is _MISS:
+                        try:
+                            found[k] = cache[k]
+                        except KeyError:
                             still.append(k)
-                        else:
-                            found[k] = v
                     missing = still
                 if missing:
                     fetched = await self._fetch_retrying(missing)
