@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from headrace import defaults
 from headrace.connectors.base import Sink, Source
+from headrace.enrich.lookup import Lookup
 from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
 from headrace.observe.http import MetricsServer
@@ -226,6 +227,12 @@ class PipelineBuilder:
     def dead_letter(self, sink: Sink) -> Self:
         """Where records that fail decoding, featurizing or the model go, with the error."""
         self._spec = replace(self._spec, dead_letter=sink)
+        return self
+
+    def enrich(self, lookup: Lookup) -> Self:
+        """Look values up before the features, once per batch (see
+        :class:`~headrace.enrich.lookup.Lookup`); lookups run in the order added."""
+        self._spec = replace(self._spec, lookups=(*self._spec.lookups, lookup))
         return self
 
     def windows(

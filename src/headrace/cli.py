@@ -260,6 +260,10 @@ def _describe(cfg: PipelineConfig) -> None:
         shed = cfg.shedding
         levels = ", ".join(shed.priorities) if shed.priorities else "lowest level"
         typer.echo(f"  shedding    {levels} to {sink_name(shed.destination, shed=True)}")
+    for lookup in cfg.enrich:
+        tag = type(lookup).__struct_config__.tag
+        into = lookup.into or lookup.name
+        typer.echo(f"  enrich      {lookup.name}: {tag} by {lookup.key_field} into {into}.*")
     if cfg.windows is not None:
         w = cfg.windows
         length = {"session": f"gap {w.gap_s}", "hopping": f"{w.size_s} every {w.hop_s}"}

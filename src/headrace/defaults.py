@@ -58,3 +58,8 @@ SHADOW_TIMEOUT = 30.0
 # The metrics server.
 METRICS_HOST = "127.0.0.1"
 METRICS_PORT = 9108
+
+# Lookups before the features (`enrich`): the cache in front of a store, a call's timeout.
+ENRICH_CACHE_TTL = 60.0
+ENRICH_CACHE_MAX = 100_000
+ENRICH_TIMEOUT = 5.0

@@ -35,6 +35,7 @@ class Stage(StrEnum):
     """Where a record stopped."""
 
     DECODE = "decode"  # its bytes are not a valid event
+    ENRICH = "enrich"  # a lookup before the features found nothing for it (and no default)
     VALIDATE = "validate"  # the event has no valid features
     WINDOW = "window"  # no window took it (late, or no key or time to place it by)
     MODEL = "model"  # the model failed on it, alone, after retries
@@ -51,11 +52,13 @@ class ErrorType(StrEnum):
     INVALID_UTF8 = "invalid-utf8"  # not UTF-8 text
     INVALID_JSON = "invalid-json"  # not a JSON document (NaN and Infinity are not JSON)
     TOO_DEEP = "too-deep"  # nested deeper than the decoder allows
-    # decode (key and event-time fields), validate and window
+    # decode (key and event-time fields), enrich (the lookup key), validate and window
     NOT_AN_OBJECT = "not-an-object"  # a field was asked of a value that is no JSON object
     MISSING_FIELD = "missing-field"  # a field that must be there is not
     WRONG_TYPE = "wrong-type"  # a field holds the wrong kind of value
     INVALID_TIME = "invalid-time"  # an event time that is no time (no zone, out of range)
+    # enrich
+    LOOKUP_MISSING = "lookup-missing"  # its key is not in the lookup's store, and no default
     # validate
     NON_FINITE = "non-finite"  # a feature is NaN or infinite
     OUT_OF_RANGE = "out-of-range"  # a feature is too large for the feature matrix's type

@@ -160,8 +160,8 @@ def test_uppercase_sha256_is_accepted() -> None:
         (
             (),
             "top level",
-            "admin batching dead_letter delivery failures flow kafka metrics model name priority "
-            "runtime shedding sinks source updates windows",
+            "admin batching dead_letter delivery enrich failures flow kafka metrics model name "
+            "priority runtime shedding sinks source updates windows",
         ),
         (("source",), "source", "checkpoint key_field max_bytes path time_field"),
         (

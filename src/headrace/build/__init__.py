@@ -3,7 +3,8 @@ and the delivery guarantee that ties them together.
 
 Building goes one way: :mod:`~headrace.build.assemble` drives the Python builder
 (:mod:`headrace.builder`) with what :mod:`~headrace.build.connectors`,
-:mod:`~headrace.build.models` and :mod:`~headrace.build.windows` make from their
+:mod:`~headrace.build.models`, :mod:`~headrace.build.windows` and
+:mod:`~headrace.build.enrich` make from their
 sections. Import from here: the split is not part of the API.
 """
 
@@ -23,6 +24,7 @@ from headrace.build.connectors import (
     build_sink,
     build_source,
 )
+from headrace.build.enrich import build_lookup, build_lookups
 from headrace.build.models import (
     build_featurizer,
     build_model,
@@ -45,6 +47,8 @@ __all__ = [
     "build_delivery",
     "build_failure_policy",
     "build_featurizer",
+    "build_lookup",
+    "build_lookups",
     "build_model",
     "build_operator",
     "build_priorities",

@@ -21,6 +21,7 @@ from headrace.build.connectors import (
     build_source,
     pg_transactional,
 )
+from headrace.build.enrich import build_lookups
 from headrace.build.models import build_featurizer, build_model, module_search_path, registry_source
 from headrace.build.windows import build_changelog, build_operator
 from headrace.builder import PipelineBuilder
@@ -94,6 +95,8 @@ def configure(p: B, config: cfg.PipelineConfig, *, path: str | Path | None = Non
         p.metrics(port=config.metrics.port, host=config.metrics.host)
     if config.windows is not None:
         _configure_windows(p, config, kafka, built[0] if transactional else None)
+    for lookup in build_lookups(config):
+        p.enrich(lookup)
     return p
 
 

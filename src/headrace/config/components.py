@@ -1,10 +1,12 @@
-"""The schema of a pipeline's components: its source, its model and its sinks. Each is a
+"""The schema of a pipeline's components: its source, its model, its sinks and its lookups
+(``enrich``). Each is a
 union whose ``type:`` key picks the class; adding a type is a class here and an entry in
 its union (and a builder in :mod:`headrace.build`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
@@ -312,3 +314,75 @@ def sink_name(sink: SinkConfig, *, dead_letter: bool = False, shed: bool = False
     if dead_letter:
         return "dead_letter"
     return "shed" if shed else str(type(sink).__struct_config__.tag)
+
+
+# -- lookups (enrich) ------------------------------------------------------------------
+
+# A name the featurizer reads as `INTO.FIELD`, a column or a hash field: no dot in it.
+FIELD_NAME = r"^[^.\s]+$"
+COLUMN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class LookupCacheConfig(Section, kw_only=True):
+    """The TTL cache in front of a lookup's store: found values and absent keys alike."""
+
+    ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    max_entries: Positive = 100_000
+
+
+class _LookupSection(Section, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    key_field: str
+    into: Annotated[str, msgspec.Meta(pattern=FIELD_NAME)] | None = None
+    fields: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(pattern=FIELD_NAME)]], msgspec.Meta(min_length=1)
+        ]
+        | None
+    ) = None
+    default: dict[str, Any] | None = None
+    cache: LookupCacheConfig | None = msgspec.field(default_factory=LookupCacheConfig)
+    timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 5000.0
+
+
+class RedisLookupConfig(_LookupSection, kw_only=True, tag="redis", tag_field="type"):
+    """Values in Redis at ``key_prefix`` + the event's key: JSON objects in string keys
+    (``kind: json``, one MGET per batch) or hashes (``kind: hash``, HMGET of ``fields`` or
+    HGETALL, pipelined). ``url`` comes from the environment and is never printed."""
+
+    url: str
+    key_prefix: str = ""
+    kind: Literal["json", "hash"] = "json"
+
+    def __post_init__(self) -> None:
+        # Never the URL itself in the message: it may hold a password.
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url: expected a redis://, rediss:// or unix:// URL")
+
+    def __repr__(self) -> str:
+        fields = msgspec.structs.asdict(self)
+        fields["url"] = "***"
+        return f"RedisLookupConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+class PostgresLookupConfig(_LookupSection, kw_only=True, tag="postgres", tag_field="type"):
+    """Rows of ``table`` whose ``key_column`` equals the event's key (one SELECT ... WHERE
+    key = ANY(...) per batch); ``fields`` are the columns (default: all). ``dsn`` comes
+    from the environment and is never printed."""
+
+    dsn: str
+    table: Annotated[str, msgspec.Meta(pattern=TABLE)]
+    key_column: Annotated[str, msgspec.Meta(pattern=COLUMN)]
+
+    def __post_init__(self) -> None:
+        for f in self.fields or ():
+            if not re.fullmatch(COLUMN, f):
+                raise ValueError(f"fields: {f!r} is not a column name (letters, digits, _)")
+
+    def __repr__(self) -> str:
+        fields = msgspec.structs.asdict(self)
+        fields["dsn"] = "***"
+        return f"PostgresLookupConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+
+LookupConfig = RedisLookupConfig | PostgresLookupConfig

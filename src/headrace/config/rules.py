@@ -8,6 +8,7 @@ from typing import Any
 
 from headrace.config.base import ConfigError
 from headrace.config.components import (
+    FIELD_NAME,
     JsonLinesSourceConfig,
     KafkaSinkConfig,
     KafkaSourceConfig,
@@ -57,6 +58,7 @@ def check(config: PipelineConfig, origin: str) -> None:
     _check_priorities(config, origin)
     _check_updates(config, origin)
     _check_windows(config, origin)
+    _check_enrich(config, origin)
     f = config.failures
     if f.max_backoff_ms < f.backoff_ms:
         raise ConfigError(
@@ -156,6 +158,45 @@ def _check_windows(config: PipelineConfig, origin: str) -> None:
             f"{origin}: at source.checkpoint: window state of a file source lives in memory, "
             "so a checkpoint would skip records a restart needs; leave it out"
         )
+
+
+def _check_enrich(config: PipelineConfig, origin: str) -> None:
+    lookups = config.enrich
+    if not lookups:
+        return
+    if config.windows is not None:
+        raise ConfigError(
+            f"{origin}: at enrich: lookups apply to events, not windows; a windowed "
+            "pipeline takes no `enrich` (yet)"
+        )
+    names: set[str] = set()
+    intos: dict[str, str] = {}
+    for i, lookup in enumerate(lookups):
+        at = f"{origin}: at enrich[{i}]"
+        name = lookup.name
+        if name in names:
+            raise ConfigError(f"{at}.name: {name!r} names another lookup too")
+        names.add(name)
+        into = lookup.into or name
+        if lookup.into is None and not re.fullmatch(FIELD_NAME, name):
+            raise ConfigError(
+                f"{at}.name: merged fields are named INTO.FIELD, and `into` defaults to the "
+                f"name, so {name!r} would need no dot or space; rename it or give `into`"
+            )
+        if into in intos:
+            raise ConfigError(
+                f"{at}.into: {into!r} is where lookup {intos[into]!r} merges too; give each "
+                "lookup its own `into`"
+            )
+        intos[into] = name
+        if lookup.fields is not None and len(set(lookup.fields)) != len(lookup.fields):
+            raise ConfigError(f"{at}.fields: a field is named twice")
+        if lookup.default is not None and lookup.fields is not None:
+            extra = sorted(set(lookup.default) - set(lookup.fields))
+            if extra:
+                raise ConfigError(
+                    f"{at}.default: {extra[0]!r} is not one of fields {lookup.fields}"
+                )
 
 
 def _check_updates(config: PipelineConfig, origin: str) -> None:

@@ -10,7 +10,7 @@ import msgspec
 
 from headrace import defaults
 from headrace.config.base import REF, TABLE, Fraction, NonNegative, Port, Positive, Seconds, Section
-from headrace.config.components import ModelConfig, SinkConfig, SourceConfig
+from headrace.config.components import LookupConfig, ModelConfig, SinkConfig, SourceConfig
 
 
 class BatchingConfig(Section, kw_only=True):
@@ -196,3 +196,4 @@ class PipelineConfig(Section, kw_only=True):
     metrics: MetricsConfig | None = None
     kafka: KafkaConfig | None = None
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    enrich: list[LookupConfig] = msgspec.field(default_factory=list)

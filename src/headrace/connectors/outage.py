@@ -28,7 +28,8 @@ class Outage:
     Backoff starts at ``first`` seconds and doubles up to ``cap``. The log says the outage
     began (with the error), then at most once per ``log_every`` seconds that it goes on,
     then once that the service answers again and after how long. ``down`` is true while
-    an operation waits for the service (for metrics and health).
+    an operation waits for the service (for metrics and health); ``on_down`` (if given) is
+    called with true when an outage begins and with false when it ends.
     """
 
     def __init__(
@@ -39,8 +40,10 @@ class Outage:
         first: float = 0.1,
         cap: float = 5.0,
         log_every: float = 30.0,
+        on_down: Callable[[bool], None] | None = None,
     ) -> None:
         self.what = what
+        self.on_down = on_down
         self.transient = transient
         self.first = first
         self.cap = cap
@@ -68,6 +71,8 @@ class Outage:
                 attempt += 1
                 if attempt == 1:
                     started = time.monotonic()
+                if not self.down and self.on_down is not None:
+                    self.on_down(True)
                 self.down = True
                 delay = min(self.cap, self.first * 2.0 ** min(attempt - 1, 32))
                 held = self._throttle.allow()
@@ -83,6 +88,8 @@ class Outage:
                 continue
             if attempt:
                 self.down = False
+                if self.on_down is not None:
+                    self.on_down(False)
                 self._throttle.reset()
                 log.warning(
                     "%s answers again after %.1f s and %d failed attempts: resuming",

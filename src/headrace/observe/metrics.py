@@ -50,6 +50,34 @@ class BulkHistogram(Collector):
         )
 
 
+class LabelledBulkHistogram(Collector):
+    """A :class:`BulkHistogram` per value of one label (a lookup's name), exported as one
+    histogram family; a label value appears with its first observation."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.buckets = tuple(buckets)
+        self.children: dict[str, BulkHistogram] = {}
+
+    def labels(self, value: str) -> BulkHistogram:
+        child = self.children.get(value)
+        if child is None:
+            child = self.children[value] = BulkHistogram(self.name, "", self.buckets)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, child in sorted(self.children.items()):
+            cumulative = np.cumsum(child.counts).tolist()
+            bounds = [*(repr(float(b)) for b in child.bounds), "+Inf"]
+            family.add_metric(
+                [value], list(zip(bounds, cumulative, strict=True)), sum_value=child.total
+            )
+        yield family
+
+
 class PipelineMetrics:
     """Every metric a pipeline exports, in a registry of its own."""
 
@@ -76,7 +104,7 @@ class PipelineMetrics:
         )
         self.source_paused = Gauge(
             "headrace_source_paused",
-            "1 while reading is paused (in-flight bound reached, or the model is down)",
+            "1 while reading is paused (in-flight bound reached, the model or a lookup store down)",
             ["reason"],
             registry=r,
         )
@@ -200,3 +228,18 @@ class PipelineMetrics:
             LATENCY_BUCKETS,
         )
         r.register(self.window_output_delay)
+        # Lookups before the features (only moved by a pipeline with `enrich`).
+        self.enrich_seconds = LabelledBulkHistogram(
+            "headrace_enrich_seconds",
+            "Time of one lookup round trip to a store (one per batch with keys not cached)",
+            "lookup",
+            INFERENCE_BUCKETS,
+        )
+        r.register(self.enrich_seconds)
+        self.enrich_cache = Counter(
+            "headrace_enrich_cache",
+            "Keys looked up in a lookup's cache, by outcome (hit, miss), once per distinct "
+            "key of a batch",
+            ["lookup", "outcome"],
+            registry=r,
+        )

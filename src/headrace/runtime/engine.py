@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 
 from headrace.connectors.base import DecodedSource, PartitionedSource
+from headrace.enrich.lookup import Enricher
 from headrace.models.base import Model
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats, RunSummary
@@ -135,6 +136,17 @@ class Engine:
             stats=self.stats,
             on_breaker=lambda down: self.backpressure.pause("model-down", down),
         )
+        # Lookups before the features; a store that is away pauses reading like a model
+        # that is down.
+        self.enricher = (
+            Enricher(
+                spec.lookups,
+                self.metrics,
+                on_down=lambda down: self.backpressure.pause("enrich-down", down),
+            )
+            if spec.lookups
+            else None
+        )
         self.scorer = Scorer(
             model=spec.model, rollout=spec.rollout, featurizer=spec.featurizer, caller=self.caller
         )
@@ -230,6 +242,8 @@ class Engine:
         self.state.stopping = True
         log.info("stopping %s: finishing in-flight records", self.name)
         self.caller.stop()
+        if self.enricher is not None:
+            self.enricher.stop()
         if self._reader is not None:
             self._reader.cancel()
 
@@ -283,6 +297,8 @@ class Engine:
             parts.push_async_callback(close_logging, sink.name, sink.close)
         await self.stage.open()
         parts.push_async_callback(close_logging, "the window changelog", self.stage.close)
+        if self.enricher is not None:  # stores connect on their first lookup
+            parts.push_async_callback(close_logging, "the lookups", self.enricher.close)
         if isinstance(self.source, PartitionedSource):
             self.source.bind(self.commits)
         await self.source.open()
@@ -411,6 +427,10 @@ class Engine:
         turn = self.order.turn()
         try:
             records, failed = self.stage.prepare(records)
+            if self.enricher is not None:
+                # One awaited round trip per lookup and batch (keys not cached); other
+                # batches and the reader go on meanwhile.
+                records = await self.enricher.enrich(records, failed)
             scored = await self.scorer.score(records, failed, self.stage.kind)
             async with turn:  # write in batch order: per key, outputs keep source order
                 if self.state.fatal is not None:

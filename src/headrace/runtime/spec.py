@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from headrace import defaults
 from headrace.connectors.base import Sink, Source
+from headrace.enrich.lookup import Lookup
 from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
 from headrace.observe.metrics import PipelineMetrics
@@ -53,6 +54,7 @@ class PipelineSpec:
     rollout: Rollout | None = None
     windows: WindowStage | None = None
     late_sink: Sink | None = None
+    lookups: tuple[Lookup, ...] = ()
     name: str = defaults.NAME
 
     def checked(self) -> Source:
@@ -70,6 +72,15 @@ class PipelineSpec:
                 "priorities and shedding apply to events, not to windows: a windowed "
                 "pipeline takes neither"
             )
+        if self.windows is not None and self.lookups:
+            raise ValueError(
+                "lookups (enrich) apply to events, not to windows: a windowed pipeline takes none"
+            )
+        names = [lk.name for lk in self.lookups]
+        intos = [lk.into or lk.name for lk in self.lookups]
+        for what, seen in (("name", names), ("into", intos)):
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"two lookups have the same {what}")
         return self.source
 
 
