@@ -31,6 +31,7 @@ from headrace.config.components import (
     JsonLinesSourceConfig,
     KafkaSinkConfig,
     KafkaSourceConfig,
+    LightGBMModelConfig,
     ModelConfig,
     MqttSourceConfig,
     NullSinkConfig,
@@ -44,6 +45,7 @@ from headrace.config.components import (
     StdoutSinkConfig,
     WebhookBatchConfig,
     WebhookSinkConfig,
+    XGBoostModelConfig,
     sink_name,
 )
 from headrace.config.load import interpolate, load_config, parse_config
@@ -91,6 +93,7 @@ __all__ = [
     "KafkaSinkConfig",
     "KafkaSourceConfig",
     "KafkaValue",
+    "LightGBMModelConfig",
     "MetricsConfig",
     "ModelConfig",
     "MqttSourceConfig",
@@ -119,6 +122,7 @@ __all__ = [
     "WebhookSinkConfig",
     "WindowFeatureConfig",
     "WindowsConfig",
+    "XGBoostModelConfig",
     "check",
     "explain",
     "interpolate",

@@ -128,6 +128,7 @@ class MlflowSource:
         registry_uri: str | None = None,
         allow_pickle: bool = False,
         latency_budget: float | None = None,
+        device: str = "cpu",
     ) -> None:
         if ref.scheme != "mlflow":
             raise ValueError(f"{ref} is not a reference to an MLflow Model Registry")
@@ -135,6 +136,7 @@ class MlflowSource:
         self.client = client if client is not None else mlflow_client(tracking_uri, registry_uri)
         self.allow_pickle = allow_pickle
         self.latency_budget = latency_budget
+        self.device = device
         self._lock = threading.Lock()
         # The versions this process loaded from the alias, oldest first: the rollback
         # history when the registered model's tag is stale or missing.
@@ -158,7 +160,9 @@ class MlflowSource:
         return str(mv.version)
 
     def load(self, version: str) -> Model:
-        model = load_mlflow_version(self.client, self.ref.name, version, self.allow_pickle)
+        model = load_mlflow_version(
+            self.client, self.ref.name, version, self.allow_pickle, device=self.device
+        )
         validate_model(model, model.info, latency_budget_s=self.latency_budget)
         if self.ref.alias is not None:
             with self._lock:
@@ -213,7 +217,7 @@ class MlflowSource:
 
 
 def load_mlflow_version(
-    client: Any, name: str, version: str, allow_pickle: bool = False
+    client: Any, name: str, version: str, allow_pickle: bool = False, *, device: str = "cpu"
 ) -> RegisteredModel:
     """Download, verify and deserialise one MLflow model version (not validated).
 
@@ -245,6 +249,7 @@ def load_mlflow_version(
         info,
         allow_pickle=allow_pickle,
         origin=f"{where} (artifact {info.artifact!r} from {download_uri})",
+        device=device,
     )
 
 
