@@ -88,6 +88,7 @@ def registry_source(ref: str, c: cfg.RegistryModelConfig) -> ModelSource:
                 allow_pickle=c.allow_pickle,
                 latency_budget=budget,
                 device=c.device,
+                featurizer=build_featurizer(c.features),
             )
         except ImportError as exc:
             raise cfg.ConfigError(
