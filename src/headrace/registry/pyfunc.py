@@ -135,6 +135,11 @@ def _check_pickle(
     why = None
     if loader not in _NO_PICKLE:
         why = f"its flavour {loader or '(none)'} keeps the model as a pickle or as code"
+    elif loader == "mlflow.xgboost":
+        # MLflow imports and instantiates the class the MLmodel file names.
+        model_class = str((flavors.get("xgboost") or {}).get("model_class", "xgboost.core.Booster"))
+        if not model_class.startswith("xgboost."):
+            why = f"mlflow.xgboost would instantiate {model_class}, which is not XGBoost's"
     elif loader == "mlflow.lightgbm":
         model_class = str((flavors.get("lightgbm") or {}).get("model_class", ""))
         if model_class != "lightgbm.basic.Booster":
