@@ -326,3 +326,29 @@ def test_onnx_on_cuda_runs_on_the_gpu(onnx_file: Path) -> None:
     assert model.session.get_providers()[0] == "CUDAExecutionProvider"  # type: ignore[attr-defined]
     x = np.ones((3, 4), dtype=np.float32)
     np.testing.assert_allclose(model.predict_batch(x), [4.0, 4.0, 4.0], rtol=1e-4)
+
+
+def test_headrace_validate_checks_the_new_keys_and_the_file(
+    tmp_path: Path, models: dict[str, tuple[Path, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`headrace validate`: valid with the right digest; one line, exit 2, for a wrong one
+    or a device LightGBM cannot use."""
+    from typer.testing import CliRunner
+
+    from headrace.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    path, _ = models["lgb-classifier.txt"]
+    good = tmp_path / "good.yaml"
+    good.write_text(json.dumps(_config("lightgbm", path, sha256_of(path))))
+    result = CliRunner().invoke(app, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "model       m version 1 (lightgbm)" in result.output
+    for name, change in (("sha", {"sha256": "0" * 64}), ("gpu", {"device": "cuda"})):
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(json.dumps(_config("lightgbm", path, sha256_of(path), **change)))
+        result = CliRunner().invoke(app, ["validate", str(bad)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0], result.stderr
+        assert ("model.sha256" if name == "sha" else "cuda is not supported") in lines[0]
