@@ -15,7 +15,8 @@ check; what is checked instead, before a byte of the model is deserialised, is i
    ``mlflow.pytorch``, custom ``PythonModel``s and LightGBM's scikit-learn classes all
    carry pickles.
 
-Then the version's files are downloaded, their sha256 (over every file's path and bytes)
+Then the version's files are downloaded (their MLmodel file must be the one checked),
+their sha256 (over every file's path and bytes)
 taken as the model's ``sha256`` for outputs, and ``mlflow.pyfunc.load_model`` loads them.
 ``mlflow.pyfunc`` needs pandas, which the ``mlflow`` extra (``mlflow-skinny``) does not
 install: without it a plain version is refused with one line saying so.
@@ -74,9 +75,13 @@ def pyfunc_version(
     base = download_uri.rstrip("/")
     with tempfile.TemporaryDirectory(prefix="headrace-mlmodel-") as tmp:
         try:
-            mlmodel = yaml.safe_load(Path(download(f"{base}/MLmodel", tmp)).read_text())
+            checked = Path(download(f"{base}/MLmodel", tmp)).read_bytes()
         except Exception:  # no MLmodel file: MLflow raises its own errors, or OSError
             raise ModelLoadError(not_a_model) from None
+    try:
+        mlmodel = yaml.safe_load(checked)
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{where}: its MLmodel file is not YAML: {exc}") from None
     if not isinstance(mlmodel, dict):
         raise ModelLoadError(f"{where}: its MLmodel file is not a YAML mapping")
     flavors = mlmodel.get("flavors") or {}
@@ -104,8 +109,15 @@ def pyfunc_version(
     local = Path(tempfile.mkdtemp(prefix="headrace-pyfunc-"))
     try:
         path = Path(download(base, str(local)))
+        if (path / "MLmodel").read_bytes() != checked:
+            raise ModelLoadError(
+                f"{where}: its MLmodel file changed between the check and the download; not loaded"
+            )
         digest = _tree_sha256(path)
         loaded = mlflow_pyfunc.load_model(str(path))
+    except ModelLoadError:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
     except Exception as exc:
         shutil.rmtree(local, ignore_errors=True)
         raise ModelLoadError(
