@@ -170,7 +170,7 @@ def test_uppercase_sha256_is_accepted() -> None:
             "failures_table filter mode name path store_input table windows_table",
         ),
         (("model", "features"), "model.features", "allow_nan fields vector"),
-        (("model",), "model", "features name output path sha256 threads version"),
+        (("model",), "model", "device features name output path sha256 threads version"),
     ],
 )
 def test_unknown_key_names_its_path_and_the_expected_keys(
@@ -214,7 +214,12 @@ SINK_TYPES = {"sqlite", "jsonl", "kafka", "postgres", "stdout", "null", "webhook
             {"generator", "jsonl", "kafka", "mqtt"},
         ),
         ("sinks", [{"type": "s3"}], "sinks[0].type", SINK_TYPES),
-        ("model", {"type": "torch"}, "model.type", {"onnx", "skops", "callable", "registry"}),
+        (
+            "model",
+            {"type": "torch"},
+            "model.type",
+            {"onnx", "xgboost", "lightgbm", "skops", "callable", "registry"},
+        ),
         ("dead_letter", {"type": "s3"}, "dead_letter.type", SINK_TYPES),
     ],
 )

@@ -13,6 +13,7 @@ from typing import Any
 
 from headrace import config as cfg
 from headrace.models.base import CallableModel, Model
+from headrace.models.boosting import LightGBMModel, XGBoostModel
 from headrace.models.featurizer import Featurizer
 from headrace.models.integrity import (
     ModelFileUnreadable,
@@ -26,6 +27,14 @@ from headrace.registry.local import LocalRegistry
 from headrace.registry.refs import parse_reference
 from headrace.registry.source import RegistrySource
 from headrace.runtime.manager import ModelSource
+
+#: Model types loaded from one file whose sha256 the configuration names.
+FILE_MODELS = (
+    cfg.OnnxModelConfig,
+    cfg.XGBoostModelConfig,
+    cfg.LightGBMModelConfig,
+    cfg.SkopsModelConfig,
+)
 
 
 @contextlib.contextmanager
@@ -59,7 +68,7 @@ def check_model(config: cfg.PipelineConfig, *, path: str | Path | None = None) -
     with located(path):
         if isinstance(c, cfg.CallableModelConfig):
             _import_model(c, module_search_path(path))
-        elif isinstance(c, cfg.OnnxModelConfig | cfg.SkopsModelConfig):
+        elif isinstance(c, FILE_MODELS):
             with _model_file_errors():
                 read_verified(c.path, c.sha256)
 
@@ -78,6 +87,8 @@ def registry_source(ref: str, c: cfg.RegistryModelConfig) -> ModelSource:
                 tracking_uri=c.tracking_uri,
                 allow_pickle=c.allow_pickle,
                 latency_budget=budget,
+                device=c.device,
+                featurizer=build_featurizer(c.features),
             )
         except ImportError as exc:
             raise cfg.ConfigError(
@@ -85,7 +96,11 @@ def registry_source(ref: str, c: cfg.RegistryModelConfig) -> ModelSource:
                 f"({exc.__cause__}): pip install 'headrace[mlflow]'"
             ) from None
     return RegistrySource(
-        LocalRegistry(c.root), parsed, allow_pickle=c.allow_pickle, latency_budget=budget
+        LocalRegistry(c.root),
+        parsed,
+        allow_pickle=c.allow_pickle,
+        latency_budget=budget,
+        device=c.device,
     )
 
 
@@ -109,7 +124,11 @@ def _model_file_errors() -> Iterator[None]:
 
 
 def build_model(
-    c: cfg.OnnxModelConfig | cfg.SkopsModelConfig | cfg.CallableModelConfig,
+    c: cfg.OnnxModelConfig
+    | cfg.XGBoostModelConfig
+    | cfg.LightGBMModelConfig
+    | cfg.SkopsModelConfig
+    | cfg.CallableModelConfig,
     *,
     search: Sequence[str | Path] = (),
 ) -> tuple[Model, Featurizer | None]:
@@ -126,7 +145,31 @@ def build_model(
                 version=c.version,
                 output=c.output,
                 threads=c.threads,
+                device=c.device,
             )
+    elif isinstance(c, cfg.XGBoostModelConfig):
+        with _model_file_errors():
+            model = XGBoostModel.from_file(
+                c.path,
+                sha256=c.sha256,
+                name=c.name,
+                version=c.version,
+                output=c.output,
+                threads=c.threads,
+                device=c.device,
+            )
+        _check_width(c, model.num_features)
+    elif isinstance(c, cfg.LightGBMModelConfig):
+        with _model_file_errors():
+            model = LightGBMModel.from_file(
+                c.path,
+                sha256=c.sha256,
+                name=c.name,
+                version=c.version,
+                output=c.output,
+                threads=c.threads,
+            )
+        _check_width(c, model.num_features)
     elif isinstance(c, cfg.SkopsModelConfig):
         with _model_file_errors():
             estimator = load_skops(c.path, sha256=c.sha256, trusted=c.trusted_types)
@@ -141,6 +184,17 @@ def build_model(
     else:
         model = _import_model(c, search)
     return model, featurizer
+
+
+def _check_width(c: cfg.XGBoostModelConfig | cfg.LightGBMModelConfig, width: int) -> None:
+    """A booster knows how many features it takes: named ``features.fields`` (no vector,
+    so the row's width is known now) must match, at load rather than at every batch."""
+    f = c.features
+    if f is not None and f.vector is None and len(f.fields) != width:
+        raise cfg.ConfigError(
+            f"at model.features.fields: {len(f.fields)} fields, but the {c.path} model "
+            f"takes {width} features"
+        )
 
 
 def _import_model(c: cfg.CallableModelConfig, search: Sequence[str | Path]) -> Model:

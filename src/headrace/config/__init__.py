@@ -31,6 +31,7 @@ from headrace.config.components import (
     JsonLinesSourceConfig,
     KafkaSinkConfig,
     KafkaSourceConfig,
+    LightGBMModelConfig,
     LookupCacheConfig,
     LookupConfig,
     ModelConfig,
@@ -49,6 +50,7 @@ from headrace.config.components import (
     StdoutSinkConfig,
     WebhookBatchConfig,
     WebhookSinkConfig,
+    XGBoostModelConfig,
     sink_name,
 )
 from headrace.config.load import interpolate, load_config, parse_config
@@ -96,6 +98,7 @@ __all__ = [
     "KafkaSinkConfig",
     "KafkaSourceConfig",
     "KafkaValue",
+    "LightGBMModelConfig",
     "LookupCacheConfig",
     "LookupConfig",
     "MetricsConfig",
@@ -129,6 +132,7 @@ __all__ = [
     "WebhookSinkConfig",
     "WindowFeatureConfig",
     "WindowsConfig",
+    "XGBoostModelConfig",
     "check",
     "explain",
     "interpolate",

@@ -152,6 +152,13 @@ class FeaturesConfig(Section, kw_only=True):
     allow_nan: bool = False
 
 
+#: Where a model runs: ``cuda`` is refused at load when the runtime or the GPU is missing.
+Device = Literal["cpu", "cuda"]
+#: What a boosted-tree model gives: the objective's output (a probability, a value), or
+#: the raw margin before the objective's transformation.
+TreeOutput = Literal["value", "raw_margin"]
+
+
 class OnnxModelConfig(Section, kw_only=True, tag="onnx", tag_field="type"):
     name: str
     version: str
@@ -159,7 +166,43 @@ class OnnxModelConfig(Section, kw_only=True, tag="onnx", tag_field="type"):
     sha256: Sha256
     output: str | None = None
     threads: Positive | None = None
+    device: Device = "cpu"
     features: FeaturesConfig | None = None
+
+
+class XGBoostModelConfig(Section, kw_only=True, tag="xgboost", tag_field="type"):
+    """An XGBoost ``Booster.save_model`` file (``.ubj`` or ``.json``; never a pickle).
+    ``pip install 'headrace[xgboost]'``."""
+
+    name: str
+    version: str
+    path: str
+    sha256: Sha256
+    output: TreeOutput = "value"
+    threads: Positive | None = None
+    device: Device = "cpu"
+    features: FeaturesConfig | None = None
+
+
+class LightGBMModelConfig(Section, kw_only=True, tag="lightgbm", tag_field="type"):
+    """A LightGBM ``Booster.save_model`` text file (never a pickle).
+    ``pip install 'headrace[lightgbm]'``. LightGBM predicts on the CPU only."""
+
+    name: str
+    version: str
+    path: str
+    sha256: Sha256
+    output: TreeOutput = "value"
+    threads: Positive | None = None
+    device: Device = "cpu"
+    features: FeaturesConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.device != "cpu":
+            raise ValueError(
+                "device: cuda is not supported for lightgbm: LightGBM predicts on the CPU only "
+                "(its GPU builds speed up training, not prediction); use device: cpu"
+            )
 
 
 class SkopsModelConfig(Section, kw_only=True, tag="skops", tag_field="type"):
@@ -188,13 +231,15 @@ class RegistryModelConfig(Section, kw_only=True, tag="registry", tag_field="type
     swaps live when it moves); ``registry:NAME/VERSION`` pins one version. ``mlflow:``
     references name an MLflow Model Registry instead (``pip install 'headrace[mlflow]'``),
     at ``tracking_uri`` (default: MLflow's own, ``MLFLOW_TRACKING_URI``); ``root`` is the
-    local registry's directory."""
+    local registry's directory. ``device`` applies to the onnx, xgboost and torch formats
+    (``cuda`` is refused for the others when a version loads)."""
 
     ref: Annotated[str, msgspec.Meta(pattern=REF)]
     root: str = "model-registry"
     tracking_uri: str | None = None
     allow_pickle: bool = False
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    device: Device = "cpu"
     features: FeaturesConfig | None = None
 
     @property
@@ -206,7 +251,14 @@ class RegistryModelConfig(Section, kw_only=True, tag="registry", tag_field="type
         return self.ref.replace("/", "@").rsplit("@", 1)[1]
 
 
-ModelConfig = OnnxModelConfig | SkopsModelConfig | CallableModelConfig | RegistryModelConfig
+ModelConfig = (
+    OnnxModelConfig
+    | XGBoostModelConfig
+    | LightGBMModelConfig
+    | SkopsModelConfig
+    | CallableModelConfig
+    | RegistryModelConfig
+)
 
 # -- sinks -----------------------------------------------------------------------------
 

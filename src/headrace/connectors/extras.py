@@ -15,14 +15,17 @@ from headrace.errors import HeadraceError
 class MissingExtraError(HeadraceError, ModuleNotFoundError):
     """A connector's client library is not installed (``name``: the module that could not
     be imported). Still a :class:`ModuleNotFoundError`: ``except ImportError`` catches it.
+    ``part`` says what needs it: a ``connector``, or a ``model type`` (XGBoost, LightGBM).
 
     >>> str(MissingExtraError("Kafka", "confluent-kafka", "kafka", name="confluent_kafka"))
     "the Kafka connector needs confluent-kafka: pip install 'headrace[kafka]'"
     """
 
-    def __init__(self, connector: str, package: str, extra: str, *, name: str) -> None:
+    def __init__(
+        self, connector: str, package: str, extra: str, *, name: str, part: str = "connector"
+    ) -> None:
         super().__init__(
-            f"the {connector} connector needs {package}: pip install 'headrace[{extra}]'",
+            f"the {connector} {part} needs {package}: pip install 'headrace[{extra}]'",
             name=name,
         )
         self.extra = extra

@@ -1,6 +1,7 @@
 """Models: the protocol, adapters for common runtimes, and the featurizer."""
 
 from headrace.models.base import CallableModel, Model, model_ref
+from headrace.models.boosting import LightGBMModel, XGBoostModel
 from headrace.models.featurizer import FeatureError, Featurizer
 from headrace.models.integrity import ModelLoadError, sha256_of
 from headrace.models.onnx import OnnxModel
@@ -10,10 +11,12 @@ __all__ = [
     "CallableModel",
     "FeatureError",
     "Featurizer",
+    "LightGBMModel",
     "Model",
     "ModelLoadError",
     "OnnxModel",
     "SklearnModel",
+    "XGBoostModel",
     "load_skops",
     "model_ref",
     "sha256_of",

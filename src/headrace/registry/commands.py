@@ -162,8 +162,9 @@ def register(
     option: Annotated[
         list[str] | None,
         typer.Option(
-            help="A format option, key=value (repeatable): onnx output, threads; skops method, "
-            "negate; torch-weights factory=module:callable.",
+            help="A format option, key=value (repeatable): onnx output, threads; xgboost and "
+            "lightgbm output (value or raw_margin), threads; skops method, negate; "
+            "torch-weights factory=module:callable.",
             show_default=False,
         ),
     ] = None,

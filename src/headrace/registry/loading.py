@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from headrace.models.base import CallableModel, Model
+from headrace.models.boosting import LightGBMModel, XGBoostModel
 from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.models.onnx import OnnxModel
 from headrace.models.sklearn import SklearnModel, skops_loads
@@ -54,23 +55,30 @@ class RegisteredModel:
 
 
 def load_version(
-    registry: LocalRegistry, info: VersionInfo, *, allow_pickle: bool = False
+    registry: LocalRegistry, info: VersionInfo, *, allow_pickle: bool = False, device: str = "cpu"
 ) -> RegisteredModel:
-    """Load ``info``'s artifact from ``registry`` as a model.
+    """Load ``info``'s artifact from ``registry`` as a model, on ``device`` (``cpu`` or
+    ``cuda``: onnx, xgboost and the torch formats only).
 
     Raises :class:`ModelLoadError` when the artifact is missing, its sha256 differs from
     the registered one, the format's runtime is not installed, the bytes do not
-    deserialise into a model, or the format is pickle/joblib and ``allow_pickle`` is false.
+    deserialise into a model, the format is pickle/joblib and ``allow_pickle`` is false,
+    or ``device`` is ``cuda`` and the format, its runtime or the machine has no GPU.
     """
     path = registry.artifact_path(info)
-    loader = _loader(info, allow_pickle)
+    loader = _loader(info, allow_pickle, device)
     runtime = loader.runtime()  # before reading: a missing runtime is not the file's fault
     data = read_verified(path, info.sha256)
-    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {path}")
+    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {path}", device)
 
 
 def load_bytes(
-    data: bytes, info: VersionInfo, *, allow_pickle: bool = False, origin: str | None = None
+    data: bytes,
+    info: VersionInfo,
+    *,
+    allow_pickle: bool = False,
+    origin: str | None = None,
+    device: str = "cpu",
 ) -> RegisteredModel:
     """Load ``data``, an artifact read from elsewhere (an MLflow artifact store), as the
     model ``info`` describes: the same checks as :func:`load_version`, the sha256 of
@@ -78,7 +86,7 @@ def load_bytes(
     names where the bytes came from, for error messages.
     """
     where = origin or f"model {info.name!r} version {info.version!r}"
-    loader = _loader(info, allow_pickle)
+    loader = _loader(info, allow_pickle, device)
     runtime = loader.runtime()
     expected = info.sha256.strip().lower()
     actual = hashlib.sha256(data).hexdigest()
@@ -87,10 +95,10 @@ def load_bytes(
             f"{where}: sha256 mismatch: expected {expected}, the artifact has {actual}. "
             "The artifact changed after it was registered, or is not the registered one."
         )
-    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {where}")
+    return _deserialise(loader, runtime, data, info, f"the {info.format} artifact {where}", device)
 
 
-def _loader(info: VersionInfo, allow_pickle: bool) -> _Loader:
+def _loader(info: VersionInfo, allow_pickle: bool, device: str = "cpu") -> _Loader:
     if info.format in ("pickle", "joblib") and not allow_pickle:
         raise ModelLoadError(
             f"model {info.name!r} version {info.version!r} is a {info.format} file, and "
@@ -98,14 +106,26 @@ def _loader(info: VersionInfo, allow_pickle: bool) -> _Loader:
             "anything this process can. Prefer ONNX or skops; to load it anyway, allow "
             "pickle explicitly (allow_pickle=True)."
         )
-    return _LOADERS[info.format]
+    loader = _LOADERS[info.format]
+    if device not in ("cpu", "cuda"):
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: device must be cpu or cuda, "
+            f"got {device!r}"
+        )
+    if device != "cpu" and not loader.gpu:
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: model.device: {device} is not "
+            f"supported for the {info.format} format, which runs on the CPU only (GPUs: "
+            f"onnx, xgboost, torchscript, torch-weights); use device: cpu"
+        )
+    return loader
 
 
 def _deserialise(
-    loader: _Loader, runtime: Any, data: bytes, info: VersionInfo, what: str
+    loader: _Loader, runtime: Any, data: bytes, info: VersionInfo, what: str, device: str
 ) -> RegisteredModel:
     try:
-        inner = loader.load(data, info, runtime)
+        inner = loader.load(data, info, runtime, device)
     except ModelLoadError:
         raise
     except Exception as exc:  # each runtime fails in its own way on bad bytes
@@ -117,13 +137,19 @@ def _deserialise(
 
 
 class _Loader:
+    """A format's runtime (imported before any byte is read), how its checked bytes
+    become a model on a device, and whether it can run on a GPU at all."""
+
     def __init__(
         self,
         runtime: Callable[[], Any],
-        load: Callable[[bytes, VersionInfo, Any], Model],
+        load: Callable[[bytes, VersionInfo, Any, str], Model],
+        *,
+        gpu: bool = False,
     ) -> None:
         self.runtime = runtime
         self.load = load
+        self.gpu = gpu
 
 
 def _no_runtime() -> None:
@@ -152,6 +178,26 @@ def _torch() -> Any:
     return torch
 
 
+def _xgboost() -> Any:
+    try:
+        import xgboost
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading an XGBoost model needs xgboost ({exc}): pip install 'headrace[xgboost]'"
+        ) from None
+    return xgboost
+
+
+def _lightgbm() -> Any:
+    try:
+        import lightgbm
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading a LightGBM model needs lightgbm ({exc}): pip install 'headrace[lightgbm]'"
+        ) from None
+    return lightgbm
+
+
 def _skops() -> Any:
     try:
         import skops.io as sio
@@ -170,17 +216,39 @@ def _joblib() -> Any:
     return joblib
 
 
-def _load_onnx(data: bytes, info: VersionInfo, _: Any) -> Model:
+def _load_onnx(data: bytes, info: VersionInfo, _: Any, device: str) -> Model:
     return OnnxModel(
         data,
         name=info.name,
         version=info.version,
         output=info.options.get("output"),
         threads=info.options.get("threads"),
+        device=device,
     )
 
 
-def _load_skops(data: bytes, info: VersionInfo, _: Any) -> Model:
+def _load_xgboost(data: bytes, info: VersionInfo, _: Any, device: str) -> Model:
+    return XGBoostModel(
+        data,
+        name=f"model {info.name!r} version {info.version!r}",
+        version=info.version,
+        output=info.options.get("output", "value"),
+        threads=info.options.get("threads"),
+        device="cuda" if device == "cuda" else "cpu",
+    )
+
+
+def _load_lightgbm(data: bytes, info: VersionInfo, _: Any, device: str) -> Model:
+    return LightGBMModel(
+        data,
+        name=f"model {info.name!r} version {info.version!r}",
+        version=info.version,
+        output=info.options.get("output", "value"),
+        threads=info.options.get("threads"),
+    )
+
+
+def _load_skops(data: bytes, info: VersionInfo, _: Any, device: str) -> Model:
     obj = skops_loads(
         data,
         trusted=info.trusted_types,
@@ -211,26 +279,38 @@ def _estimator(obj: Any, info: VersionInfo) -> Model:
         ) from None
 
 
-def _load_pickle(data: bytes, info: VersionInfo, _: Any) -> Model:
+def _load_pickle(data: bytes, info: VersionInfo, _: Any, device: str) -> Model:
     return _estimator(pickle.loads(data), info)  # the caller opted in with allow_pickle
 
 
-def _load_joblib(data: bytes, info: VersionInfo, joblib: Any) -> Model:
+def _load_joblib(data: bytes, info: VersionInfo, joblib: Any, device: str) -> Model:
     return _estimator(joblib.load(io.BytesIO(data)), info)
 
 
-def _load_torchscript(data: bytes, info: VersionInfo, torch: Any) -> Model:
-    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    return TorchModel(module, info, torch)
+def _torch_device(info: VersionInfo, torch: Any, device: str) -> str:
+    """``device`` for torch, refused now (at load) when it is cuda and torch has no GPU."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"model {info.name!r} version {info.version!r}: model.device: cuda needs a "
+            "CUDA build of torch and a GPU; torch.cuda.is_available() is False here"
+        )
+    return device
 
 
-def _load_torch_weights(data: bytes, info: VersionInfo, torch: Any) -> Model:
+def _load_torchscript(data: bytes, info: VersionInfo, torch: Any, device: str) -> Model:
+    where = _torch_device(info, torch, device)
+    module = torch.jit.load(io.BytesIO(data), map_location=where)
+    return TorchModel(module, info, torch, where)
+
+
+def _load_torch_weights(data: bytes, info: VersionInfo, torch: Any, device: str) -> Model:
+    where = _torch_device(info, torch, device)
     factory = _import_factory(info)
     # weights_only: the unpickler accepts tensors and plain containers, no arbitrary code.
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(data), map_location=where, weights_only=True)
     module = factory(**info.options.get("factory_kwargs", {}))
     module.load_state_dict(state)
-    return TorchModel(module, info, torch)
+    return TorchModel(module.to(where), info, torch, where)
 
 
 def _import_factory(info: VersionInfo) -> Callable[..., Any]:
@@ -253,11 +333,13 @@ def _import_factory(info: VersionInfo) -> Callable[..., Any]:
 
 
 class TorchModel:
-    """A PyTorch module in eval mode, called on each batch without gradients; an output of
-    shape ``(N, 1)`` is flattened to ``N`` scalars, as with ONNX."""
+    """A PyTorch module in eval mode, called on each batch without gradients, on
+    ``device`` (each batch is copied there, and the outputs back); an output of shape
+    ``(N, 1)`` is flattened to ``N`` scalars, as with ONNX."""
 
-    def __init__(self, module: Any, info: VersionInfo, torch: Any) -> None:
+    def __init__(self, module: Any, info: VersionInfo, torch: Any, device: str = "cpu") -> None:
         self.module = module.eval()
+        self.device = device
         self.name = info.name
         self.version = info.version
         self._torch = torch
@@ -266,6 +348,8 @@ class TorchModel:
 
     def predict_batch(self, inputs: Any) -> Any:
         x = self._torch.from_numpy(np.ascontiguousarray(inputs, dtype=self._dtype))
+        if self.device != "cpu":
+            x = x.to(self.device)
         with self._torch.inference_mode():
             out = self.module(x)
         result = out.detach().cpu().numpy()
@@ -275,10 +359,12 @@ class TorchModel:
 
 
 _LOADERS: dict[str, _Loader] = {
-    "onnx": _Loader(_onnxruntime, _load_onnx),
+    "onnx": _Loader(_onnxruntime, _load_onnx, gpu=True),
     "skops": _Loader(_skops, _load_skops),
-    "torchscript": _Loader(_torch, _load_torchscript),
-    "torch-weights": _Loader(_torch, _load_torch_weights),
+    "xgboost": _Loader(_xgboost, _load_xgboost, gpu=True),
+    "lightgbm": _Loader(_lightgbm, _load_lightgbm),
+    "torchscript": _Loader(_torch, _load_torchscript, gpu=True),
+    "torch-weights": _Loader(_torch, _load_torch_weights, gpu=True),
     "pickle": _Loader(_no_runtime, _load_pickle),
     "joblib": _Loader(_joblib, _load_joblib),
 }

@@ -31,7 +31,6 @@ import msgspec
 
 from headrace.models.integrity import sha256_of
 from headrace.registry.metadata import (
-    ARTIFACTS,
     FORMATS,
     NAME_PATTERN,
     AliasState,
@@ -40,6 +39,7 @@ from headrace.registry.metadata import (
     Sample,
     Signature,
     VersionInfo,
+    artifact_name,
     check_options,
     normalised,
     version_key,
@@ -67,6 +67,12 @@ _ALIASES_FILE: Final = "_aliases.json"
 _LOCK_FILE: Final = "_lock"
 
 _ALIASES_TYPE = dict[str, AliasState]
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file (what tells an XGBoost model's JSON from UBJSON)."""
+    with path.open("rb") as f:
+        return f.read(64)
 
 
 class LocalRegistry:
@@ -194,7 +200,7 @@ class LocalRegistry:
                 name=name,
                 version=version or "0",
                 format=cast(Format, format),
-                artifact=ARTIFACTS[format],
+                artifact=artifact_name(format, _head(source)),
                 sha256="",
                 created_at=0.0,
                 signature=signature,

@@ -17,7 +17,9 @@ import numpy as np
 
 from headrace.errors import HeadraceError
 
-Format = Literal["onnx", "skops", "torchscript", "torch-weights", "pickle", "joblib"]
+Format = Literal[
+    "onnx", "skops", "xgboost", "lightgbm", "torchscript", "torch-weights", "pickle", "joblib"
+]
 FORMATS: Final[tuple[str, ...]] = get_args(Format)
 
 #: Names of models, versions and aliases: they become path components, so no separators,
@@ -28,6 +30,8 @@ NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ARTIFACTS: Final[dict[str, str]] = {
     "onnx": "model.onnx",
     "skops": "model.skops",
+    "xgboost": "model.ubj",  # model.json for a JSON model: see artifact_name
+    "lightgbm": "model.txt",
     "torchscript": "model.pt",
     "torch-weights": "model.pt",
     "pickle": "model.pkl",
@@ -37,12 +41,31 @@ ARTIFACTS: Final[dict[str, str]] = {
 OPTIONS: Final[dict[str, dict[str, type | tuple[type, ...]]]] = {
     "onnx": {"output": str, "threads": int},
     "skops": {"method": str, "negate": bool},
+    "xgboost": {"output": str, "threads": int},
+    "lightgbm": {"output": str, "threads": int},
     "torchscript": {},
     "torch-weights": {"factory": str, "factory_kwargs": dict},
     "pickle": {"method": str, "negate": bool},
     "joblib": {"method": str, "negate": bool},
 }
 METHODS: Final = ("predict", "predict_proba", "decision_function", "score_samples")
+#: The ``output`` option of the xgboost and lightgbm formats.
+TREE_OUTPUTS: Final = ("value", "raw_margin")
+
+
+def artifact_name(format: str, first_bytes: bytes) -> str:
+    """The artifact's file name in a version's directory. An XGBoost model is UBJSON or
+    JSON (what ``Booster.save_model`` wrote, by the file's suffix): it keeps the suffix
+    that says which, so XGBoost can read the copy from its path too.
+
+    >>> artifact_name("xgboost", b' { "learner": {}}'), artifact_name("xgboost", b"{L\\0")
+    ('model.json', 'model.ubj')
+    """
+    # UBJSON opens an object with "{" too, then a length marker; JSON with a quoted key.
+    head = first_bytes.lstrip()
+    if format == "xgboost" and head[:1] == b"{" and head[1:].lstrip()[:1] in (b'"', b"}"):
+        return "model.json"
+    return ARTIFACTS[format]
 
 
 class RegistryError(HeadraceError, ValueError):
@@ -110,7 +133,8 @@ def _batch_len(value: Any) -> int | None:
 class VersionInfo(msgspec.Struct, kw_only=True):
     """Everything the registry knows about one version. ``artifact`` is the file name in
     the version's directory; ``options`` holds format-specific settings (onnx: ``output``,
-    ``threads``; skops/pickle/joblib: ``method``, ``negate``; torch-weights: ``factory``
+    ``threads``; xgboost/lightgbm: ``output`` (``value`` or ``raw_margin``), ``threads``;
+    skops/pickle/joblib: ``method``, ``negate``; torch-weights: ``factory``
     as ``module:callable`` building the ``nn.Module``, ``factory_kwargs``)."""
 
     name: str
@@ -169,6 +193,11 @@ def check_options(where: str, format: str, options: dict[str, Any]) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             expected = kind.__name__ if isinstance(kind, type) else kind
             raise RegistryError(f"{where}: option {key!r} must be a {expected}, got {value!r}")
+    if format in ("xgboost", "lightgbm") and options.get("output", "value") not in TREE_OUTPUTS:
+        raise RegistryError(
+            f"{where}: option 'output' must be one of {', '.join(TREE_OUTPUTS)}, got "
+            f"{options['output']!r}"
+        )
     method = options.get("method")
     if method is not None and method not in METHODS:
         raise RegistryError(

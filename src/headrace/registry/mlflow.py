@@ -5,7 +5,8 @@ An optional extra (``pip install 'headrace[mlflow]'``); MLflow is imported only 
 so it must carry these model-version tags (:func:`register_mlflow_version` sets them):
 
 ``headrace.format``
-    ``onnx``, ``skops``, ``torchscript``, ``torch-weights``, ``pickle`` or ``joblib``
+    ``onnx``, ``skops``, ``xgboost``, ``lightgbm``, ``torchscript``, ``torch-weights``,
+    ``pickle`` or ``joblib``
     (pickle and joblib load only with ``allow_pickle``).
 ``headrace.artifact``
     the artifact file's path relative to the version's artifacts (its ``source``).
@@ -44,6 +45,7 @@ import msgspec
 import numpy as np
 
 from headrace.models.base import Model
+from headrace.models.featurizer import Featurizer
 from headrace.models.integrity import ModelLoadError, sha256_of
 from headrace.registry.loading import RegisteredModel, load_bytes
 from headrace.registry.local import (
@@ -55,6 +57,7 @@ from headrace.registry.local import (
     Signature,
     VersionInfo,
 )
+from headrace.registry.pyfunc import pyfunc_version
 from headrace.registry.refs import ModelReference
 from headrace.registry.validation import validate_model
 
@@ -82,8 +85,10 @@ ARTIFACT_DIR: Final = "headrace"
 _HOW_TO_REGISTER: Final = (
     "register it with headrace.registry.mlflow.register_mlflow_version(client, name, "
     "artifact_path, format=...), or set the model-version tags headrace.format (onnx, "
-    "skops, torchscript, torch-weights, pickle or joblib), headrace.artifact (the "
-    "artifact file's path within the version's artifacts) and headrace.sha256 (its sha256)"
+    "skops, xgboost, lightgbm, torchscript, torch-weights, pickle or joblib), "
+    "headrace.artifact (the artifact file's path within the version's artifacts) and "
+    "headrace.sha256 (its sha256); or log it as an MLflow model with a signature "
+    "(mlflow.<flavour>.log_model)"
 )
 
 
@@ -128,6 +133,8 @@ class MlflowSource:
         registry_uri: str | None = None,
         allow_pickle: bool = False,
         latency_budget: float | None = None,
+        device: str = "cpu",
+        featurizer: Featurizer | None = None,
     ) -> None:
         if ref.scheme != "mlflow":
             raise ValueError(f"{ref} is not a reference to an MLflow Model Registry")
@@ -135,6 +142,8 @@ class MlflowSource:
         self.client = client if client is not None else mlflow_client(tracking_uri, registry_uri)
         self.allow_pickle = allow_pickle
         self.latency_budget = latency_budget
+        self.device = device
+        self.featurizer = featurizer
         self._lock = threading.Lock()
         # The versions this process loaded from the alias, oldest first: the rollback
         # history when the registered model's tag is stale or missing.
@@ -158,7 +167,14 @@ class MlflowSource:
         return str(mv.version)
 
     def load(self, version: str) -> Model:
-        model = load_mlflow_version(self.client, self.ref.name, version, self.allow_pickle)
+        model = load_mlflow_version(
+            self.client,
+            self.ref.name,
+            version,
+            self.allow_pickle,
+            device=self.device,
+            featurizer=self.featurizer,
+        )
         validate_model(model, model.info, latency_budget_s=self.latency_budget)
         if self.ref.alias is not None:
             with self._lock:
@@ -213,12 +229,22 @@ class MlflowSource:
 
 
 def load_mlflow_version(
-    client: Any, name: str, version: str, allow_pickle: bool = False
+    client: Any,
+    name: str,
+    version: str,
+    allow_pickle: bool = False,
+    *,
+    device: str = "cpu",
+    featurizer: Featurizer | None = None,
 ) -> RegisteredModel:
     """Download, verify and deserialise one MLflow model version (not validated).
 
-    Raises :class:`ModelLoadError` when the version lacks the Headrace tags, its artifact
-    is missing or differs from the registered sha256, or it does not load.
+    A version with the Headrace tags: its artifact, checked against ``headrace.sha256``.
+    A version with none of them: a plain MLflow model, through ``mlflow.pyfunc``
+    (:mod:`headrace.registry.pyfunc`: its signature checked against ``featurizer``,
+    pickles only with ``allow_pickle``). Raises :class:`ModelLoadError` when the version
+    is neither, its artifact is missing or differs from the registered sha256, or it does
+    not load.
     """
     mlflow = import_mlflow()
     where = f"mlflow model {name!r} version {version}"
@@ -227,6 +253,23 @@ def load_mlflow_version(
         download_uri = client.get_model_version_download_uri(name, version)
     except mlflow.exceptions.MlflowException as exc:
         raise ModelLoadError(f"{where}: {exc.message}") from None
+    tags: dict[str, str] = dict(mv.tags or {})
+    if not any(tags.get(t) for t in _REQUIRED):
+
+        def download(uri: str, dst: str) -> str:
+            return _download(mlflow, client, uri, dst)
+
+        return pyfunc_version(
+            name,
+            str(mv.version),
+            where,
+            download,
+            str(download_uri),
+            allow_pickle=allow_pickle,
+            device=device,
+            featurizer=featurizer,
+            not_a_model=_not_registered(where, list(_REQUIRED), no_mlmodel=True),
+        )
     info = version_info(name, mv)
     with tempfile.TemporaryDirectory(prefix="headrace-mlflow-") as tmp:
         try:
@@ -245,6 +288,7 @@ def load_mlflow_version(
         info,
         allow_pickle=allow_pickle,
         origin=f"{where} (artifact {info.artifact!r} from {download_uri})",
+        device=device,
     )
 
 
@@ -266,11 +310,7 @@ def version_info(name: str, mv: Any) -> VersionInfo:
     tags: dict[str, str] = dict(mv.tags or {})
     missing = [t for t in _REQUIRED if not tags.get(t)]
     if missing:
-        raise ModelLoadError(
-            f"{where} is not registered for Headrace: it lacks the model-version tags "
-            f"{', '.join(missing)}. Headrace loads only artifacts whose sha256 it can check: "
-            f"{_HOW_TO_REGISTER}."
-        )
+        raise ModelLoadError(_not_registered(where, missing))
     artifact = tags[TAG_ARTIFACT]
     path = PurePosixPath(artifact)
     if path.is_absolute() or ".." in path.parts or "\\" in artifact or not path.parts:
@@ -300,6 +340,15 @@ def version_info(name: str, mv: Any) -> VersionInfo:
         return msgspec.convert(fields, VersionInfo)
     except msgspec.ValidationError as exc:
         raise ModelLoadError(f"{where}: invalid Headrace tags: {exc}") from None
+
+
+def _not_registered(where: str, missing: list[str], *, no_mlmodel: bool = False) -> str:
+    plain = ", and is no MLflow model (no MLmodel file)" if no_mlmodel else ""
+    return (
+        f"{where} is not registered for Headrace: it lacks the model-version tags "
+        f"{', '.join(missing)}{plain}. Headrace loads only artifacts whose sha256 it can "
+        f"check, or MLflow models with a signature: {_HOW_TO_REGISTER}."
+    )
 
 
 def register_mlflow_version(

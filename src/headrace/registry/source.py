@@ -24,6 +24,7 @@ class RegistrySource:
         *,
         allow_pickle: bool = False,
         latency_budget: float | None = None,
+        device: str = "cpu",
     ) -> None:
         if ref.scheme != "registry":
             raise ValueError(f"{ref} is not a reference to the local registry")
@@ -31,6 +32,7 @@ class RegistrySource:
         self.ref = ref
         self.allow_pickle = allow_pickle
         self.latency_budget = latency_budget
+        self.device = device
 
     def describe(self) -> str:
         return str(self.ref)
@@ -46,7 +48,9 @@ class RegistrySource:
 
     def load(self, version: str) -> Model:
         info = self.registry.get(self.ref.name, version)
-        model = load_version(self.registry, info, allow_pickle=self.allow_pickle)
+        model = load_version(
+            self.registry, info, allow_pickle=self.allow_pickle, device=self.device
+        )
         validate_model(model, info, latency_budget_s=self.latency_budget)
         return model
 

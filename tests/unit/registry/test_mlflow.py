@@ -459,3 +459,253 @@ def test_a_pipeline_scores_with_the_version_behind_the_alias(
     models = {(r["model"]["name"], r["model"]["version"], r["model"]["sha256"]) for r in rows}
     assert models == {("sensor", "2", sha256_of(v2)[:12])}
     assert all(isinstance(r["prediction"], float) for r in rows)
+
+
+# -- plain MLflow versions (a python_function flavour, no Headrace tags) --------------------
+
+HAVE_PYFUNC = HAVE_MLFLOW and importlib.util.find_spec("pandas") is not None
+FIELDS = ["a", "b", "c", "d"]
+
+
+def _columns(*names: str, kind: str = "double") -> str:
+    return json.dumps([{"type": kind, "name": n, "required": True} for n in names])
+
+
+def plain_version(
+    client: Any,
+    experiment: str,
+    name: str,
+    flavors: dict[str, Any],
+    files: dict[str, bytes],
+    inputs: str | None,
+) -> str:
+    """A version as ``mlflow.<flavour>.log_model`` leaves it: an MLmodel file (written
+    here as MLflow writes it: mlflow.pyfunc needs pandas, which the mlflow extra lacks),
+    the model's files, and no Headrace tags."""
+    import tempfile
+
+    import yaml
+
+    mlmodel: dict[str, Any] = {"artifact_path": "model", "flavors": flavors}
+    if inputs is not None:
+        mlmodel["signature"] = {
+            "inputs": inputs,
+            "outputs": json.dumps(
+                [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1]}}]
+            ),
+            "params": None,
+        }
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+        for file, data in files.items():
+            (Path(tmp) / file).write_bytes(data)
+        try:
+            client.get_registered_model(name)
+        except Exception:
+            client.create_registered_model(name)
+        run = client.create_run(experiment)
+        client.log_artifacts(run.info.run_id, tmp, artifact_path="model")
+    mv = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    return str(mv.version)
+
+
+def _pyfunc(loader: str, **extra: Any) -> dict[str, Any]:
+    return {"loader_module": loader, "python_version": "3.11", **extra}
+
+
+@pytest.fixture(scope="module")
+def booster_ubj(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Any, np.ndarray]:
+    import xgboost as xgb
+
+    x = np.random.default_rng(2).normal(size=(200, len(FIELDS))).astype(np.float32)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
+        xgb.DMatrix(x, label=(x[:, 0] > x[:, 1]).astype(int)),
+        num_boost_round=4,
+    )
+    return bytes(booster.save_raw("ubj")), booster, x
+
+
+def _xgb_flavors(model_class: str = "xgboost.core.Booster") -> dict[str, Any]:
+    return {
+        "python_function": _pyfunc("mlflow.xgboost", data="model.ubj"),
+        "xgboost": {"data": "model.ubj", "model_class": model_class, "model_format": "ubj"},
+    }
+
+
+def _featurizer(*fields: str, vector: str | None = None) -> Any:
+    from headrace.models import Featurizer
+
+    return Featurizer(list(fields), vector)
+
+
+@needs_mlflow
+@pytest.mark.parametrize(
+    ("flavors", "why"),
+    [
+        (
+            {
+                "python_function": _pyfunc("mlflow.sklearn", model_path="model.pkl"),
+                "sklearn": {"pickled_model": "model.pkl", "serialization_format": "cloudpickle"},
+            },
+            "its flavour mlflow.sklearn keeps the model as a pickle",
+        ),
+        (
+            {
+                "python_function": _pyfunc("mlflow.lightgbm", data="model.pkl"),
+                "lightgbm": {"data": "model.pkl", "model_class": "lightgbm.sklearn.LGBMClassifier"},
+            },
+            "mlflow.lightgbm pickles a lightgbm.sklearn.LGBMClassifier",
+        ),
+        (
+            {"python_function": _pyfunc("mlflow.pyfunc.model", python_model="python_model.pkl")},
+            "its flavour mlflow.pyfunc.model keeps the model as a pickle",
+        ),
+        (_xgb_flavors("os.system"), "mlflow.xgboost would instantiate os.system"),
+    ],
+)
+def test_a_plain_version_that_carries_a_pickle_needs_allow_pickle(
+    uri: str, client: Any, experiment: str, flavors: dict[str, Any], why: str
+) -> None:
+    plain_version(client, experiment, "plain", flavors, {"model.pkl": b"x"}, _columns(*FIELDS))
+    src = source(uri, "mlflow:plain/1", featurizer=_featurizer(*FIELDS))
+    with pytest.raises(ModelLoadError) as exc:
+        src.load("1")
+    message = str(exc.value)
+    assert message.startswith("mlflow model 'plain' version 1 is a plain MLflow pyfunc model")
+    assert why in message and "Set allow_pickle: true" in message and "\n" not in message
+
+
+@needs_mlflow
+@pytest.mark.parametrize(
+    ("inputs", "featurizer", "message"),
+    [
+        (
+            _columns("a", "b", "c"),
+            ("a", "b", "c", "d"),
+            "its signature takes 3 inputs (a, b, c), the featurizer gives 4 "
+            "(model.features.fields: a, b, c, d)",
+        ),
+        (
+            _columns("a", "b", "c", "e"),
+            ("a", "b", "c", "d"),
+            "its signature's columns (a, b, c, e) are not model.features.fields (a, b, c, d)",
+        ),
+        (
+            _columns("a", "b", "c", "d", kind="string"),
+            ("a", "b", "c", "d"),
+            "non-numeric input columns: a (string), b (string)",
+        ),
+        (
+            json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 5]}}]),
+            ("a", "b", "c", "d"),
+            "its signature takes 5 inputs, the featurizer gives 4",
+        ),
+        (None, ("a", "b", "c", "d"), "has no input signature: log it with one"),
+    ],
+)
+def test_a_plain_version_whose_signature_does_not_fit_is_refused_in_one_line(
+    uri: str,
+    client: Any,
+    experiment: str,
+    booster_ubj: tuple[bytes, Any, np.ndarray],
+    inputs: str | None,
+    featurizer: tuple[str, ...],
+    message: str,
+) -> None:
+    """Checked from the MLmodel file alone, before the model is downloaded or loaded."""
+    plain_version(
+        client, experiment, "plain", _xgb_flavors(), {"model.ubj": booster_ubj[0]}, inputs
+    )
+    with pytest.raises(ModelLoadError) as exc:
+        source(
+            uri,
+            "mlflow:plain/1",
+            featurizer=_featurizer(*featurizer),
+        ).load("1")
+    assert message in str(exc.value)
+    assert str(exc.value).startswith("mlflow model 'plain' version 1")
+    assert "\n" not in str(exc.value)
+
+
+@needs_mlflow
+def test_a_plain_xgboost_version_scores_in_a_pipeline(
+    uri: str,
+    client: Any,
+    experiment: str,
+    booster_ubj: tuple[bytes, Any, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    """A version logged the standard way serves through mlflow.pyfunc, its outputs what
+    XGBoost predicts; without pandas (the mlflow extra lacks it), one line says so."""
+    import xgboost as xgb
+
+    from headrace.pipeline import Pipeline
+
+    data, booster, x = booster_ubj
+    v = plain_version(
+        client, experiment, "churn", _xgb_flavors(), {"model.ubj": data}, _columns(*FIELDS)
+    )
+    client.set_registered_model_alias("churn", "production", v)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(
+        "".join(json.dumps(dict(zip(FIELDS, map(float, r), strict=True))) + "\n" for r in x[:30])
+    )
+    config = {
+        "name": "plain-mlflow",
+        "source": {"type": "jsonl", "path": str(inp)},
+        "model": {
+            "type": "registry",
+            "ref": "mlflow:churn@production",
+            "tracking_uri": uri,
+            "features": {"fields": FIELDS},
+        },
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+    }
+    if not HAVE_PYFUNC:
+        from headrace import PipelineError
+
+        with pytest.raises(PipelineError, match=r"needs mlflow\.pyfunc.*pip install pandas"):
+            Pipeline.from_config(parse_config(config)).run(install_signal_handlers=False)
+        return
+    summary = Pipeline.from_config(parse_config(config)).run(install_signal_handlers=False)
+    assert summary.records_out == 30
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    np.testing.assert_allclose(
+        [r["prediction"] for r in rows], booster.predict(xgb.DMatrix(x[:30])), rtol=1e-5
+    )
+    assert {(r["model"]["name"], r["model"]["version"]) for r in rows} == {("churn", "1")}
+
+
+@needs_mlflow
+@pytest.mark.skipif(not HAVE_PYFUNC, reason="mlflow.pyfunc needs pandas, not in the mlflow extra")
+def test_a_sklearn_version_logged_by_mlflow_loads_only_with_allow_pickle(
+    uri: str, client: Any, experiment: str, tmp_path: Path
+) -> None:
+    """mlflow.sklearn.log_model, as users call it: a pickle, so allow_pickle or nothing."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    x = np.random.default_rng(4).normal(size=(50, len(FIELDS)))
+    reg = LinearRegression().fit(x, x @ [1.0, 2.0, 3.0, 4.0])
+    frame = __import__("pandas").DataFrame(x, columns=FIELDS)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.sklearn.log_model(
+                reg,
+                name="model",
+                signature=infer_signature(frame, reg.predict(x)),
+                registered_model_name="reg",
+            )
+    finally:
+        mlflow.set_tracking_uri(None)
+    featurizer = _featurizer(*FIELDS)
+    with pytest.raises(ModelLoadError, match=r"mlflow\.sklearn keeps the model as a pickle"):
+        source(uri, "mlflow:reg/1", featurizer=featurizer).load("1")
+    model = source(uri, "mlflow:reg/1", featurizer=featurizer, allow_pickle=True).load("1")
+    assert model.format == "mlflow-pyfunc" and len(model.sha256) == 64
+    batch = x[:5].astype(np.float32)
+    np.testing.assert_allclose(model.predict_batch(batch), reg.predict(batch), rtol=1e-4)
