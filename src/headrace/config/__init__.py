@@ -41,9 +41,11 @@ from headrace.config.components import (
     SkopsModelConfig,
     SourceConfig,
     SqliteSinkConfig,
+    StartConfig,
     StdoutSinkConfig,
     WebhookBatchConfig,
     WebhookSinkConfig,
+    parse_start_timestamp,
     sink_name,
 )
 from headrace.config.load import interpolate, load_config, parse_config
@@ -113,6 +115,7 @@ __all__ = [
     "SkopsModelConfig",
     "SourceConfig",
     "SqliteSinkConfig",
+    "StartConfig",
     "StdoutSinkConfig",
     "UpdatesConfig",
     "WebhookBatchConfig",
@@ -124,5 +127,6 @@ __all__ = [
     "interpolate",
     "load_config",
     "parse_config",
+    "parse_start_timestamp",
     "sink_name",
 ]
