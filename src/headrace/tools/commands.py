@@ -216,6 +216,16 @@ def audit(
         ),
     ] = 30.0,
     examples: Annotated[int, typer.Option(min=0, help="Example positions per problem.")] = 10,
+    replay_topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replay-topic",
+            help="A topic 'headrace dead-letters replay' wrote to (repeatable): outputs of "
+            "its records count for the record that was dead-lettered, and the dead letters "
+            "replayed count no more.",
+            show_default=False,
+        ),
+    ] = None,
     settings: Settings = None,
     json: Json = False,
 ) -> None:
@@ -259,6 +269,7 @@ def audit(
             end_timeout=end_timeout,
             config=config,
             examples=examples,
+            replay_topics=replay_topic or (),
         )
     except ImportError as exc:
         raise _needs("postgres", exc) from None
