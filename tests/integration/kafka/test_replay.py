@@ -217,17 +217,15 @@ def test_dead_letters_replayed_with_their_original_bytes_are_scored_and_accounte
         for r in (outputs, dead, replayed):
             r.close()
 
-    report = audit(
-        tansu.bootstrap,
-        "events",
-        output_topic="predictions",
-        dead_letter_topic="dead-letters",
-        replay_topics=["replay"],
-        idle_timeout=0.3,
-    )
-    assert report.holds("exactly-once"), report
-    assert (report.input_count, report.output_count, report.dead_letter_count) == (33, 30, 5)
-    assert (report.replayed, report.replay_records, report.dead_lettered) == (2, 2, 3)
+    audit_args = ["audit", "-b", tansu.bootstrap, "-i", "events", "--output-topic"]
+    audit_args += ["predictions", "--dead-letter-topic", "dead-letters"]
+    audit_args += ["--replay-topic", "replay", "--idle-timeout", "0.3"]
+    audited = CliRunner().invoke(app, [*audit_args, "--expect", "exactly-once", "--json"])
+    assert audited.exit_code == 0, audited.output
+    report = msgspec.json.decode(audited.stdout.strip().splitlines()[-1])
+    counts = [report[k] for k in ("input_count", "output_count", "dead_letter_count")]
+    assert counts == [33, 30, 5]
+    assert [report[k] for k in ("replayed", "replay_records", "dead_lettered")] == [2, 2, 3]
     # Without the replay topic, the replayed outputs match no input position.
     plain = audit(
         tansu.bootstrap,
