@@ -71,6 +71,51 @@ def test_a_timestamp_past_the_last_record_is_the_end(tansu: TansuBroker) -> None
     }
 
 
+def test_the_plan_keeps_commits_and_the_engines_positions_and_resets_once(
+    tansu: TansuBroker,
+) -> None:
+    """Every kind of partition in one assignment, decided by a consumer that joins no
+    group (commits and lookups need none)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from headrace.connectors.kafka.start import Start, plan, summary
+
+    tansu.create_topic("events", 4)
+    produce_timed(tansu, "events", reference_events(8))  # partitions 0 and 1: 4 each
+    settings = {"bootstrap.servers": tansu.bootstrap, "group.id": "g", "fetch.wait.max.ms": 10}
+    consumer = Consumer({**settings, "enable.auto.commit": False})
+    try:
+        consumer.commit(
+            offsets=[TopicPartition("events", 0, 3), TopicPartition("events", 3, 0)],
+            asynchronous=False,
+        )
+        keys = [("events", p) for p in range(4)]
+        engine = {("events", 2): 1}
+        kept = plan(
+            consumer, keys, Start("earliest"), engine=engine, reset_before=set(), settings=settings
+        )
+        line = summary("kafka", Start("earliest"), kept)
+        assert line == (
+            "kafka source kafka: start earliest: events[0] committed 3, kept, "
+            "events[1] no commit -> beginning, events[2] at 1, kept by the pipeline's own "
+            "store, events[3] committed 0, kept; the start was ignored for partitions with "
+            "committed offsets (headrace run --reset-offsets moves them)"
+        )
+        reset = Start(datetime.fromtimestamp((BASE_MS + 2_000) / 1000, UTC), reset=True)
+        moved = plan(
+            consumer, keys, reset, engine=engine, reset_before={("events", 3)}, settings=settings
+        )
+        assert [(d.how, d.committed, d.to) for d in moved] == [
+            ("reset", 3, 1),  # event 2, the first at or after the time in partition 0
+            ("new", None, 1),  # event 3
+            ("engine", None, 1),
+            ("kept-reset-before", 0, None),
+        ]
+        assert OFFSET_BEGINNING in [d.to for d in kept]
+    finally:
+        consumer.close()
+
+
 def test_a_new_group_starts_at_the_timestamp_and_a_committed_one_moves_only_when_asked(
     tansu: TansuBroker, tmp_path: Path
 ) -> None:
