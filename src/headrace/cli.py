@@ -322,6 +322,10 @@ def _describe(cfg: PipelineConfig) -> None:
     sinks = ", ".join(f"{sink_name(s)} ({type(s).__struct_config__.tag})" for s in cfg.sinks)
     typer.echo(f"  pipeline    {cfg.name}")
     typer.echo(f"  source      {type(cfg.source).__struct_config__.tag}")
+    start = getattr(cfg.source, "start", None)
+    if start is not None:
+        at = start if isinstance(start, str) else start.timestamp.isoformat()
+        typer.echo(f"  start       {at} (partitions with no committed offset)")
     typer.echo(
         f"  model       {model.name} version {model.version} ({type(model).__struct_config__.tag})"
     )

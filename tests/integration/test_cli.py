@@ -342,3 +342,22 @@ def test_run_refuses_start_options_that_do_not_fit_in_one_line(
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
             result.stderr
         )
+
+
+def test_validate_names_the_start_and_refuses_a_bad_one_like_run(tmp_path: Path) -> None:
+    config = tmp_path / "kafka.yaml"
+    text = (
+        "name: k\nkafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+        "source: {type: kafka, topics: [in], group_id: g, start: {timestamp: %s}}\n"
+        "model: {type: callable, name: m, version: '1', function: 'json:dumps'}\n"
+        "sinks: [{type: stdout}]\n"
+    )
+    config.write_text(text % "2026-12-01T00:00:00Z")
+    result = run_cli("validate", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "start       2026-12-01T00:00:00+00:00" in result.stdout
+    config.write_text(text % "2026-12-01T00:00:00")
+    for command in ("validate", "run"):
+        result = run_cli(command, str(config))
+        assert result.returncode == 2, result.stderr
+        assert "at source.start.timestamp: 2026-12-01T00:00:00 has no time zone" in result.stderr
