@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -85,12 +86,31 @@ def run(
             "restarted when they die, with one /metrics for all."
         ),
     ] = "1",
+    from_timestamp: Annotated[
+        str | None,
+        typer.Option(
+            "--from-timestamp",
+            help="A kafka source's partitions without a committed offset start at the first "
+            "record at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z); "
+            "overrides source.start.",
+            show_default=False,
+        ),
+    ] = None,
+    reset_offsets: Annotated[
+        bool,
+        typer.Option(
+            "--reset-offsets",
+            help="Also move the group's committed offsets to the start (source.start or "
+            "--from-timestamp), once per partition; one worker only.",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline a YAML file describes, until its source ends or SIGTERM/SIGINT."""
     _logging(log_level)
-    cfg = _load(config)
+    cfg = _start(config, _load(config), from_timestamp, reset_offsets, workers)
     if workers != "1":
-        raise typer.Exit(_supervise(config, cfg, workers, metrics_port, progress, log_level))
+        args = [] if from_timestamp is None else ["--from-timestamp", from_timestamp]
+        raise typer.Exit(_supervise(config, cfg, workers, metrics_port, progress, log_level, args))
     try:
         pipeline = Pipeline.from_config(cfg, path=config)
     except (ConfigError, ModelLoadError) as exc:
@@ -99,6 +119,8 @@ def run(
     except MissingExtraError as exc:
         _missing_extra(exc)
         raise typer.Exit(EXIT_CONFIG) from None
+    if reset_offsets:
+        _reset_offsets(pipeline)
     if metrics_port is not None:
         host = cfg.metrics.host if cfg.metrics else defaults.METRICS_HOST
         pipeline.metrics(port=metrics_port, host=host)
@@ -134,6 +156,57 @@ def run(
         _stopped(exc)
 
 
+def _start(
+    config: Path, cfg: PipelineConfig, from_timestamp: str | None, reset: bool, workers: str
+) -> PipelineConfig:
+    """The configuration with ``--from-timestamp`` in ``source.start``; exits 2 with one
+    line when the options do not fit the pipeline."""
+    from headrace.config import KafkaSourceConfig, StartConfig, parse_start_timestamp
+
+    def refuse(message: str) -> typer.Exit:
+        err.print(f"[red]{escape(message)}[/red]", highlight=False)
+        return typer.Exit(EXIT_CONFIG)
+
+    if from_timestamp is None and not reset:
+        return cfg
+    src = cfg.source
+    option = "--from-timestamp" if from_timestamp is not None else "--reset-offsets"
+    if not isinstance(src, KafkaSourceConfig):
+        raise refuse(
+            f"{option}: {config} reads a {type(src).__struct_config__.tag} source; only a "
+            "kafka source has offsets to start from"
+        )
+    if from_timestamp is not None:
+        try:
+            when = parse_start_timestamp(from_timestamp)
+        except ValueError as exc:
+            raise refuse(f"--from-timestamp: {exc}") from None
+        src = msgspec.structs.replace(src, start=StartConfig(timestamp=when))
+        cfg = msgspec.structs.replace(cfg, source=src)
+    if reset and src.start is None:
+        raise refuse(
+            f"--reset-offsets: {config} has no source.start; say where to move the offsets "
+            "to with source.start or --from-timestamp"
+        )
+    if reset and workers != "1":
+        raise refuse(
+            "--reset-offsets runs with one worker: each worker the supervisor restarts "
+            "would move the offsets again"
+        )
+    return cfg
+
+
+def _reset_offsets(pipeline: Pipeline) -> None:
+    """Let the pipeline's Kafka source move committed offsets to its start."""
+    from dataclasses import replace
+
+    from headrace.connectors.kafka import KafkaSource
+
+    source = pipeline.spec.source
+    assert isinstance(source, KafkaSource) and source.start is not None
+    source.start = replace(source.start, reset=True)
+
+
 def _supervise(
     config: Path,
     cfg: PipelineConfig,
@@ -141,6 +214,7 @@ def _supervise(
     metrics_port: int | None,
     progress: bool,
     log_level: str,
+    extra_args: list[str] | None = None,
 ) -> int:
     """``run --workers N``: N processes of this pipeline, supervised."""
     from headrace.config.components import KafkaSourceConfig
@@ -166,7 +240,7 @@ def _supervise(
     supervisor = Supervisor(
         config,
         n,
-        args=["--log-level", log_level],
+        args=["--log-level", log_level, *(extra_args or [])],
         metrics=None if port is None else (host, port),
         progress=progress,
         # Without an id of the user's, one of this supervisor's own: unique on the machine.
@@ -248,6 +322,10 @@ def _describe(cfg: PipelineConfig) -> None:
     sinks = ", ".join(f"{sink_name(s)} ({type(s).__struct_config__.tag})" for s in cfg.sinks)
     typer.echo(f"  pipeline    {cfg.name}")
     typer.echo(f"  source      {type(cfg.source).__struct_config__.tag}")
+    start = getattr(cfg.source, "start", None)
+    if start is not None:
+        at = start if isinstance(start, str) else start.timestamp.isoformat()
+        typer.echo(f"  start       {at} (partitions with no committed offset)")
     typer.echo(
         f"  model       {model.name} version {model.version} ({type(model).__struct_config__.tag})"
     )

@@ -306,3 +306,58 @@ def test_validate_takes_several_files_one_line_each(
     result = run_cli("validate", str(good), str(good), env=cli_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"{good}: valid", f"{good}: valid"]
+
+
+def test_run_refuses_start_options_that_do_not_fit_in_one_line(
+    tmp_path: Path, events_file: Path
+) -> None:
+    """Checked before anything connects: no broker is needed to be told."""
+    kafka = tmp_path / "kafka.yaml"
+    kafka.write_text(
+        "name: k\nkafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+        "source: {type: kafka, topics: [in], group_id: g}\n"
+        "model: {type: callable, name: m, version: '1', function: 'nowhere:f'}\n"
+        "sinks: [{type: stdout}]\n"
+    )
+    jsonl = pipeline_yaml(tmp_path, events_file, "  - type: stdout")
+    cases = [
+        ((str(kafka), "--from-timestamp", "2026-12-01"), "--from-timestamp: '2026-12-01' is not"),
+        ((str(kafka), "--reset-offsets"), "--reset-offsets: "),
+        (
+            (
+                str(kafka),
+                "--from-timestamp",
+                "2026-12-01T00:00:00Z",
+                "--reset-offsets",
+                "--workers",
+                "2",
+            ),
+            "--reset-offsets runs with one worker",
+        ),
+        ((str(jsonl), "--from-timestamp", "2026-12-01T00:00:00Z"), "only a kafka source"),
+    ]
+    for args, expected in cases:
+        result = run_cli("run", *args)
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, (
+            result.stderr
+        )
+
+
+def test_validate_names_the_start_and_refuses_a_bad_one_like_run(tmp_path: Path) -> None:
+    config = tmp_path / "kafka.yaml"
+    text = (
+        "name: k\nkafka: {bootstrap_servers: '127.0.0.1:1'}\n"
+        "source: {type: kafka, topics: [in], group_id: g, start: {timestamp: %s}}\n"
+        "model: {type: callable, name: m, version: '1', function: 'json:dumps'}\n"
+        "sinks: [{type: stdout}]\n"
+    )
+    config.write_text(text % "2026-12-01T00:00:00Z")
+    result = run_cli("validate", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "start       2026-12-01T00:00:00+00:00" in result.stdout
+    config.write_text(text % "2026-12-01T00:00:00")
+    for command in ("validate", "run"):
+        result = run_cli(command, str(config))
+        assert result.returncode == 2, result.stderr
+        assert "at source.start.timestamp: 2026-12-01T00:00:00 has no time zone" in result.stderr

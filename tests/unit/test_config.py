@@ -947,3 +947,68 @@ def test_exactly_once_refuses_a_kafka_shadow_destination() -> None:
     assert parse_config(config(**base, updates={"shadow": SHADOW}), env={}).updates is not None
     at_least_once = {**base, "delivery": "at-least-once"}
     assert parse_config(config(**at_least_once, updates={"shadow": kafka_shadow}), env={})
+
+
+# -- source.start ----------------------------------------------------------------------
+
+KAFKA_SOURCE = {"type": "kafka", "topics": ["in"], "group_id": "g"}
+KAFKA_SECTION = {"bootstrap_servers": "127.0.0.1:9092"}
+
+
+def kafka_start(start: Any) -> dict[str, Any]:
+    return config(source={**KAFKA_SOURCE, "start": start}, kafka=KAFKA_SECTION)
+
+
+def test_source_start_takes_earliest_latest_or_a_timestamp_with_a_zone() -> None:
+    from datetime import UTC, datetime
+
+    from headrace.config import KafkaSourceConfig, StartConfig
+
+    for start in ("earliest", "latest"):
+        src = parse_config(kafka_start(start), env={}).source
+        assert isinstance(src, KafkaSourceConfig) and src.start == start
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    for written in ("2026-12-01T00:00:00Z", "2026-12-01T01:00:00+01:00", when):
+        src = parse_config(kafka_start({"timestamp": written}), env={}).source
+        assert isinstance(src, KafkaSourceConfig)
+        assert src.start == StartConfig(timestamp=when)
+    data = yaml_config(
+        "source: {type: kafka, topics: [in], group_id: g, start: {timestamp: 2026-12-01T00:00:00Z}}"
+    )
+    src = parse_config(data, env={}).source
+    assert isinstance(src, KafkaSourceConfig) and src.start == StartConfig(timestamp=when)
+
+
+def yaml_config(source_line: str) -> dict[str, Any]:
+    import yaml
+
+    data = config(kafka=KAFKA_SECTION)
+    data.update(yaml.safe_load(source_line))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ("yesterday", "at source.start: Invalid enum value 'yesterday'; expected one of: "),
+        ({"timestamp": "yesterday"}, "at source.start.timestamp: Invalid RFC3339"),
+        (
+            {"timestamp": "2026-12-01T00:00:00"},
+            "at source.start.timestamp: 2026-12-01T00:00:00 has no time zone",
+        ),
+        ({"timestamp": "1969-12-31T23:59:59Z"}, "at source.start.timestamp: 1969-12-31"),
+        ({}, "at source.start: missing required key 'timestamp'"),
+        ({"timestamp": "2026-12-01T00:00:00Z", "at": 1}, "at source.start: unknown key 'at'"),
+    ],
+)
+def test_a_bad_source_start_is_one_error_naming_the_key(start: Any, expected: str) -> None:
+    assert expected in error_of(kafka_start(start))
+
+
+def test_start_timestamps_given_on_the_command_line_are_checked_alike() -> None:
+    from headrace.config import parse_start_timestamp
+
+    assert parse_start_timestamp("2026-12-01T00:00:00Z").year == 2026
+    for bad, why in (("2026-12-01T00:00:00", "no time zone"), ("2026-12-01", "not an RFC 3339")):
+        with pytest.raises(ValueError, match=why):
+            parse_start_timestamp(bad)

@@ -144,6 +144,7 @@ def _kafka_source(
 ) -> tuple[Source, JsonDecoder | None]:
     decoder = _decoder(c)
     from headrace.connectors.kafka import KafkaSource
+    from headrace.connectors.kafka.start import Start
 
     settings = kafka.consumer_settings()
     topics = c.topics or ([kafka.entity_path] if kafka.entity_path else [])
@@ -161,6 +162,9 @@ def _kafka_source(
         settings=settings,
         max_records=c.max_records,
         poll_timeout=min(0.1, max(0.001, wait)),
+        start=None
+        if c.start is None
+        else Start(c.start if isinstance(c.start, str) else c.start.timestamp),
     )
     return source, decoder
 

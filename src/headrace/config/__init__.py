@@ -47,10 +47,12 @@ from headrace.config.components import (
     SkopsModelConfig,
     SourceConfig,
     SqliteSinkConfig,
+    StartConfig,
     StdoutSinkConfig,
     WebhookBatchConfig,
     WebhookSinkConfig,
     XGBoostModelConfig,
+    parse_start_timestamp,
     sink_name,
 )
 from headrace.config.load import interpolate, load_config, parse_config
@@ -126,6 +128,7 @@ __all__ = [
     "SkopsModelConfig",
     "SourceConfig",
     "SqliteSinkConfig",
+    "StartConfig",
     "StdoutSinkConfig",
     "UpdatesConfig",
     "WebhookBatchConfig",
@@ -138,5 +141,6 @@ __all__ = [
     "interpolate",
     "load_config",
     "parse_config",
+    "parse_start_timestamp",
     "sink_name",
 ]

@@ -6,6 +6,7 @@ its union (and a builder in :mod:`headrace.build`)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -40,6 +41,46 @@ class JsonLinesSourceConfig(Section, kw_only=True, tag="jsonl", tag_field="type"
     max_bytes: Positive = 1 << 20
 
 
+def start_timestamp_problem(when: datetime) -> str | None:
+    """Why ``when`` cannot be a start timestamp (``None``: it can)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        return f"{when.isoformat()} has no time zone; write it as e.g. 2026-12-01T00:00:00Z"
+    if when < datetime(1970, 1, 1, tzinfo=UTC):
+        return f"{when.isoformat()} is before 1970-01-01T00:00:00Z, where Kafka's time starts"
+    return None
+
+
+def parse_start_timestamp(text: str) -> datetime:
+    """An RFC 3339 time with a zone, as ``source.start.timestamp`` and ``headrace run
+    --from-timestamp`` take it; ``ValueError`` says what is wrong with anything else.
+
+    >>> parse_start_timestamp("2026-12-01T00:00:00Z").isoformat()
+    '2026-12-01T00:00:00+00:00'
+    """
+    try:
+        when = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 time; write it as e.g. 2026-12-01T00:00:00Z"
+        ) from None
+    problem = start_timestamp_problem(when)
+    if problem is not None:
+        raise ValueError(problem)
+    return when
+
+
+class StartConfig(Section, kw_only=True):
+    """``source.start: {timestamp: ...}``: partitions with no committed offset start at the
+    first record at or after ``timestamp`` (see :mod:`headrace.connectors.kafka.start`)."""
+
+    timestamp: datetime
+
+    def __post_init__(self) -> None:
+        problem = start_timestamp_problem(self.timestamp)
+        if problem is not None:
+            raise ValueError(f"timestamp: {problem}")
+
+
 class KafkaSourceConfig(Section, kw_only=True, tag="kafka", tag_field="type"):
     """A Kafka topic (or several) read as a member of a consumer group. The connection is
     the top-level ``kafka`` section. ``instance_id`` makes the worker a static member
@@ -55,6 +96,8 @@ class KafkaSourceConfig(Section, kw_only=True, tag="kafka", tag_field="type"):
     time_field: str | None = None
     max_bytes: Positive = 1 << 20
     max_records: Positive = 1000
+    # Where partitions without a committed offset start (auto.offset.reset otherwise).
+    start: Literal["earliest", "latest"] | StartConfig | None = None
 
 
 class MqttTlsConfig(Section, kw_only=True):

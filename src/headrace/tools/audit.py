@@ -19,12 +19,23 @@ found by counting, not by trusting the reported high watermark, which some broke
 seconds *and* every partition's position has reached the high watermark reported when the
 audit began — or, should a partition never get there, once nothing has arrived for
 ``end_timeout`` seconds (the report then lists it in ``incomplete``).
+
+**Replayed dead letters** (``headrace dead-letters replay``, ``replay_topics``). A dead
+letter replayed to a replay topic and scored from there by a pipeline reading that topic
+has an output whose position is in the replay topic, not the input. The audit reads the
+replay topics too: each replayed record's ``headrace-replayed-source`` header names the
+position of the record that failed (followed through replays of replays), and its
+``headrace-replayed-from`` the dead letter it copies. Outputs and dead letters of replayed
+records then count for that first position, and a dead letter that was replayed is no
+outcome of its own (``replayed`` counts them): a record dead-lettered, replayed and scored
+has one fate, its output; replayed and not yet scored, it is missing; replayed twice and
+scored twice, duplicated.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +44,7 @@ from confluent_kafka import Consumer, KafkaException
 from headrace.tools.audit_read import (
     AuditError,
     Positions,
+    Replays,
     read_table,
     read_topics,
     table_identifier,
@@ -76,6 +88,7 @@ def audit(
     metadata_timeout: float = 10.0,
     config: Mapping[str, Any] | None = None,
     examples: int = 10,
+    replay_topics: Sequence[str] = (),
 ) -> AuditReport:
     """Audit ``input_topic`` against one output (a topic of Headrace outputs, or a table
     with ``topic, partition, "offset"`` columns read through ``dsn``) and optionally a
@@ -94,7 +107,7 @@ def audit(
         raise ValueError("give at most one dead-letter source: a topic or a table")
     if (output_table is not None or dead_letter_table is not None) and not dsn:
         raise ValueError("reading a table needs a PostgreSQL DSN")
-    named = [t for t in (output_topic, dead_letter_topic) if t is not None]
+    named = [t for t in (output_topic, dead_letter_topic, *replay_topics) if t is not None]
     if input_topic in named or len(set(named)) < len(named):
         raise ValueError("the input, output and dead-letter topics must all differ")
     for table in (output_table, dead_letter_table):
@@ -104,7 +117,9 @@ def audit(
         raise ValueError("idle_timeout must be positive and end_timeout at least idle_timeout")
 
     started = time.monotonic()
-    inputs, outputs, dead = Positions(), Positions(), Positions()
+    inputs, outputs = Positions(), Positions()
+    dead = Positions(by_dead_letter=bool(replay_topics))
+    replays = {t: Replays() for t in replay_topics}
     topics: dict[str, Positions] = {input_topic: inputs}
     if output_topic is not None:
         topics[output_topic] = outputs
@@ -126,6 +141,7 @@ def audit(
             idle_timeout=idle_timeout,
             end_timeout=end_timeout,
             metadata_timeout=metadata_timeout,
+            replays=replays,
         )
     except AuditError as exc:
         raise AuditError(redact(str(exc), settings)) from None
@@ -138,6 +154,9 @@ def audit(
         assert dsn is not None
         read_table(dsn, dead_letter_table, dead)
 
+    superseded = 0
+    if replay_topics:
+        outputs, dead, superseded = _follow_replays(outputs, dead, replays)
     report = compare(
         input_topic,
         {p: offs for (_t, p), offs in inputs.offsets.items()},
@@ -149,9 +168,46 @@ def audit(
     sources = {"output": output_topic or f"table {output_table}"}
     if dead_letter_topic or dead_letter_table:
         sources["dead letters"] = dead_letter_topic or f"table {dead_letter_table}"
+    if replay_topics:
+        sources["replays"] = ", ".join(replay_topics)
     return replace(
         report,
+        dead_letter_count=report.dead_letter_count + superseded,
+        replayed=superseded,
+        replay_records=sum(r.count for r in replays.values()),
         incomplete=tuple(incomplete),
         elapsed=time.monotonic() - started,
         sources=sources,
     )
+
+
+def _follow_replays(
+    outputs: Positions, dead: Positions, replays: Mapping[str, Replays]
+) -> tuple[Positions, Positions, int]:
+    """Outputs and dead letters with replayed records' positions replaced by the position
+    of the record that first failed, and without the dead letters that were replayed
+    (their record's fate is now its replay's); returns how many were left out."""
+    merged = Replays()
+    for r in replays.values():
+        merged.sources.update(r.sources)
+        merged.dead_letters |= r.dead_letters
+    followed = Positions()
+    followed.unreadable = outputs.unreadable
+    for (topic, partition), offsets in outputs.offsets.items():
+        if topic not in replays:
+            followed.offsets[(topic, partition)] = offsets
+            continue
+        for offset in offsets:
+            followed.add(*merged.resolve((topic, partition, offset)))
+    kept = Positions()
+    kept.unreadable = dead.unreadable
+    superseded = 0
+    for own, source in (dead.by_dead_letter or {}).items():
+        if own in merged.dead_letters:
+            superseded += 1
+        else:
+            kept.add(*merged.resolve(source))
+    for (topic, partition), offsets in dead.offsets.items():  # from a table
+        for offset in offsets:
+            kept.add(*merged.resolve((topic, partition, offset)))
+    return followed, kept, superseded

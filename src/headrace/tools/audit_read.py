@@ -23,6 +23,7 @@ from confluent_kafka import (
 )
 
 from headrace.errors import HeadraceError
+from headrace.tools.replay import REPLAYED_FROM, REPLAYED_SOURCE, parse_position
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
@@ -44,18 +45,60 @@ class _Outcome(msgspec.Struct):
     source: _Source
 
 
-class Positions:
-    """Offsets by ``(topic, partition)``, in compact arrays."""
+Triple = tuple[str, int, int]
 
-    def __init__(self) -> None:
+
+class Positions:
+    """Offsets by ``(topic, partition)``, in compact arrays. Dead letters read while
+    replays are followed (``by_dead_letter`` not ``None``) are kept by their own position
+    instead, mapped to their record's, so that replayed ones can be told apart."""
+
+    def __init__(self, *, by_dead_letter: bool = False) -> None:
         self.offsets: dict[tuple[str, int], array[int]] = {}
         self.unreadable = 0
+        self.by_dead_letter: dict[Triple, Triple] | None = {} if by_dead_letter else None
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         arr = self.offsets.get((topic, partition))
         if arr is None:
             arr = self.offsets[(topic, partition)] = array("q")
         arr.append(offset)
+
+
+class Replays:
+    """What replay topics say (``headrace dead-letters replay`` headers): each replayed
+    record's position maps to the position of the record that failed, and the dead
+    letters replayed are noted."""
+
+    def __init__(self) -> None:
+        self.sources: dict[Triple, Triple] = {}
+        self.dead_letters: set[Triple] = set()
+        self.count = 0
+        self.unreadable = 0
+
+    def take(self, m: Message) -> None:
+        self.count += 1
+        headers = dict(m.headers() or ())
+        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        assert topic is not None and partition is not None and offset is not None
+        try:
+            source = parse_position(_header_text(headers, REPLAYED_SOURCE))
+            dead_letter = parse_position(_header_text(headers, REPLAYED_FROM))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            self.unreadable += 1
+            return
+        self.sources[(topic, partition, offset)] = source
+        self.dead_letters.add(dead_letter)
+
+    def resolve(self, position: Triple) -> Triple:
+        """The first record ``position`` is a replay of (through replays of replays)."""
+        seen = {position}
+        while position in self.sources:
+            position = self.sources[position]
+            if position in seen:  # a loop: no header should make one, but stop
+                break
+            seen.add(position)
+        return position
 
 
 def read_topics(
@@ -66,12 +109,15 @@ def read_topics(
     idle_timeout: float,
     end_timeout: float,
     metadata_timeout: float,
+    replays: Mapping[str, Replays] | None = None,
 ) -> list[str]:
-    """Read ``topics`` to their end (see :mod:`headrace.tools.audit`); returns the partitions
-    that stopped short of the high watermark reported at the start."""
+    """Read ``topics`` (and the replay topics of ``replays``) to their end (see
+    :mod:`headrace.tools.audit`); returns the partitions that stopped short of the high
+    watermark reported at the start."""
+    replays = replays or {}
     assignment: list[TopicPartition] = []
     ends: dict[tuple[str, int], int] = {}
-    for topic in topics:
+    for topic in [*topics, *replays]:
         try:
             md = consumer.list_topics(topic, timeout=metadata_timeout)
         except KafkaException as exc:
@@ -101,7 +147,11 @@ def read_topics(
                 if err.code() == KafkaError._PARTITION_EOF or err.retriable():
                     continue
                 raise AuditError(f"reading {m.topic()}[{m.partition()}]: {err}")
-            _take(m, topics, by_source, decode)
+            replay = replays.get(m.topic() or "")
+            if replay is not None:
+                replay.take(m)
+            else:
+                _take(m, topics, by_source, decode)
         now = time.monotonic()
         if messages:
             last = now
@@ -135,13 +185,20 @@ def _take(
         # A Kafka dead letter: the value is the original message, so it can be replayed;
         # its position travels in headers.
         try:
-            into.add(
+            source = (
                 _header_text(headers, _DLQ_TOPIC),
                 int(_header_text(headers, _DLQ_PARTITION)),
                 int(_header_text(headers, _DLQ_OFFSET)),
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             into.unreadable += 1
+            return
+        if into.by_dead_letter is not None:
+            partition, offset = m.partition(), m.offset()
+            assert partition is not None and offset is not None
+            into.by_dead_letter[(topic, partition, offset)] = source
+        else:
+            into.add(*source)
         return
     try:
         s = decode(m.value() or b"").source

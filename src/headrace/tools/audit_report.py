@@ -37,7 +37,10 @@ class AuditReport:
     positions affected. ``unexpected`` counts outputs and dead letters (copies, not
     positions) that match no input position, ``unreadable`` of which had no readable
     position at all. ``incomplete`` names partitions whose reading stopped short of the
-    high watermark reported at the start.
+    high watermark reported at the start. ``replayed`` counts dead letters (of those read)
+    that ``headrace dead-letters replay`` re-produced to a replay topic the audit followed:
+    they are no outcome of their own, their replay's output (or dead letter) is;
+    ``replay_records`` counts the records read from replay topics.
     """
 
     input_topic: str
@@ -56,6 +59,8 @@ class AuditReport:
     incomplete: tuple[str, ...] = ()
     elapsed: float = 0.0
     sources: Mapping[str, str] = field(default_factory=dict)
+    replayed: int = 0
+    replay_records: int = 0
 
     def holds(self, mode: str) -> bool:
         """Whether the guarantee ``mode`` held: ``"exactly-once"`` needs no missing, no
@@ -100,6 +105,13 @@ class AuditReport:
             f"{self.dead_letter_count:,}",
             f"{self.dead_lettered:,} input positions dead-lettered",
         )
+        if self.replay_records or self.replayed:
+            t.add_row(
+                "replayed",
+                f"{self.replayed:,}",
+                f"dead letters replayed, counted by their replay's outcome "
+                f"({self.replay_records:,} records read from replay topics)",
+            )
         t.add_row("accounted for", f"{self.accounted:,}", "")
         style = "red" if self.missing else "green"
         t.add_row(

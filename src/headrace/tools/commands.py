@@ -1,13 +1,15 @@
-"""``headrace loadgen`` and ``headrace audit``: the tools as commands.
+"""``headrace loadgen``, ``headrace audit`` and ``headrace dead-letters replay``: the
+tools as commands.
 
-:func:`register` adds both to a Typer app. The Kafka client (and, for tables, psycopg) is
+:func:`register` adds them to a Typer app. The Kafka client (and, for tables, psycopg) is
 imported only when a command runs, so ``headrace --help`` and the other commands work
 without the ``kafka`` and ``postgres`` extras installed.
 
 Exit codes: 0 success; 1 the run failed (loadgen: records not delivered or broker
 unreachable; audit: ``--expect`` did not hold); 2 a usage error, naming the option; 3
-(audit) the audit could not read its input or outputs. ``-X`` values whose key contains
-``password``, ``secret`` or ``sasl`` are never printed.
+(audit, replay) the input or outputs could not be read. ``dead-letters replay`` exits 1
+when a record was not delivered or a partition was not read to its end. ``-X`` values
+whose key contains ``password``, ``secret`` or ``sasl`` are never printed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from headrace.tools.settings import SettingError, describe, parse_settings
@@ -25,6 +28,7 @@ from headrace.tools.settings import SettingError, describe, parse_settings
 if TYPE_CHECKING:
     from headrace.tools.audit import AuditReport
     from headrace.tools.loadgen import LoadgenSummary
+    from headrace.tools.replay import ReplaySummary
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -212,6 +216,16 @@ def audit(
         ),
     ] = 30.0,
     examples: Annotated[int, typer.Option(min=0, help="Example positions per problem.")] = 10,
+    replay_topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replay-topic",
+            help="A topic 'headrace dead-letters replay' wrote to (repeatable): outputs of "
+            "its records count for the record that was dead-lettered, and the dead letters "
+            "replayed count no more.",
+            show_default=False,
+        ),
+    ] = None,
     settings: Settings = None,
     json: Json = False,
 ) -> None:
@@ -255,6 +269,7 @@ def audit(
             end_timeout=end_timeout,
             config=config,
             examples=examples,
+            replay_topics=replay_topic or (),
         )
     except ImportError as exc:
         raise _needs("postgres", exc) from None
@@ -285,7 +300,137 @@ def _report_dict(report: AuditReport) -> dict[str, Any]:
     return out
 
 
+dead_letters_app = typer.Typer(
+    help="Dead letters in a Kafka topic: replay them.", no_args_is_help=True
+)
+
+
+@dead_letters_app.command("replay")
+def replay_dead_letters(
+    bootstrap: Bootstrap,
+    from_topic: Annotated[
+        str, typer.Option("--from", help="The dead-letter topic, read from its beginning.")
+    ],
+    to_topic: Annotated[
+        str, typer.Option("--to", help="The topic the original records are produced to.")
+    ],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage", help="Only dead letters of this stage (repeatable).", show_default=False
+        ),
+    ] = None,
+    error_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--error-type",
+            help="Only dead letters of this error type (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be replayed; produce nothing.")
+    ] = False,
+    end_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Give up on a partition that makes no progress this long."),
+    ] = 30.0,
+    settings: Settings = None,
+    json: Json = False,
+) -> None:
+    """Re-produce dead letters' original key and value to another topic, with headers
+    that record the replay (headrace-replayed-from, -source, -stage, -error-type); prints
+    counts by stage and error type. Commits nothing: a second run replays again."""
+    from headrace.errors import ErrorType, Stage
+
+    for values, allowed, hint in (
+        (stage or [], [str(s) for s in Stage], "'--stage'"),
+        (error_type or [], [str(e) for e in ErrorType], "'--error-type'"),
+    ):
+        for value in values:
+            if value not in allowed:
+                raise typer.BadParameter(
+                    f"{value!r} is none of: {', '.join(allowed)}", param_hint=hint
+                )
+    config = _settings(settings)
+    try:
+        from headrace.tools.replay import ReplayError, replay
+    except ImportError as exc:
+        raise _needs("kafka", exc) from None
+    err = Console(stderr=True, soft_wrap=True)
+    if config:
+        err.print(f"client settings: {describe(config)}", highlight=False)
+    try:
+        summary = replay(
+            bootstrap,
+            from_topic,
+            to_topic,
+            stages=stage or (),
+            error_types=error_type or (),
+            dry_run=dry_run,
+            config=config,
+            end_timeout=end_timeout,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except ReplayError as exc:
+        err.print(Text.assemble(("cannot replay ", "red"), str(exc)))
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    _report_replay(summary)
+    if json:
+        _print_json(_replay_dict(summary))
+    if summary.failed or summary.incomplete:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _report_replay(s: ReplaySummary) -> None:
+    out = Console(soft_wrap=True)
+    verb = "would replay" if s.dry_run else "replayed"
+    table = Table(title=f"{verb} {s.from_topic} → {s.to_topic}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("error type")
+    table.add_column("records", justify="right")
+    for (stage, error_type), n in sorted(s.selected.items()):
+        table.add_row(stage, error_type, f"{n:,}")
+    out.print(table)
+    done = f"{s.selected_count:,} selected" + (
+        " (dry run: nothing produced)" if s.dry_run else f", {s.produced:,} produced"
+    )
+    out.print(
+        f"read {s.read:,} records of {s.from_topic}: {done}, {s.skipped:,} left out by "
+        f"the filters, {s.not_dead_letters:,} not dead letters; {s.elapsed:.2f} s",
+        highlight=False,
+    )
+    err = Console(stderr=True, soft_wrap=True)
+    if s.failed:
+        err.print(f"[red]{s.failed:,} records not delivered[/red]", highlight=False)
+    for e in s.errors:
+        err.print(f"  {e}", highlight=False, markup=False)
+    if s.incomplete:
+        err.print(f"[red]not read to the end:[/red] {', '.join(s.incomplete)}", highlight=False)
+
+
+def _replay_dict(s: ReplaySummary) -> dict[str, Any]:
+    return {
+        "from": s.from_topic,
+        "to": s.to_topic,
+        "read": s.read,
+        "selected": s.selected_count,
+        "produced": s.produced,
+        "failed": s.failed,
+        "skipped": s.skipped,
+        "not_dead_letters": s.not_dead_letters,
+        "dry_run": s.dry_run,
+        "by_kind": [
+            {"stage": st, "error_type": et, "count": n}
+            for (st, et), n in sorted(s.selected.items())
+        ],
+        "incomplete": s.incomplete,
+    }
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``loadgen`` and ``audit`` to ``app``."""
+    """Add ``loadgen``, ``audit`` and ``dead-letters`` to ``app``."""
     app.command("loadgen")(loadgen)
     app.command("audit")(audit)
+    app.add_typer(dead_letters_app, name="dead-letters")

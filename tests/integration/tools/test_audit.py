@@ -133,6 +133,62 @@ def test_a_position_both_written_and_dead_lettered_is_a_duplicate(topics: Topics
     assert report.holds("at-least-once") and not report.holds("exactly-once")
 
 
+def test_replayed_dead_letters_count_by_their_replay_and_the_oracle_still_fails(
+    topics: Topics,
+) -> None:
+    """Dead letters replayed (``headrace dead-letters replay`` headers) and scored from the
+    replay topic: one fate each. A replay not scored is missing, one scored twice is
+    duplicated, a dead letter not replayed still counts."""
+    from confluent_kafka import Producer
+
+    broker, ps = topics.broker, topics.positions
+    replay = broker.create_topic(f"replay-{uuid.uuid4().hex[:8]}", 1)
+    failed = ps[:4]  # dead-lettered; 0-2 replayed, 3 not
+    topics.write(topics.output, ps[4:])
+    producer = Producer(broker.client_config(**{"linger.ms": 5}))
+    for p in failed:
+        headers = {
+            "headrace-stage": "model",
+            "headrace-error-type": "model-error",
+            "headrace-source-topic": p.topic,
+            "headrace-source-partition": str(p.partition),
+            "headrace-source-offset": str(p.offset),
+        }
+        producer.produce(topics.dead, b"original", partition=0, headers=headers)
+    producer.flush(10)
+    dead = broker.consume_all(topics.dead, 4)
+    dead_by_source = {
+        (
+            int(d["headers"]["headrace-source-partition"]),
+            int(d["headers"]["headrace-source-offset"]),
+        ): (
+            d["partition"],
+            d["offset"],
+        )
+        for d in dead
+    }
+    for p in failed[:3]:
+        dp, do = dead_by_source[(p.partition, p.offset)]
+        headers = {
+            "headrace-replayed-from": f"{topics.dead}/{dp}/{do}",
+            "headrace-replayed-source": f"{p.topic}/{p.partition}/{p.offset}",
+        }
+        producer.produce(replay, b"original", partition=0, headers=headers)
+    producer.flush(10)
+    # Replays at offsets 0, 1, 2: 0 scored once, 1 scored twice, 2 not scored.
+    topics.write(topics.output, [Position(replay, 0, 0), Position(replay, 0, 1)])
+    topics.write(topics.output, [Position(replay, 0, 1)])
+
+    report = topics.audit(
+        output_topic=topics.output, dead_letter_topic=topics.dead, replay_topics=[replay]
+    )
+    assert (report.replayed, report.replay_records, report.dead_letter_count) == (3, 3, 4)
+    assert report.missing_examples == (failed[2],)
+    assert (report.duplicated, report.duplicated_examples) == (1, (failed[1],))
+    assert (report.unexpected, report.dead_lettered) == (0, 1)
+    assert not report.holds("at-least-once")
+
+
 PREDICTIONS = """CREATE TABLE {name} (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL,
     key TEXT, prediction DOUBLE PRECISION)"""

@@ -36,6 +36,7 @@ from headrace.connectors.kafka.common import (
     log,
     topic_partitions,
 )
+from headrace.connectors.kafka.start import Start, plan, summary
 from headrace.connectors.kafka_ids import INSTANCE_ID_RULE, instance_id_problem
 from headrace.record import Record, source_record
 
@@ -70,6 +71,9 @@ class KafkaSource(PartitionedSource):
     with the same id, it gets its partitions back without a rebalance. Give each worker of
     the group its own id (e.g. ``socket.gethostname()`` in a StatefulSet): a second member
     with the same id fences the first.
+
+    ``start`` chooses where partitions without a committed offset begin (and, with
+    ``reset``, moves committed ones there once): see :mod:`headrace.connectors.kafka.start`.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class KafkaSource(PartitionedSource):
         poll_timeout: float = 0.1,
         name: str = "kafka",
         instance_id: str | None = None,
+        start: Start | None = None,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -124,6 +129,9 @@ class KafkaSource(PartitionedSource):
         self._next: dict[PartitionKey, int] = {}
         # Commits sent without waiting (see commit_soon), by the poll thread.
         self._soon = SoonCommits()
+        self.start = start
+        # Partitions whose committed offsets this process moved (reset once, never again).
+        self._reset_done: set[PartitionKey] = set()
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
@@ -375,6 +383,12 @@ class KafkaSource(PartitionedSource):
                 starts = self._call_listener(self._listener.partitions_assigned(keys))
             except Exception as exc:
                 self._fatal = exc
+        if self.start is not None and self._fatal is None:
+            try:
+                starts = self._start_positions(consumer, keys, starts or {})
+            except Exception as exc:
+                log.error("kafka %s: choosing where %s start failed: %s", self.name, fmt(keys), exc)
+                self._fatal = exc
         if starts:
             for p in partitions:
                 if (p.topic, p.partition) in starts:
@@ -389,6 +403,32 @@ class KafkaSource(PartitionedSource):
             consumer.pause(partitions)
             self._paused |= set(keys)
         self._group_metadata = consumer.consumer_group_metadata()
+
+    def _start_positions(
+        self, consumer: Any, keys: list[PartitionKey], engine: Mapping[PartitionKey, int]
+    ) -> dict[PartitionKey, int]:
+        """The engine's positions, and the start's for partitions it chooses (moving
+        committed offsets under ``reset``: committed here, before any record is read)."""
+        start = self.start
+        assert start is not None
+        decisions = plan(
+            consumer,
+            keys,
+            start,
+            engine=engine,
+            reset_before=self._reset_done,
+            settings=self.settings,
+        )
+        moved = {d.key: d.to for d in decisions if d.how == "reset" and d.to is not None}
+        if moved:
+            self._commit(topic_partitions(moved))
+            self._reset_done |= set(moved)
+        log.warning("%s", summary(self.name, start, decisions))
+        out = dict(engine)
+        for d in decisions:
+            if d.how in ("new", "reset") and d.to is not None:
+                out[d.key] = d.to
+        return out
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
