@@ -6,6 +6,7 @@ with timeouts, never on fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -247,8 +248,15 @@ class Worker:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        """Kill it, and its children (a supervisor's workers), so that a failed test
+        leaves no worker running on."""
         if self.alive():
             assert self.proc is not None
+            import psutil
+
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.proc.pid).children(recursive=True):
+                    child.kill()
             self.proc.kill()
             self.proc.wait(10)
 
