@@ -18,8 +18,8 @@ check; what is checked instead, before a byte of the model is deserialised, is i
 Then the version's files are downloaded (their MLmodel file must be the one checked),
 their sha256 (over every file's path and bytes)
 taken as the model's ``sha256`` for outputs, and ``mlflow.pyfunc.load_model`` loads them.
-``mlflow.pyfunc`` needs pandas, which the ``mlflow`` extra (``mlflow-skinny``) does not
-install: without it a plain version is refused with one line saying so.
+``mlflow.pyfunc`` needs pandas (the ``mlflow`` extra installs it; ``mlflow-skinny`` alone
+does not): without it a plain version is refused with one line saying so.
 """
 
 from __future__ import annotations
