@@ -1,16 +1,21 @@
 """The reference workload through a Kafka-protocol broker: Headrace against a plain loop.
 
 A backlog of reference sensor events (200,000; 50,000 with ``--quick``) in a 4-partition
-topic is scored by a light model (NumPy logistic regression on the 8 features) and a heavy
-one (an IsolationForest of 100 trees in ONNX Runtime, one intra-op thread), predictions
-produced to a topic. Each is scored by:
+topic is scored by a light model (NumPy logistic regression on the 8 features), a heavy
+one (an IsolationForest of 100 trees in ONNX Runtime, one intra-op thread, which releases
+the GIL) and a heavy one that holds the GIL (the same forest as the scikit-learn object,
+``sklearn``, called through a ``callable`` model in both systems), predictions produced
+to a topic. Each is scored by:
 
 - Headrace: the real ``headrace run`` command on a YAML pipeline (Kafka source, feature
   vector, batches of 256 and of 512, Kafka sink), at-least-once, then exactly-once
   (outputs and offsets in Kafka transactions) with the better batch size, committing at
   Headrace's default interval (1 s) and every 100 ms;
-- the baseline, ``bench/plain_loop.py``: the confluent-kafka loop users write (consume 256,
-  ``json.loads``, predict, produce, ``flush()``, synchronous ``commit()``).
+- two baselines, ``bench/plain_loop.py``: the confluent-kafka loop (consume 256,
+  ``json.loads``, predict, produce, ``flush()``, then ``commit()``), committing
+  synchronously (the correct at-least-once loop, which waits for each commit) and
+  asynchronously without explicit offsets (the loop most users write: it does not wait,
+  and a crash can lose what it had read). Ratios are given against both.
 
 Every run reads the same backlog with a fresh consumer group into a fresh output topic,
 in its own process. Figures per run:
@@ -120,6 +125,12 @@ def headrace_yaml(
   name: logistic
   version: "1"
   function: bench.plain_loop:light"""
+    elif model == "sklearn":
+        model_yaml = """\
+  type: callable
+  name: isolation-forest-sklearn
+  version: "1"
+  function: bench.plain_loop:forest"""
     else:
         model_yaml = f"""\
   type: onnx
@@ -159,18 +170,19 @@ class Worker:
     """How to start one worker: Headrace or the plain loop, on a given input and output."""
 
     system: str  # "headrace" or "plain"
-    model: str  # "light" or "heavy"
+    model: str  # "light", "heavy" or "sklearn"
     delivery: str = "at-least-once"
     batch: int = 256
     concurrency: int = 2
     max_records: int | None = None  # the Kafka source's records per poll (Headrace: 1000)
     commit_interval_ms: int | None = None  # Headrace: 1000
     runtime: tuple[tuple[str, Any], ...] = ()  # more runtime keys (Headrace)
+    commit: str = "sync"  # the plain loop's commit: "sync" or "async"
 
     @property
     def label(self) -> str:
         if self.system == "plain":
-            return f"plain loop, batch {self.batch}"
+            return f"plain loop, {self.commit} commit, batch {self.batch}"
         label = f"headrace {self.delivery}, batch {self.batch}"
         if self.max_records is not None:
             label += f", poll {self.max_records}"
@@ -213,6 +225,8 @@ class Worker:
                 str(models.onnx_path),
                 "--batch",
                 str(self.batch),
+                "--commit",
+                self.commit,
             ]
         else:
             config = headrace_yaml(
@@ -597,7 +611,7 @@ class Plan:
     rates: dict[str, float]
     concurrency: dict[str, int]
     repeats: int = 1
-    models: tuple[str, ...] = ("light", "heavy")
+    models: tuple[str, ...] = ("light", "heavy", "sklearn")
     audit: bool = True
     # An exactly-once variant with shorter transactions (Headrace's default: 1000 ms).
     fast_commit_ms: int = 100
@@ -680,6 +694,7 @@ def run_model(
         return result
 
     plain = through(Worker("plain", model))
+    plain_async = through(Worker("plain", model, commit="async"))
     tried = [through(Worker("headrace", model, batch=b, concurrency=conc)) for b in plan.batches]
     best = max(tried, key=lambda t: t["records_per_s"] or 0)
     batch = best["batch_size"]
@@ -697,6 +712,7 @@ def run_model(
     alo = Worker("headrace", model, batch=batch, concurrency=conc)
     paced_runs = [
         paced(Worker("plain", model)),
+        paced(Worker("plain", model, commit="async")),
         paced(alo),
         paced(
             Worker("headrace", model, batch=batch, concurrency=conc, max_records=plan.paced_poll)
@@ -704,14 +720,14 @@ def run_model(
         paced(eo),
         paced(eo_fast),
     ]
-    base = plain["records_per_s"]
+    base, base_async = plain["records_per_s"], plain_async["records_per_s"]
 
     def latency(run: dict[str, Any]) -> dict[str, float]:
         return {"p50": run["latency_ms_p50"], "p99": run["latency_ms_p99"]}
 
     return {
         "model": model,
-        "throughput": [plain, *tried, eo_run, eo_fast_run],
+        "throughput": [plain, plain_async, *tried, eo_run, eo_fast_run],
         "chosen_batch_size": batch,
         "ratio_headrace_to_plain": {
             "at-least-once": round(best["records_per_s"] / base, 3),
@@ -720,6 +736,16 @@ def run_model(
                 eo_fast_run["records_per_s"] / base, 3
             ),
         },
+        "ratio_headrace_to_plain_async_commit": {
+            "at-least-once": round(best["records_per_s"] / base_async, 3),
+            "exactly-once": round(eo_run["records_per_s"] / base_async, 3),
+        },
+        "cpu_us_per_record_to_plain_async_commit": round(
+            best["cpu_us_per_record_scoring"] / plain_async["cpu_us_per_record_scoring"], 3
+        ),
+        "broker_cpu_to_plain_async_commit": round(
+            best["broker_cpu_s_scoring"] / max(plain_async["broker_cpu_s_scoring"], 1e-9), 3
+        ),
         "exactly_once_cost": {
             "throughput_to_at_least_once": round(
                 eo_run["records_per_s"] / best["records_per_s"], 3
@@ -735,9 +761,9 @@ def run_model(
                 ],
             },
             "paced_latency_ms": {
-                "at-least-once": latency(paced_runs[1]),
-                "exactly-once": latency(paced_runs[3]),
-                f"exactly-once, commit {plan.fast_commit_ms} ms": latency(paced_runs[4]),
+                "at-least-once": latency(paced_runs[2]),
+                "exactly-once": latency(paced_runs[4]),
+                f"exactly-once, commit {plan.fast_commit_ms} ms": latency(paced_runs[5]),
             },
         },
         "paced": paced_runs,
@@ -746,18 +772,21 @@ def run_model(
 
 def table(results: list[dict[str, Any]], audit: bool) -> str:
     lines = [
-        f"{'model':<6} {'throughput run':<52} {'records/s':>10} {'ratio':>6} {'to last':>8} "
+        f"{'model':<7} {'throughput run':<52} {'records/s':>10} {'ratio':>6} {'/async':>6} "
+        f"{'to last':>8} "
         f"{'cpu s':>7} "
         f"{'scoring':>8} {'us/rec':>7} {'broker':>7} {'rss MiB':>8}"
         + (f" {'lost':>5} {'dup':>5}" if audit else ""),
     ]
     for r in results:
         base = r["throughput"][0]["records_per_s"]
+        base_async = r["throughput"][1]["records_per_s"]
         for t in r["throughput"]:
             name = t["label"] + (" *" if t.get("chosen") else "")
             lines.append(
-                f"{r['model']:<6} {name:<52} {t['records_per_s']:>10,} "
-                f"{t['records_per_s'] / base:>6.2f} {t['records_per_s_first_to_last']:>8,} "
+                f"{r['model']:<7} {name:<52} {t['records_per_s']:>10,} "
+                f"{t['records_per_s'] / base:>6.2f} {t['records_per_s'] / base_async:>6.2f} "
+                f"{t['records_per_s_first_to_last']:>8,} "
                 f"{t['cpu_s']:>7.2f} "
                 f"{t['cpu_s_scoring']:>8.2f} {t['cpu_us_per_record_scoring']:>7.1f} "
                 f"{t['broker_cpu_s_scoring']:>7.2f} {t['peak_rss_mib']:>8.1f}"
@@ -765,13 +794,13 @@ def table(results: list[dict[str, Any]], audit: bool) -> str:
             )
     lines.append("")
     lines.append(
-        f"{'model':<6} {'paced run':<52} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'model':<7} {'paced run':<52} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'scored':>7} {'prod.':>7} {'cpu':>6} {'rss MiB':>8}"
     )
     for r in results:
         for p in r["paced"]:
             lines.append(
-                f"{r['model']:<6} {p['label']:<52} {p['achieved_rate']:>8,} "
+                f"{r['model']:<7} {p['label']:<52} {p['achieved_rate']:>8,} "
                 f"{p['latency_ms_p50']:>8.1f} {p['latency_ms_p99']:>8.1f} "
                 f"{p['latency_ms_max'] or 0:>8.1f} {p['scored_ms_p50']:>7.1f} "
                 f"{p['produced_ms_p50']:>7.1f} {p['cpu_share_of_one_core']:>6.0%} "
@@ -803,12 +832,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50,000 records, short paced runs")
     parser.add_argument("--records", type=int, help="backlog size (default 200,000)")
     parser.add_argument("--repeats", type=int, help="runs per throughput figure (default 2; 1)")
-    parser.add_argument("--models", default="light,heavy", help="light,heavy")
+    parser.add_argument(
+        "--models", default="light,heavy,sklearn", help="any of light,heavy,sklearn"
+    )
     parser.add_argument("--batches", default="256,512", help="Headrace batch sizes to try")
     parser.add_argument("--light-concurrency", type=int, default=2)
     parser.add_argument("--heavy-concurrency", type=int, default=2)
+    # The scikit-learn forest holds the GIL: a second batch at once only waits for it.
+    parser.add_argument("--sklearn-concurrency", type=int, default=1)
     parser.add_argument("--light-rate", type=float, default=5000.0)
     parser.add_argument("--heavy-rate", type=float, default=5000.0)
+    parser.add_argument("--sklearn-rate", type=float, default=5000.0)
     parser.add_argument("--paced-seconds", type=float, help="default 20 (8 with --quick)")
     parser.add_argument("--no-audit", action="store_true", help="skip the position audits")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -819,8 +853,12 @@ def main() -> None:
         paced_seconds=args.paced_seconds or (8.0 if args.quick else 20.0),
         warmup=1.0 if args.quick else 2.0,
         cooldown=1.5,
-        rates={"light": args.light_rate, "heavy": args.heavy_rate},
-        concurrency={"light": args.light_concurrency, "heavy": args.heavy_concurrency},
+        rates={"light": args.light_rate, "heavy": args.heavy_rate, "sklearn": args.sklearn_rate},
+        concurrency={
+            "light": args.light_concurrency,
+            "heavy": args.heavy_concurrency,
+            "sklearn": args.sklearn_concurrency,
+        },
         repeats=args.repeats or (1 if args.quick else 2),
         models=tuple(args.models.split(",")),
         audit=not args.no_audit,
@@ -859,6 +897,13 @@ def main() -> None:
     print()
     for r in results:
         ratio, cost = r["ratio_headrace_to_plain"], r["exactly_once_cost"]
+        to_async = r["ratio_headrace_to_plain_async_commit"]
+        print(
+            f"{r['model']}: against the async-commit loop: {to_async['at-least-once']:.2f} "
+            f"at-least-once, {to_async['exactly-once']:.2f} exactly-once; CPU per record "
+            f"{r['cpu_us_per_record_to_plain_async_commit']:.2f}x, broker CPU "
+            f"{r['broker_cpu_to_plain_async_commit']:.2f}x"
+        )
         lat = cost["paced_latency_ms"]
         fast = f"exactly-once, commit {plan.fast_commit_ms} ms"
         print(

@@ -2,12 +2,18 @@
 
 Consume a batch, decode each value with the standard ``json`` module, build the feature
 matrix, predict, produce one JSON output per record (the same shape Headrace writes),
-flush the producer, commit the consumer's offsets synchronously, repeat. At-least-once:
-offsets are committed only after the batch's outputs were acknowledged by the broker.
+flush the producer, commit the consumer's offsets, repeat.
+
+``--commit sync`` (the default) commits synchronously: at-least-once, offsets are committed
+only after the batch's outputs were acknowledged by the broker, and the loop waits for
+the commit. ``--commit async`` is the loop most users write: ``commit(asynchronous=True)``
+without explicit offsets, which does not wait, and which commits the consumer's *current*
+position (issue 13 measured it losing 256-512 records per crash).
 
     python -m bench.plain_loop -b 127.0.0.1:9092 -i events -o predictions -g plain \\
         --model light
     python -m bench.plain_loop ... --model heavy --onnx-path model.onnx
+    python -m bench.plain_loop ... --model sklearn --commit async
 
 Runs until SIGTERM or SIGINT, then finishes the batch in hand, closes and exits 0. It
 writes ``assigned ...`` to stderr when partitions are assigned (the benchmark waits for
@@ -17,6 +23,7 @@ it) and a one-line summary at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
@@ -39,6 +46,26 @@ _B = np.float32(0.1)
 def light(x: np.ndarray) -> np.ndarray:
     """Logistic regression over a (n, 8) float32 batch: one probability per row."""
     result: np.ndarray = 1.0 / (1.0 + np.exp(-(x @ _W + _B)))
+    return result
+
+
+@functools.cache
+def _forest() -> Any:
+    """The scikit-learn model: an IsolationForest of 100 trees, fitted once per process on
+    seeded reference events (about a second; the benchmarks' intervals start at the first
+    output, after it)."""
+    from sklearn.ensemble import IsolationForest
+
+    from headrace import SensorEvents
+
+    _, x, _ = SensorEvents(entities=200, anomaly_rate=0.0, seed=7).features(20_000)
+    return IsolationForest(n_estimators=100, random_state=7).fit(x.astype(np.float32))
+
+
+def forest(x: np.ndarray) -> np.ndarray:
+    """Anomaly scores from the scikit-learn forest: it spends much of a call in Python,
+    holding the GIL (the kind of model issue 14 calls HEAVY)."""
+    result: np.ndarray = -_forest().score_samples(x)
     return result
 
 
@@ -83,6 +110,7 @@ def run(
     model_version: str = "1",
     batch: int = 256,
     timeout: float = 1.0,
+    commit: str = "sync",
 ) -> int:
     """Score ``topic`` into ``output_topic`` until SIGTERM/SIGINT; returns records scored."""
     stopping = False
@@ -142,7 +170,7 @@ def run(
             producer.flush()
             if errors:
                 raise RuntimeError(f"{len(errors)} deliveries failed: {errors[0]}")
-            consumer.commit(asynchronous=False)
+            consumer.commit(asynchronous=commit == "async")
             scored += len(msgs)
     except KafkaException as exc:
         print(f"kafka error: {exc}", file=sys.stderr, flush=True)
@@ -161,14 +189,17 @@ def main() -> None:
     parser.add_argument("-i", "--topic", required=True)
     parser.add_argument("-o", "--output-topic", required=True)
     parser.add_argument("-g", "--group", required=True)
-    parser.add_argument("--model", choices=["light", "heavy"], default="light")
+    parser.add_argument("--model", choices=["light", "heavy", "sklearn"], default="light")
     parser.add_argument("--onnx-path", help="the ONNX model (for --model heavy)")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--commit", choices=["sync", "async"], default="sync")
     args = parser.parse_args()
     if args.model == "heavy":
         if not args.onnx_path:
             parser.error("--model heavy needs --onnx-path")
         predict, name = onnx_model(args.onnx_path), "isolation-forest"
+    elif args.model == "sklearn":
+        predict, name = forest, "isolation-forest-sklearn"
     else:
         predict, name = light, "logistic"
     run(
@@ -179,6 +210,7 @@ def main() -> None:
         predict,
         model_name=name,
         batch=args.batch,
+        commit=args.commit,
     )
 
 

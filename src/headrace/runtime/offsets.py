@@ -8,7 +8,7 @@ offset to read, so committing it and restarting re-reads exactly the unfinished 
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Iterable
 
 from headrace.errors import HeadraceError
@@ -17,20 +17,109 @@ from headrace.record import Record
 PartitionKey = tuple[str, int]
 
 
+def runs(records: Iterable[Record]) -> list[tuple[str, int, int, int]]:
+    """``(topic, partition, lo, hi)`` for each run of consecutive offsets ``lo .. hi - 1``
+    of one partition, each partition's runs in order: what a batch's bookkeeping works on,
+    a few runs per batch instead of one step per record. Partitions may interleave (a
+    consumer's records of several partitions) without splitting their runs.
+
+    >>> from headrace.record import source_record
+    >>> rs = [source_record(key=None, value=None, event_time=0.0, topic="t", partition=p,
+    ...                     offset=o) for p, o in [(0, 5), (0, 6), (1, 9), (0, 7), (0, 9)]]
+    >>> runs(rs)
+    [('t', 0, 5, 8), ('t', 0, 9, 10), ('t', 1, 9, 10)]
+    """
+    done: list[tuple[str, int, int, int]] = []
+    open_: dict[PartitionKey, list[int]] = {}
+    topic: str | None = None
+    partition = -1
+    run = [0, -1]  # the run of the record before: most records extend it
+    for r in records:
+        o = r.offset
+        if o == run[1] and r.partition == partition and r.topic == topic:
+            run[1] = o + 1
+            continue
+        topic, partition = key = r.topic, r.partition
+        found = open_.get(key)
+        if found is not None and found[1] == o:
+            found[1] = o + 1
+            run = found
+            continue
+        if found is not None:
+            done.append((topic, partition, found[0], found[1]))
+        run = open_[key] = [o, o + 1]
+    for (t, p), (lo, hi) in open_.items():
+        done.append((t, p, lo, hi))
+    return done
+
+
 class _Partition:
-    __slots__ = ("last_tracked", "order", "position", "unfinished")
+    """One partition's records in flight, as runs of consecutive offsets (sorted, never
+    adjacent: a run read right after the last one extends it). Run ``i`` spans
+    ``starts[i] .. ends[i] - 1``; everything below ``nexts[i]`` in it is finished, and
+    ``extra`` holds the offsets finished out of order (above their run's ``nexts``).
+    Runs before ``head`` are finished and dropped."""
+
+    __slots__ = ("ends", "extra", "head", "last_tracked", "nexts", "starts", "unfinished")
 
     def __init__(self, first_offset: int) -> None:
-        self.order: deque[int] = deque()  # tracked offsets, oldest first
-        self.unfinished: set[int] = set()
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.nexts: list[int] = []
+        self.head = 0
+        self.extra: set[int] = set()
         self.last_tracked = first_offset - 1
-        self.position = first_offset
+        self.unfinished = 0
 
-    def advance(self) -> None:
-        order, unfinished = self.order, self.unfinished
-        while order and order[0] not in unfinished:
-            order.popleft()
-        self.position = order[0] if order else self.last_tracked + 1
+    def track(self, lo: int, hi: int) -> None:
+        ends = self.ends
+        if self.head < len(ends) and ends[-1] == lo:
+            ends[-1] = hi
+        else:
+            self.starts.append(lo)
+            ends.append(hi)
+            self.nexts.append(lo)
+        self.last_tracked = hi - 1
+        self.unfinished += hi - lo
+
+    def done(self, lo: int, hi: int) -> int | None:
+        """Mark ``lo .. hi - 1`` finished; an offset of them that was not in flight (then
+        nothing is marked), else ``None``."""
+        i = bisect_right(self.starts, lo, self.head) - 1
+        if i < self.head or hi > self.ends[i]:
+            return lo if i < self.head or lo >= self.ends[i] else self.ends[i]
+        extra, nexts = self.extra, self.nexts
+        nxt = nexts[i]
+        if lo < nxt:
+            return lo  # finished already
+        if extra:
+            again = extra.intersection(range(lo, hi))
+            if again:
+                return min(again)
+        self.unfinished -= hi - lo
+        if lo == nxt:  # in order: the usual case
+            end = self.ends[i]
+            while hi < end and hi in extra:  # finished earlier, out of order
+                extra.remove(hi)
+                hi += 1
+            nexts[i] = hi
+        else:
+            extra.update(range(lo, hi))
+        return None
+
+    @property
+    def position(self) -> int:
+        """The first unfinished offset, or the one after the last tracked."""
+        starts, ends, nexts, head = self.starts, self.ends, self.nexts, self.head
+        n = len(starts)
+        while head < n and nexts[head] == ends[head]:
+            head += 1
+        if head > 32 and head * 2 > n:  # drop finished runs now and then, not each time
+            del starts[:head], ends[:head], nexts[:head]
+            head = 0
+            n = len(starts)
+        self.head = head
+        return nexts[head] if head < n else self.last_tracked + 1
 
 
 class OffsetTrackerError(HeadraceError, RuntimeError):
@@ -60,51 +149,30 @@ class OffsetTracker:
     def track(self, records: Iterable[Record]) -> None:
         """Register records in the order they were read. Offsets must increase per partition."""
         parts = self._partitions
-        key: PartitionKey | None = None
-        part: _Partition | None = None
-        for r in records:
-            k = (r.topic, r.partition)
-            if k != key:
-                key = k
-                part = parts.get(k)
-                if part is None:
-                    part = parts[k] = _Partition(r.offset)
-            assert part is not None
-            if r.offset <= part.last_tracked:
+        for topic, partition, lo, hi in runs(records):
+            part = parts.get((topic, partition))
+            if part is None:
+                part = parts[topic, partition] = _Partition(lo)
+            elif lo <= part.last_tracked:
                 raise OffsetTrackerError(
-                    f"offset {r.offset} of {k[0]}[{k[1]}] tracked after offset "
+                    f"offset {lo} of {topic}[{partition}] tracked after offset "
                     f"{part.last_tracked}: offsets must increase within a partition"
                 )
-            part.last_tracked = r.offset
-            part.order.append(r.offset)
-            part.unfinished.add(r.offset)
-            if len(part.order) == 1:
-                part.position = r.offset
+            part.track(lo, hi)
 
     def done(self, records: Iterable[Record]) -> None:
         """Mark records as having reached a terminal state."""
         parts = self._partitions
-        touched: set[_Partition] = set()
-        key: PartitionKey | None = None
-        part: _Partition | None = None
-        for r in records:
-            k = (r.topic, r.partition)
-            if k != key:
-                key = k
-                part = parts.get(k)
-                if part is None:
-                    raise OffsetTrackerError(f"{k[0]}[{k[1]}] offset {r.offset} was never tracked")
-                touched.add(part)
-            assert part is not None
-            try:
-                part.unfinished.remove(r.offset)
-            except KeyError:
+        for topic, partition, lo, hi in runs(records):
+            part = parts.get((topic, partition))
+            if part is None:
+                raise OffsetTrackerError(f"{topic}[{partition}] offset {lo} was never tracked")
+            wrong = part.done(lo, hi)
+            if wrong is not None:
                 raise OffsetTrackerError(
-                    f"{k[0]}[{k[1]}] offset {r.offset} is not in flight: never tracked, or "
+                    f"{topic}[{partition}] offset {wrong} is not in flight: never tracked, or "
                     "already done"
-                ) from None
-        for part in touched:
-            part.advance()
+                )
 
     def positions(self) -> dict[PartitionKey, int]:
         """The commit position of every tracked partition."""
@@ -113,9 +181,12 @@ class OffsetTracker:
     def committable(self) -> dict[PartitionKey, int]:
         """Positions that moved since they were last marked committed."""
         committed = self._committed
-        return {
-            k: p.position for k, p in self._partitions.items() if committed.get(k) != p.position
-        }
+        moved = {}
+        for k, p in self._partitions.items():
+            position = p.position
+            if committed.get(k) != position:
+                moved[k] = position
+        return moved
 
     def mark_committed(self, positions: dict[PartitionKey, int]) -> None:
         """Record that ``positions`` were committed (call it only once they were)."""
@@ -141,11 +212,11 @@ class OffsetTracker:
     def unfinished(self, partitions: Iterable[PartitionKey]) -> int:
         """Records tracked and not yet finished in the given partitions."""
         parts = self._partitions
-        return sum(len(parts[k].unfinished) for k in partitions if k in parts)
+        return sum(parts[k].unfinished for k in partitions if k in parts)
 
     def in_flight(self) -> int:
         """Records tracked and not yet finished."""
-        return sum(len(p.unfinished) for p in self._partitions.values())
+        return sum(p.unfinished for p in self._partitions.values())
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop a partition (it was revoked, or the source rewound it)."""

@@ -274,3 +274,35 @@ def test_position_jumps_a_gap_once_everything_before_it_finished() -> None:
     assert tracker.positions() == {("t", 0): 15}
     tracker.done(recs([15]))
     assert tracker.positions() == {("t", 0): 16}
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=read_orders(), data=st.data())
+def test_finishing_a_record_twice_or_one_never_read_raises_and_changes_nothing(
+    order: list[Record], data: st.DataObject
+) -> None:
+    """The tracker keeps runs of consecutive offsets, not one entry per record: finishing
+    an offset it no longer holds (finished before, in order or out of it) or never held
+    (a gap, beyond the last read) is refused, whatever runs surround it, and leaves the
+    positions and the in-flight count as they were."""
+    tracker = OffsetTracker()
+    tracker.track(order)
+    finished = data.draw(st.lists(st.sampled_from(order), unique_by=id))
+    tracker.done(finished)
+    held = {(r.topic, r.partition, r.offset) for r in order}
+    done = {(r.topic, r.partition, r.offset) for r in finished}
+    r = data.draw(st.sampled_from(order))
+    key = (r.topic, r.partition)
+    offset = data.draw(
+        st.sampled_from(sorted(o for (t, p, o) in done if (t, p) == key))
+        if any((t, p) == key for (t, p, _) in done) and data.draw(st.booleans())
+        else st.integers(r.offset - 3, r.offset + 30).filter(
+            lambda o: (key[0], key[1], o) not in held
+        )
+    )
+    before = tracker.positions(), tracker.in_flight()
+    with pytest.raises(OffsetTrackerError, match="not in flight|never tracked"):
+        tracker.done([rec(offset, key[1], key[0])])
+    assert (tracker.positions(), tracker.in_flight()) == before
+    tracker.done([x for x in order if (x.topic, x.partition, x.offset) not in done])
+    assert tracker.in_flight() == 0
