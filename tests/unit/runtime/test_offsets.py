@@ -301,7 +301,7 @@ def test_finishing_a_record_twice_or_one_never_read_raises_and_changes_nothing(
         )
     )
     before = tracker.positions(), tracker.in_flight()
-    with pytest.raises(OffsetTrackerError, match="not in flight|never tracked"):
+    with pytest.raises(OffsetTrackerError, match=r"not in flight|never tracked"):
         tracker.done([rec(offset, key[1], key[0])])
     assert (tracker.positions(), tracker.in_flight()) == before
     tracker.done([x for x in order if (x.topic, x.partition, x.offset) not in done])
