@@ -38,11 +38,12 @@ from headrace.pipeline import Pipeline
 from headrace.record import FailedRecord, Record, ScoredBatch
 from headrace.registry import LocalRegistry, RegistryError, parse_reference
 from headrace.registry.source import RegistrySource
-from headrace.runtime.batcher import MicroBatcher, OutputCountError
+from headrace.runtime.batcher import OutputCountError
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import KafkaTransactions, PostgresTransactions
 from headrace.runtime.engine import EngineSettings, PipelineError, RunSummary
 from headrace.runtime.manager import ModelSource, Probation
+from headrace.runtime.microbatcher import MicroBatcher
 from headrace.runtime.priority import Priorities, ShedPolicy
 from headrace.runtime.scoring import FailurePolicy
 from headrace.windows import (

@@ -1,10 +1,8 @@
 """Micro-batching: group items into batches that fire when full or when the oldest item is due.
 
-Two faces of one mechanism:
-
-* :class:`Batcher` feeds whole batches to a handler coroutine; the engine uses it for records.
-* :class:`MicroBatcher` gives applications ``await batcher.infer(x)``: each call waits for the
-  result of its own item while the batcher scores many items at once.
+:class:`Batcher` feeds whole batches to a handler coroutine; the engine uses it for records.
+(:class:`~headrace.runtime.microbatcher.MicroBatcher`, for applications' ``await
+batcher.infer(x)``, fires by another rule: when the model is idle.)
 
 A batch fires as soon as it holds ``max_size`` items, or ``max_wait`` seconds after its oldest
 item arrived, whichever comes first. There is no fixed sleep and no waiting for a next item
@@ -20,8 +18,7 @@ import inspect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from headrace.errors import ErrorType, HeadraceError
 
@@ -214,97 +211,3 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what is checked
     )
-
-
-class MicroBatcher(Generic[T, R]):
-    """Request-level batching for applications: ``await batcher.infer(x)``.
-
-    ``predict_batch`` takes a list of inputs and returns one output per input, in order. A
-    plain function runs in ``executor`` (the loop's default thread pool if ``None``), so the
-    event loop never blocks on the model; a coroutine function is awaited.
-
-    >>> import asyncio
-    >>> async def main():
-    ...     async with MicroBatcher(lambda xs: [x * 2 for x in xs], max_size=8,
-    ...                             max_wait=0.005) as batcher:
-    ...         return await asyncio.gather(*(batcher.infer(i) for i in range(5)))
-    >>> asyncio.run(main())
-    [0, 2, 4, 6, 8]
-
-    If ``predict_batch`` raises, or returns the wrong number of outputs, the callers whose
-    items were in that batch get the error; other batches are unaffected.
-    """
-
-    def __init__(
-        self,
-        predict_batch: Callable[[list[T]], Any],
-        *,
-        max_size: int = 64,
-        max_wait: float = 0.01,
-        max_concurrency: int = 1,
-        executor: Executor | None = None,
-    ) -> None:
-        self._predict = predict_batch
-        self._is_async = is_async_callable(predict_batch)
-        self._executor = executor
-        self._batcher: Batcher[tuple[T, asyncio.Future[R]]] = Batcher(
-            self._score,
-            max_size=max_size,
-            max_wait=max_wait,
-            max_concurrency=max_concurrency,
-        )
-        self._runner: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> MicroBatcher[T, R]:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def start(self) -> None:
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._batcher.run())
-
-    async def infer(self, item: T) -> R:
-        """Score one item as part of whichever batch it joins; returns its output."""
-        self.start()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._batcher.put([(item, future)])
-        return await future
-
-    async def infer_many(self, items: Sequence[T]) -> list[R]:
-        """Score several items; they may span batches. Returns outputs in input order."""
-        self.start()
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in items]
-        self._batcher.put(list(zip(items, futures, strict=True)))
-        return list(await asyncio.gather(*futures))
-
-    async def aclose(self) -> None:
-        """Score everything already submitted, then stop."""
-        self._batcher.close()
-        if self._runner is not None:
-            await self._runner
-
-    async def _score(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        inputs = [item for item, _ in batch]
-        try:
-            if self._is_async:
-                outputs = await self._predict(inputs)
-            else:
-                loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
-                if inspect.isawaitable(outputs):  # a plain function that returned a coroutine
-                    outputs = await outputs
-            outputs = cast(Sequence[R], outputs)
-            if len(outputs) != len(inputs):
-                raise OutputCountError(len(inputs), len(outputs))
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), output in zip(batch, outputs, strict=True):
-            if not future.done():
-                future.set_result(output)

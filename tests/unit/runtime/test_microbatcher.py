@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.runtime.batcher import BatcherClosed, MicroBatcher, OutputCountError
+from headrace.runtime.batcher import BatcherClosed, OutputCountError
+from headrace.runtime.microbatcher import MicroBatcher
 from helpers import wait_for
 
 T = TypeVar("T")
@@ -199,41 +200,59 @@ async def test_plain_predict_runs_in_the_given_executor() -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(max_wait=st.floats(0.005, 0.05), max_size=st.integers(2, 64), use_async=st.booleans())
-def test_lone_item_is_answered_once_max_wait_has_passed(
-    max_wait: float, max_size: int, use_async: bool
+@given(max_size=st.integers(2, 64), use_async=st.booleans())
+def test_lone_item_is_scored_at_once_while_the_model_is_idle(
+    max_size: int, use_async: bool
 ) -> None:
-    """A lone request is not held hostage waiting for a full batch: it is scored
-    ``max_wait`` after it arrived, plus scheduling noise."""
+    """A request that finds the model idle is not held back for a fuller batch: it is
+    scored at once, even with a 10 s ``max_wait``."""
     model = FakeModel()
 
     async def main() -> float:
-        async with MicroBatcher(
-            model.face(use_async), max_size=max_size, max_wait=max_wait
-        ) as batcher:
+        async with MicroBatcher(model.face(use_async), max_size=max_size, max_wait=10.0) as mb:
             start = time.monotonic()
-            assert await batcher.infer(5) == score(5)
+            assert await mb.infer(5) == score(5)
             return time.monotonic() - start
 
     elapsed = run(main())
     assert model.batches == [[5]]
-    assert max_wait - 1e-4 <= elapsed < max_wait + SLACK
+    assert elapsed < SLACK
+
+
+class HeldModel:
+    """A coroutine model whose first call waits for :attr:`gate`; later calls answer at
+    once. Records each batch as it starts."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.batches: list[list[int]] = []
+
+    async def predict(self, xs: list[int]) -> list[Output]:
+        self.batches.append(list(xs))
+        if len(self.batches) == 1:
+            await self.gate.wait()
+        return [score(x) for x in xs]
 
 
 @settings(max_examples=30, deadline=None)
-@given(data=st.data(), max_size=st.integers(1, 64), use_async=st.booleans())
-def test_full_batch_fires_without_waiting_for_max_wait(
-    data: st.DataObject, max_size: int, use_async: bool
+@given(data=st.data(), max_size=st.integers(1, 64))
+def test_full_batch_fires_without_waiting_for_max_wait_while_the_model_is_busy(
+    data: st.DataObject, max_size: int
 ) -> None:
-    """``max_size`` requests, arriving in any number of groups, are scored at once even
-    with a 10 s ``max_wait``."""
+    """With a call in flight and a slot free, ``max_size`` requests arriving in any number
+    of groups (in separate turns of the loop) are scored as one batch at once, even with a
+    10 s ``max_wait``."""
     cuts = sorted(data.draw(st.sets(st.integers(1, max_size - 1)))) if max_size > 1 else []
     bounds = [0, *cuts, max_size]
     parts = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
-    model = FakeModel()
 
-    async def main() -> tuple[list[Output], float]:
-        async with MicroBatcher(model.face(use_async), max_size=max_size, max_wait=10.0) as batcher:
+    async def main() -> tuple[HeldModel, list[Output], float]:
+        model = HeldModel()
+        async with MicroBatcher(
+            model.predict, max_size=max_size, max_wait=10.0, max_concurrency=2
+        ) as batcher:
+            held = asyncio.create_task(batcher.infer(-1))
+            await wait_for(lambda: bool(model.batches))
             calls = []
             for part in parts:
                 calls.append(asyncio.create_task(batcher.infer_many(part)))
@@ -241,12 +260,57 @@ def test_full_batch_fires_without_waiting_for_max_wait(
             start = time.monotonic()
             results = await asyncio.gather(*calls)
             elapsed = time.monotonic() - start
-        return [out for outs in results for out in outs], elapsed
+            model.gate.set()
+            assert await held == score(-1)
+        return model, [out for outs in results for out in outs], elapsed
 
-    results, elapsed = run(main())
+    model, results, elapsed = run(main())
     assert results == [score(x) for x in range(max_size)]
-    assert model.batches == [list(range(max_size))]
+    assert model.batches == [[-1], list(range(max_size))]
     assert elapsed < 1.0
+
+
+@settings(max_examples=10, deadline=None)
+@given(max_wait=st.floats(0.005, 0.05))
+def test_partial_batch_waits_at_most_max_wait_while_the_model_is_busy(max_wait: float) -> None:
+    """With a call in flight and a slot free, a lone request waits for company, but no
+    longer than ``max_wait`` after it arrived."""
+
+    async def main() -> tuple[HeldModel, float]:
+        model = HeldModel()
+        async with MicroBatcher(
+            model.predict, max_size=8, max_wait=max_wait, max_concurrency=2
+        ) as batcher:
+            held = asyncio.create_task(batcher.infer(-1))
+            await wait_for(lambda: bool(model.batches))
+            start = time.monotonic()
+            assert await batcher.infer(5) == score(5)
+            elapsed = time.monotonic() - start
+            assert not held.done()  # scored while the first call was still running
+            model.gate.set()
+            await held
+        return model, elapsed
+
+    model, elapsed = run(main())
+    assert model.batches == [[-1], [5]]
+    assert max_wait - 1e-3 <= elapsed < max_wait + SLACK
+
+
+async def test_waiting_batch_fires_when_the_model_goes_idle() -> None:
+    """A partial batch waiting for company (``max_wait`` 10 s) fires as soon as the call
+    in flight ends: the model does not sit idle while requests wait."""
+    model = HeldModel()
+    async with MicroBatcher(model.predict, max_size=8, max_wait=10.0, max_concurrency=2) as mb:
+        held = asyncio.create_task(mb.infer(-1))
+        await wait_for(lambda: bool(model.batches))
+        waiting = asyncio.create_task(mb.infer_many([1, 2]))
+        await let_loop_run(3)
+        assert model.batches == [[-1]] and mb.waiting == 2
+        model.gate.set()
+        async with asyncio.timeout(SLACK):
+            assert await waiting == [score(1), score(2)]
+        await held
+    assert model.batches == [[-1], [1, 2]]
 
 
 # -- model failures -------------------------------------------------------------------------
