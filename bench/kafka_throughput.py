@@ -515,7 +515,7 @@ def paced_run(
 
         producer = threading.Thread(target=produce, name="loadgen")
         sampler.sample(force=True)
-        cpu0 = sampler.cpu
+        cpu0, broker0 = sampler.cpu, sampler.broker_cpu
         producer.start()
         deadline = time.monotonic() + seconds + 60
         while True:
@@ -583,6 +583,10 @@ def paced_run(
         "join_s": round(join_s, 2),
         "cpu_s_while_paced": round(sampler.cpu - cpu0, 2),
         "cpu_share_of_one_core": round((sampler.cpu - cpu0) / seconds, 3),
+        # The broker's CPU over the same span: it serves the load generator and the reader
+        # too, the same for every worker, so differences are the worker's fetches and
+        # produces.
+        "broker_cpu_s_while_paced": round(sampler.broker_cpu - broker0, 2),
         "peak_rss_mib": round(sampler.peak_rss / 2**20, 1),
         "exit_code": rc,
     }
@@ -592,7 +596,8 @@ def paced_run(
     print(
         f"  {worker.model:>5} {worker.label:<50} {rate:>7,.0f}/s paced  "
         f"p50 {result['latency_ms_p50']:>7.1f} ms  p99 {result['latency_ms_p99']:>7.1f} ms  "
-        f"cpu {result['cpu_share_of_one_core']:.0%} of a core",
+        f"cpu {result['cpu_share_of_one_core']:.0%} of a core, broker "
+        f"{result['broker_cpu_s_while_paced']:.2f} s",
         flush=True,
     )
     return result
@@ -795,7 +800,7 @@ def table(results: list[dict[str, Any]], audit: bool) -> str:
     lines.append("")
     lines.append(
         f"{'model':<7} {'paced run':<52} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'scored':>7} {'prod.':>7} {'cpu':>6} {'rss MiB':>8}"
+        f"{'max ms':>8} {'scored':>7} {'prod.':>7} {'cpu':>6} {'broker':>7} {'rss MiB':>8}"
     )
     for r in results:
         for p in r["paced"]:
@@ -804,6 +809,7 @@ def table(results: list[dict[str, Any]], audit: bool) -> str:
                 f"{p['latency_ms_p50']:>8.1f} {p['latency_ms_p99']:>8.1f} "
                 f"{p['latency_ms_max'] or 0:>8.1f} {p['scored_ms_p50']:>7.1f} "
                 f"{p['produced_ms_p50']:>7.1f} {p['cpu_share_of_one_core']:>6.0%} "
+                f"{p['broker_cpu_s_while_paced']:>7.2f} "
                 f"{p['peak_rss_mib']:>8.1f}"
             )
     return "\n".join(lines)
@@ -822,7 +828,9 @@ PACED_NOTE = (
     "paced: loadgen at a fixed rate into a fresh topic once the worker has joined; latency "
     "= time an output is read - the event's ts (set when produced); the first {warmup:g} s "
     "and last {cooldown:g} s left out; 'scored' and 'prod.' are the p50 of the outputs' "
-    "processed_at and CreateTime (producer) - ts; cpu = worker CPU / paced seconds. "
+    "processed_at and CreateTime (producer) - ts; cpu = worker CPU / paced seconds; "
+    "broker = the broker's CPU seconds meanwhile (it also serves the load generator and the "
+    "reader, alike for every worker). "
     "'poll 128': the Kafka source's max_records 128 instead of 1000."
 )
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from msgspec import Raw
+
 
 class Position(NamedTuple):
     """Where a record came from: a topic (or stream, or file), a partition, an offset."""
@@ -191,8 +193,12 @@ class ScoredBatch:
             kind=self.kind,
         )
 
-    def to_dicts(self) -> list[dict[str, Any]]:
+    def to_dicts(self, *, raw_inputs: bool = False) -> list[dict[str, Any]]:
         """One output per record, in the shape every sink writes.
+
+        With ``raw_inputs``, an event's ``input`` is its ``raw`` bytes as a
+        ``msgspec.Raw`` (the same JSON, embedded as is when msgspec encodes the output:
+        half the cost of encoding the value again), where the record has them.
 
         >>> r = Record(key="k", value={"x": 1}, event_time=5.0, topic="t", partition=0,
         ...            offset=7)
@@ -206,6 +212,19 @@ class ScoredBatch:
         processed_at = self.processed_at
         if self.kind is BatchKind.WINDOWS:
             return _window_dicts(self.records, self.predictions, model, processed_at)
+        if raw_inputs:
+            return [
+                {
+                    "key": r.key,
+                    "input": r.value if r.raw is None else Raw(r.raw),
+                    "prediction": p,
+                    "model": model,
+                    "source": {"topic": r.topic, "partition": r.partition, "offset": r.offset},
+                    "event_time": r.event_time,
+                    "processed_at": processed_at,
+                }
+                for r, p in zip(self.records, self.predictions, strict=True)
+            ]
         return [
             {
                 "key": r.key,

@@ -134,10 +134,16 @@ class SinkContext:
     where the pipeline has no dead-letter sink. It returns once they are flushed there; the
     sink must finish it before its next ``flush`` returns, so that a commit never passes
     an output that is neither delivered nor a durable dead letter.
+
+    ``inputs_as_read``: every event a scored batch holds has ``raw``, the JSON bytes its
+    ``value`` was decoded from, and nothing changed the value since (the engine's JSON
+    decoder, no lookups): a sink that writes JSON may embed those bytes as the output's
+    ``input`` instead of encoding the value again (``ScoredBatch.to_dicts(raw_inputs=True)``).
     """
 
     metrics: PipelineMetrics
     set_aside: Callable[[list[FailedRecord]], Awaitable[None]]
+    inputs_as_read: bool = False
 
 
 class Sink(ABC):

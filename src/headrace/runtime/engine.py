@@ -123,6 +123,13 @@ class Engine:
             stats=self.stats,
             level_of=events.level_of,
             acks=Acknowledgements(self._write_failed) if delivery.acknowledged else None,
+            # Values decoded here from JSON and changed by nothing after (lookups add
+            # fields to them): a sink may write their bytes as read.
+            inputs_as_read=(
+                not isinstance(source, DecodedSource)
+                and type(self.decoder) is JsonDecoder
+                and not spec.lookups
+            ),
         )
         self.outputs.bind()
         self.stage: PipelineStage = (

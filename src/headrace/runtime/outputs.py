@@ -53,8 +53,10 @@ class Outputs:
         stats: EngineStats,
         level_of: Callable[[Record], str],
         acks: Acknowledgements | None = None,
+        inputs_as_read: bool = False,
     ) -> None:
         self.sinks = sinks
+        self.inputs_as_read = inputs_as_read
         self.acks = acks
         self.dead_letter = dead_letter
         self.shed_sink = shed_sink
@@ -70,7 +72,13 @@ class Outputs:
             async def set_aside(failed: list[FailedRecord], name: str = binding.name) -> None:
                 await self.set_aside_written(name, failed)
 
-            binding.sink.bind(SinkContext(metrics=self.metrics, set_aside=set_aside))
+            binding.sink.bind(
+                SinkContext(
+                    metrics=self.metrics,
+                    set_aside=set_aside,
+                    inputs_as_read=self.inputs_as_read,
+                )
+            )
 
     async def set_aside_written(self, name: str, failed: list[FailedRecord]) -> None:
         """Outputs the sink ``name`` accepted and could not deliver after all: to the dead

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from headrace.connectors.base import AcknowledgingSink, PartitionKey
+from headrace.connectors.base import AcknowledgingSink, PartitionKey, SinkContext
 from headrace.connectors.kafka.common import KafkaFatalError, Settings, log, topic_partitions
 from headrace.errors import ErrorType, Stage, failure
 from headrace.record import FailedRecord, Record, ScoredBatch
@@ -280,6 +280,12 @@ class KafkaSink(AcknowledgingSink):
         self.producer = producer
         self.name = name
         self._encode = msgspec.json.Encoder().encode
+        self._raw_inputs = False
+
+    def bind(self, context: SinkContext) -> None:
+        # Inputs as read: their bytes go into the output as they came (0.75 us per record
+        # less than encoding the decoded value again, bench/results/...).
+        self._raw_inputs = context.inputs_as_read
 
     async def open(self) -> None:
         await self.producer.open()
@@ -291,7 +297,8 @@ class KafkaSink(AcknowledgingSink):
         headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
         refused: list[FailedRecord] = []
         receipt = self.producer.receipt()
-        for out, r in zip(batch.to_dicts(), batch.records, strict=True):
+        outputs = batch.to_dicts(raw_inputs=self._raw_inputs)
+        for out, r in zip(outputs, batch.records, strict=True):
             key = r.key
             value = encode(out)
             try:
