@@ -19,7 +19,6 @@ from headrace.connectors.base import Sink, Source
 from headrace.enrich.lookup import Lookup
 from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
-from headrace.observe.http import MetricsServer
 from headrace.observe.metrics import PipelineMetrics
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery
@@ -366,6 +365,9 @@ async def run_engine(
     loop = asyncio.get_running_loop()
     server = None
     if metrics_at is not None:
+        # Here, not at the top: a run without HTTP does not import aiohttp (observe/api.py).
+        from headrace.observe.http import MetricsServer
+
         server = MetricsServer(
             engine.metrics.registry,
             host=metrics_at[0],

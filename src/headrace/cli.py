@@ -27,7 +27,7 @@ from headrace.config import (
 )
 from headrace.connectors.extras import MissingExtraError
 from headrace.models.integrity import ModelLoadError
-from headrace.observe.http import MetricsPortError
+from headrace.observe.api import MetricsPortError
 from headrace.observe.live import LiveLine, summary_table
 from headrace.pipeline import Pipeline
 from headrace.registry.commands import app as registry_app

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.metrics import MetricWrapperBase
 
 from headrace.models.base import model_ref
-from headrace.observe.http import Refused
+from headrace.observe.api import Refused
 from headrace.runtime.engine import Engine
 from headrace.runtime.manager import ModelManager, NothingToRollBack
 
