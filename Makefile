@@ -63,6 +63,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.model_swap
 	$(BIN)/python -m bench.windows
 	$(BIN)/python -m bench.static_membership
+	$(BIN)/python -m bench.micro_batcher
 
 # Re-resolve the locks from pyproject.toml, keeping every pin that still fits; the locked
 # pip-tools does it, so the project itself need not install first. The demo lock is

