@@ -8,9 +8,10 @@ worker is SIGKILLed when 20%, 45% and 70% of the inputs are out, and started aga
 once. A record written twice is attributed to the kill before the copy's CreateTime.
 
 Settings: the default (positions committed as their outputs are acknowledged, at most
-``max_uncommitted`` records written and not committed), and the behaviour before it
+``max_uncommitted`` records written and not committed), other ceilings, the default with
+a static ``source.instance_id`` (restart time), and the behaviour before it
 (``commit_as_acknowledged: false``: every sink flushed and positions committed every
-``commit_interval_ms``), at 1000 ms (its default) and 0 ms (its tightest).
+``commit_interval_ms``, 1000 ms).
 
     python -m bench.crash_cost [--records 100000] [--repeats 2] [--no-save]
 """
@@ -41,19 +42,27 @@ from bench.kafka_throughput import (
     tail,
     throughput_run,
 )
-from bench.machine import describe
+from bench.machine import describe, source_state
+from headrace.defaults import MAX_UNCOMMITTED
 from headrace.tools.loadgen import produce_events
 from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on the path
 
 KILL_AT = (0.20, 0.45, 0.70)
+DEFAULT = f"as acknowledged, max_uncommitted {MAX_UNCOMMITTED} (default)"
+BEFORE = "interval 1000 ms (before)"
 SETTINGS: dict[str, Worker] = {
-    "acknowledged (default)": Worker("headrace", "light"),
-    "interval 1000 ms (before)": Worker(
-        "headrace", "light", runtime=(("commit_as_acknowledged", False),)
+    DEFAULT: Worker("headrace", "light"),
+    **{
+        f"as acknowledged, max_uncommitted {limit}": Worker(
+            "headrace", "light", runtime=(("max_uncommitted", limit),)
+        )
+        for limit in (1024, 2048, 4096)
+        if limit != MAX_UNCOMMITTED
+    },
+    "default, static member (source.instance_id)": Worker(
+        "headrace", "light", instance_id="bench-crash-0"
     ),
-    "interval 0 ms (before, tightest)": Worker(
-        "headrace", "light", commit_interval_ms=0, runtime=(("commit_as_acknowledged", False),)
-    ),
+    BEFORE: Worker("headrace", "light", runtime=(("commit_as_acknowledged", False),)),
 }
 
 
@@ -188,9 +197,12 @@ def main() -> None:
                     f"{crash['restart_to_first_output_s']} s",
                     flush=True,
                 )
-    default = statistics.median(results["acknowledged (default)"]["records_per_s"])
-    before = statistics.median(results["interval 1000 ms (before)"]["records_per_s"])
-    print(f"\nthroughput, default / before (1000 ms): {default / before:.3f}")
+    before = statistics.median(results[BEFORE]["records_per_s"])
+    to_before = {
+        name: round(statistics.median(r["records_per_s"]) / before, 3)
+        for name, r in results.items()
+    }
+    print(f"\nthroughput / before (median): {to_before}")
     record = {
         "benchmark": "crash_cost",
         "machine": machine,
@@ -203,7 +215,8 @@ def main() -> None:
             "broker": "Tansu, in memory, on the same 2 cores",
         },
         "elapsed_s": round(time.monotonic() - started, 1),
-        "throughput_default_to_before": round(default / before, 3),
+        "source": source_state(),
+        "throughput_to_before": to_before,
         "results": results,
     }
     if not args.no_save:

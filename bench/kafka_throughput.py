@@ -118,6 +118,7 @@ def headrace_yaml(
     max_records: int | None = None,
     commit_interval_ms: int | None = None,
     runtime: tuple[tuple[str, Any], ...] = (),
+    instance_id: str | None = None,
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -141,6 +142,8 @@ def headrace_yaml(
   output: anomaly_score
   threads: 1"""
     poll = "" if max_records is None else f"\n  max_records: {max_records}"
+    if instance_id is not None:
+        poll += f"\n  instance_id: {instance_id}"
     more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
     path.write_text(
         f"""\
@@ -178,6 +181,7 @@ class Worker:
     commit_interval_ms: int | None = None  # Headrace: 1000
     runtime: tuple[tuple[str, Any], ...] = ()  # more runtime keys (Headrace)
     commit: str = "sync"  # the plain loop's commit: "sync" or "async"
+    instance_id: str | None = None  # Headrace: the source's static membership id
 
     @property
     def label(self) -> str:
@@ -190,6 +194,8 @@ class Worker:
             label += f", commit {self.commit_interval_ms} ms"
         for key, value in self.runtime:
             label += f", {key} {value}"
+        if self.instance_id is not None:
+            label += ", static member"
         return label
 
     def start(
@@ -241,6 +247,7 @@ class Worker:
                 concurrency=self.concurrency,
                 delivery=self.delivery,
                 max_records=self.max_records,
+                instance_id=self.instance_id,
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
             )

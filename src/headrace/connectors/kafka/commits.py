@@ -44,16 +44,34 @@ class SoonCommits:
         self._lock = threading.Lock()  # add() on the event loop, the rest in the poll thread
         self._waiting: dict[PartitionKey, int] = {}
         self._in_flight: dict[PartitionKey, tuple[int, float]] = {}
+        # The highest position handed over per partition (sent or not): records read past
+        # it will be committed soon, which is what the poll thread listens for.
+        self._handed: dict[PartitionKey, int] = {}
+        self._used = False  # whether anything was ever handed over: the engine commits here
 
     def add(self, positions: Mapping[PartitionKey, int]) -> None:
         """Positions to commit: each replaces one of its partition still waiting."""
         with self._lock:
             self._waiting.update(positions)
+            self._used = True
+            handed = self._handed
+            for key, position in positions.items():
+                if position > handed.get(key, -1):
+                    handed[key] = position
 
     @property
     def busy(self) -> bool:
         """Whether anything waits to be sent or answered."""
         return bool(self._waiting or self._in_flight)
+
+    def expecting(self, following: Mapping[PartitionKey, int]) -> bool:
+        """Whether positions are on their way: commits were handed over before (the engine
+        commits as it goes) and some partition was read past the last one handed over
+        (``following``: the offset after the last record read, per partition)."""
+        if not self._used:
+            return False
+        handed = self._handed
+        return any(end > handed.get(key, -1) for key, end in list(following.items()))
 
     def take(
         self, assigned: Collection[PartitionKey], *, now: float | None = None
@@ -104,6 +122,7 @@ class SoonCommits:
         with self._lock:
             for key in keys:
                 self._waiting.pop(key, None)
+                self._handed.pop(key, None)
         for key in keys:
             self._in_flight.pop(key, None)
 

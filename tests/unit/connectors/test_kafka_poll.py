@@ -1,0 +1,124 @@
+"""The Kafka source's poll, with a scripted consumer (the logic of slicing; the real
+broker's behaviour is in tests/integration/kafka): commits handed over during a poll are
+sent before it ends, and a rebalance during a poll drops what was read of partitions
+that left."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from headrace.connectors.kafka import source as kafka_source
+from headrace.connectors.kafka.source import KafkaSource
+
+
+class Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._where = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+
+class ScriptedConsumer:
+    """Each consume runs the next step of the script (which may act as the event loop or
+    a rebalance callback would) and returns its messages; past the script, nothing. It
+    keeps the poll's clock: a consume that returns nothing took its whole timeout."""
+
+    def __init__(self, steps: list[tuple[Callable[[], None] | None, list[Message]]]) -> None:
+        self.steps = steps
+        self.consumes: list[float] = []
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        self.consumes.append(timeout)
+        if not self.steps:
+            self.now += timeout
+            return []
+        action, messages = self.steps.pop(0)
+        if action is not None:
+            action()
+        return messages[:n]
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        assert asynchronous
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+
+def source(
+    consumer: ScriptedConsumer,
+    assigned: set[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> KafkaSource:
+    monkeypatch.setattr(kafka_source, "time", consumer)
+    s = KafkaSource(["t"], group_id="g", max_records=1000, poll_timeout=0.05)
+    s.consumer = consumer
+    s._assigned = frozenset(assigned)
+    return s
+
+
+def test_a_commit_handed_over_during_a_poll_is_sent_before_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parts = {("t", 0)}
+    s: KafkaSource
+    # Records of partition 0 are in flight (read up to 10) and one commit was sent before.
+    consumer = ScriptedConsumer(
+        [(None, []), (lambda: s.commit_soon({("t", 0): 7}), []), (None, [])]
+    )
+    s = source(consumer, parts, monkeypatch)
+    s._soon.add({("t", 0): 3})
+    s._soon.take(parts)
+    s._soon.done([("t", 0, 3, True)])
+    s._next[("t", 0)] = 10
+    assert s._poll(consumer) == []
+    assert consumer.commits == [{("t", 0): 7}]
+    # It listened in short slices, not one consume for the whole poll.
+    assert max(consumer.consumes) <= kafka_source.SLICE
+
+
+def test_with_no_commit_due_a_poll_is_one_consume(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = ScriptedConsumer([])
+    s = source(consumer, {("t", 0)}, monkeypatch)
+    assert s._poll(consumer) == []
+    assert consumer.consumes == [0.05]
+
+
+def test_records_of_a_partition_revoked_mid_poll_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parts = {("t", 0), ("t", 1)}
+    s: KafkaSource
+    first = [Message("t", 0, 10), Message("t", 1, 20)]
+    later = [Message("t", 1, 21)]
+    consumer = ScriptedConsumer([(None, first), (lambda: s._forget([("t", 0)]), later)])
+    s = source(consumer, parts, monkeypatch)
+    s._soon.add({("t", 0): 5, ("t", 1): 5})  # commits are on their way: slices
+    got = s._poll(consumer)
+    assert [(m.partition(), m.offset()) for m in got] == [(1, 20), (1, 21)]
+
+
+def test_a_poll_with_records_returns_soon_while_commits_are_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parts = {("t", 0)}
+    consumer = ScriptedConsumer([(None, [Message("t", 0, 10)])] + [(None, [])] * 1000)
+    s = source(consumer, parts, monkeypatch)
+    s._soon.add({("t", 0): 10})
+    got = s._poll(consumer)
+    assert [m.offset() for m in got] == [10]
+    # Returned after COMMITTING_WAIT, in slices, not at the 50 ms poll timeout.
+    assert consumer.now == pytest.approx(kafka_source.COMMITTING_WAIT)
+    assert max(consumer.consumes) <= kafka_source.SLICE
