@@ -25,9 +25,10 @@ RESUME_AT = 0.5
 COMMIT_INTERVAL = 1.0
 # At-least-once into Kafka: positions are committed as their outputs are acknowledged, and
 # at most MAX_UNCOMMITTED records may be written and not yet committed (what a crash can
-# write twice). Measured (bench/crash_cost.py, 2026-12-05, 2 cores, the light model at
-# ~70k records/s): from write to confirmed commit takes about 20-50 ms, so a ceiling of
-# 1024 cost a third of the throughput; 4096 cost 5% (0.95 of the interval commits).
+# write twice). Measured (bench/crash_cost.py, 2026-12-06, 2 cores shared with the broker,
+# the light model at 66-79k records/s): write to confirmed commit takes about 11 ms p50,
+# 28 ms p90, so a ceiling of 1024 cost 16% of the throughput, 2048 8%, 4096 nothing
+# (1.03x the interval commits).
 COMMIT_AS_ACKNOWLEDGED = True
 MAX_UNCOMMITTED: int | None = 4096
 SHUTDOWN_TIMEOUT = 30.0
