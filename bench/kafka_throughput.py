@@ -119,6 +119,7 @@ def headrace_yaml(
     commit_interval_ms: int | None = None,
     runtime: tuple[tuple[str, Any], ...] = (),
     instance_id: str | None = None,
+    max_wait_ms: int = 10,
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -155,7 +156,7 @@ model:
     vector: features
 batching:
   max_size: {batch}
-  max_wait_ms: 10
+  max_wait_ms: {max_wait_ms}
   max_concurrency: {concurrency}
 runtime:
   commit_interval_ms: {1000 if commit_interval_ms is None else commit_interval_ms}
@@ -182,6 +183,7 @@ class Worker:
     runtime: tuple[tuple[str, Any], ...] = ()  # more runtime keys (Headrace)
     commit: str = "sync"  # the plain loop's commit: "sync" or "async"
     instance_id: str | None = None  # Headrace: the source's static membership id
+    max_wait_ms: int = 10  # Headrace: batching.max_wait_ms
 
     @property
     def label(self) -> str:
@@ -196,6 +198,8 @@ class Worker:
             label += f", {key} {value}"
         if self.instance_id is not None:
             label += ", static member"
+        if self.max_wait_ms != 10:
+            label += f", max_wait_ms {self.max_wait_ms}"
         return label
 
     def start(
@@ -248,6 +252,7 @@ class Worker:
                 delivery=self.delivery,
                 max_records=self.max_records,
                 instance_id=self.instance_id,
+                max_wait_ms=self.max_wait_ms,
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
             )

@@ -7,7 +7,7 @@ of a run, for either system. This runs the light model's paced scenario several 
 the two systems taking turns on the same broker, and reports each run and the medians:
 latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while paced.
 
-    python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4]
+    python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.kafka_throughput as kt
-from bench.machine import describe
+from bench.machine import describe, source_state
 
 KEYS = ("latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu_share_of_one_core")
 
@@ -31,10 +31,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--max-wait-ms",
+        type=int,
+        nargs="+",
+        default=[10],
+        help="Headrace's batching.max_wait_ms: one Headrace worker per value",
+    )
     args = parser.parse_args()
     workers = [
         kt.Worker("plain", "light", commit="async"),
-        kt.Worker("headrace", "light", batch=args.batch),
+        *(
+            kt.Worker("headrace", "light", batch=args.batch, max_wait_ms=w)
+            for w in args.max_wait_ms
+        ),
     ]
     runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
     with tempfile.TemporaryDirectory(prefix="headrace-paced-") as tmp, kt.TansuBroker() as broker:
@@ -77,10 +87,12 @@ def main() -> None:
             "seconds": args.seconds,
             "pairs": args.pairs,
             "headrace_batch": args.batch,
+            "headrace_max_wait_ms": args.max_wait_ms,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
             "and reader, alike for both",
         },
+        "source": source_state(),
         "runs": runs,
         "medians": summary,
     }
