@@ -120,6 +120,7 @@ def headrace_yaml(
     runtime: tuple[tuple[str, Any], ...] = (),
     instance_id: str | None = None,
     max_wait_ms: int = 10,
+    producer: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -146,10 +147,14 @@ def headrace_yaml(
     if instance_id is not None:
         poll += f"\n  instance_id: {instance_id}"
     more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
+    source = kafka_source(bootstrap, topic, group)
+    if producer:
+        more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in producer)
+        source = source.replace("  producer:", "  producer:" + more, 1)
     path.write_text(
         f"""\
 name: bench-{model}
-{kafka_source(bootstrap, topic, group)}{poll}
+{source}{poll}
 model:
 {model_yaml}
   features:
@@ -184,6 +189,7 @@ class Worker:
     commit: str = "sync"  # the plain loop's commit: "sync" or "async"
     instance_id: str | None = None  # Headrace: the source's static membership id
     max_wait_ms: int = 10  # Headrace: batching.max_wait_ms
+    producer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.producer settings
 
     @property
     def label(self) -> str:
@@ -200,6 +206,8 @@ class Worker:
             label += ", static member"
         if self.max_wait_ms != 10:
             label += f", max_wait_ms {self.max_wait_ms}"
+        for key, value in self.producer:
+            label += f", {key} {value}"
         return label
 
     def start(
@@ -253,6 +261,7 @@ class Worker:
                 max_records=self.max_records,
                 instance_id=self.instance_id,
                 max_wait_ms=self.max_wait_ms,
+                producer=self.producer,
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
             )
