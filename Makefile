@@ -59,6 +59,8 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.engine_overhead
 	$(BIN)/python -m bench.kafka_throughput
 	$(BIN)/python -m bench.crash_cost
+	$(BIN)/python -m bench.broker_cost
+	$(BIN)/python -m bench.paced_latency --max-wait-ms 10 50
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.model_swap
 	$(BIN)/python -m bench.windows
