@@ -1,5 +1,6 @@
 """What makes the broker work for Headrace: its CPU per scoring run with the idempotent
-producer and commits-as-acknowledged each turned off, against the async-commit loop.
+producer and commits-as-acknowledged each turned off and with the old 16 MiB prefetch,
+against the async-commit loop.
 
 Kafka -> Kafka at-least-once, the light model, a backlog of reference events on 4
 partitions of the local test broker (Tansu), as ``bench.kafka_throughput`` measures it
@@ -7,7 +8,9 @@ partitions of the local test broker (Tansu), as ``bench.kafka_throughput`` measu
 2026-12-05 throughput run found the broker spending 1.7x the CPU on Headrace's runs than on
 the loop's; its two suspects were the idempotent producer (``enable.idempotence``, which
 keeps a producer retry from duplicating an output) and commits sent as outputs are
-acknowledged (instead of one per interval). Settings take turns within each repeat.
+acknowledged (instead of one per interval). Neither was it: it was the consumer's
+prefetch (16 MiB then), which a pause under the flow bound drops and a resume fetches
+again; 1 MiB since. Settings take turns within each repeat.
 
     python -m bench.broker_cost [--records 200000] [--repeats 2] [--no-save]
 """
@@ -36,9 +39,12 @@ from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on th
 
 NO_IDEMPOTENCE = (("enable.idempotence", False),)
 INTERVAL = (("commit_as_acknowledged", False),)
+# The Kafka source's prefetch before 2026-12-06: a quarter of the 64 MiB byte bound.
+PREFETCH_16 = (("queued.max.messages.kbytes", 16384),)
 SETTINGS: dict[str, Worker] = {
     "plain loop, async commit": Worker("plain", "light", commit="async"),
     "headrace (default)": Worker("headrace", "light"),
+    "headrace, prefetch 16 MiB (before)": Worker("headrace", "light", consumer=PREFETCH_16),
     "headrace, enable.idempotence false": Worker("headrace", "light", producer=NO_IDEMPOTENCE),
     "headrace, commits every 1000 ms": Worker("headrace", "light", runtime=INTERVAL),
     "headrace, both": Worker("headrace", "light", runtime=INTERVAL, producer=NO_IDEMPOTENCE),

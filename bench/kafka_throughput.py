@@ -121,6 +121,7 @@ def headrace_yaml(
     instance_id: str | None = None,
     max_wait_ms: int = 10,
     producer: tuple[tuple[str, Any], ...] = (),
+    consumer: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -151,6 +152,9 @@ def headrace_yaml(
     if producer:
         more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in producer)
         source = source.replace("  producer:", "  producer:" + more, 1)
+    if consumer:
+        more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in consumer)
+        source = source.replace("  consumer:", "  consumer:" + more, 1)
     path.write_text(
         f"""\
 name: bench-{model}
@@ -190,6 +194,7 @@ class Worker:
     instance_id: str | None = None  # Headrace: the source's static membership id
     max_wait_ms: int = 10  # Headrace: batching.max_wait_ms
     producer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.producer settings
+    consumer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.consumer settings
 
     @property
     def label(self) -> str:
@@ -206,7 +211,7 @@ class Worker:
             label += ", static member"
         if self.max_wait_ms != 10:
             label += f", max_wait_ms {self.max_wait_ms}"
-        for key, value in self.producer:
+        for key, value in (*self.producer, *self.consumer):
             label += f", {key} {value}"
         return label
 
@@ -262,6 +267,7 @@ class Worker:
                 instance_id=self.instance_id,
                 max_wait_ms=self.max_wait_ms,
                 producer=self.producer,
+                consumer=self.consumer,
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
             )

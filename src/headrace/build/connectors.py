@@ -37,7 +37,6 @@ class KafkaParts:
         # Whose offsets a database keeps, in exactly-once mode.
         self.group = src.group_id if isinstance(src, cfg.KafkaSourceConfig) else config.name
         self.entity_path: str | None = None
-        self.flow_bytes = config.flow.max_in_flight_bytes
         self._base: dict[str, Any] | None = None
         self._producer: KafkaProducer | None = None
 
@@ -65,16 +64,20 @@ class KafkaParts:
 
     def consumer_settings(self) -> dict[str, Any]:
         assert self.config is not None
-        prefetch: dict[str, Any] = {}
-        if self.flow_bytes is not None:
-            # librdkafka prefetches up to 64 MiB by default, outside the in-flight bound:
-            # keep it to a quarter of the byte bound (1 to 64 MiB) unless told otherwise.
-            kbytes = min(65536, max(1024, self.flow_bytes // 4 // 1024))
-            prefetch["queued.max.messages.kbytes"] = kbytes
+        # librdkafka prefetches up to 64 MiB by default, outside the in-flight bound, and
+        # a pause (the flow bound reached) drops a partition's prefetch, which is fetched
+        # again on resume: keep it to 1 MiB unless told otherwise (it was a quarter of the
+        # byte bound, 1 to 64 MiB). Measured (bench/broker_cost.py, 2026-12-06, light model, 200k
+        # backlog): with a quarter of the 64 MiB byte bound (16 MiB) the broker spent
+        # 1.32-1.33 s of CPU per run against the plain loop's 0.96-1.04; with 1 MiB 0.89-0.90,
+        # and Headrace made 84-88k records/s instead of 73-75k; 4 MiB was in between.
+        prefetch: dict[str, Any] = {
+            "queued.max.messages.kbytes": 1024,
             # A fetch response alone can fill so small a queue, and librdkafka then waits
             # fetch.queue.backoff.ms (1 s by default) before fetching again: that capped
             # reading at about this many kilobytes a second.
-            prefetch["fetch.queue.backoff.ms"] = 10
+            "fetch.queue.backoff.ms": 10,
+        }
         return {**prefetch, **self.base(), **self.config.consumer}
 
     def producer(self) -> KafkaProducer:
