@@ -27,8 +27,8 @@ COMMIT_INTERVAL = 1.0
 # at most MAX_UNCOMMITTED records may be written and not yet committed (what a crash can
 # write twice). Measured (bench/crash_cost.py, 2026-12-06, 2 cores shared with the broker,
 # the light model at 66-79k records/s): write to confirmed commit takes about 11 ms p50,
-# 28 ms p90, so a ceiling of 1024 cost 16% of the throughput, 2048 8%, 4096 nothing
-# (1.03x the interval commits).
+# 28 ms p90, so a ceiling of 1024 cost 16-17% of the throughput, 2048 8-9%, 4096 at most 2%
+# (1.03x and 0.98x the interval commits in two runs).
 COMMIT_AS_ACKNOWLEDGED = True
 MAX_UNCOMMITTED: int | None = 4096
 SHUTDOWN_TIMEOUT = 30.0
