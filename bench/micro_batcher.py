@@ -107,7 +107,14 @@ def limit(model: SimulatedModel, max_size: int, seconds: float) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def closed_loop(batcher: Any, clients: int, seconds: float) -> tuple[float, np.ndarray]:
+async def closed_loop(
+    batcher: Any,
+    clients: int,
+    seconds: float,
+    item: Callable[[int, int], Any] = lambda c, i: (c, i),
+) -> tuple[float, np.ndarray]:
+    """Requests/s and the latencies of ``clients`` closed-loop clients; client ``c``'s
+    ``i``-th request is ``item(c, i)``."""
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
     warm_until = time.perf_counter() + min(1.0, seconds / 5)
@@ -118,7 +125,7 @@ async def closed_loop(batcher: Any, clients: int, seconds: float) -> tuple[float
             sent = time.perf_counter()
             if sent >= stop_at:
                 return
-            await batcher.infer((c, i))
+            await batcher.infer(item(c, i))
             if sent >= warm_until:
                 latencies.append(time.perf_counter() - sent)
             i += 1

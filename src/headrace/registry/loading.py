@@ -17,12 +17,11 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from headrace.models.base import CallableModel, Model
 from headrace.models.boosting import LightGBMModel, XGBoostModel
 from headrace.models.integrity import ModelLoadError, read_verified
 from headrace.models.onnx import OnnxModel
+from headrace.models.pytorch import TorchModel
 from headrace.models.sklearn import SklearnModel, skops_loads
 from headrace.registry.local import LocalRegistry, VersionInfo
 
@@ -300,7 +299,7 @@ def _torch_device(info: VersionInfo, torch: Any, device: str) -> str:
 def _load_torchscript(data: bytes, info: VersionInfo, torch: Any, device: str) -> Model:
     where = _torch_device(info, torch, device)
     module = torch.jit.load(io.BytesIO(data), map_location=where)
-    return TorchModel(module, info, torch, where)
+    return _torch_model(module, info, torch, where)
 
 
 def _load_torch_weights(data: bytes, info: VersionInfo, torch: Any, device: str) -> Model:
@@ -310,7 +309,14 @@ def _load_torch_weights(data: bytes, info: VersionInfo, torch: Any, device: str)
     state = torch.load(io.BytesIO(data), map_location=where, weights_only=True)
     module = factory(**info.options.get("factory_kwargs", {}))
     module.load_state_dict(state)
-    return TorchModel(module.to(where), info, torch, where)
+    return _torch_model(module.to(where), info, torch, where)
+
+
+def _torch_model(module: Any, info: VersionInfo, torch: Any, device: str) -> Model:
+    dtype = info.signature.dtype if info.signature is not None else "float32"
+    return TorchModel(
+        module, torch=torch, name=info.name, version=info.version, device=device, dtype=dtype
+    )
 
 
 def _import_factory(info: VersionInfo) -> Callable[..., Any]:
@@ -330,32 +336,6 @@ def _import_factory(info: VersionInfo) -> Callable[..., Any]:
             f"model {info.name!r} version {info.version!r}: factory {spec!r} is not callable"
         )
     return obj  # type: ignore[no-any-return]
-
-
-class TorchModel:
-    """A PyTorch module in eval mode, called on each batch without gradients, on
-    ``device`` (each batch is copied there, and the outputs back); an output of shape
-    ``(N, 1)`` is flattened to ``N`` scalars, as with ONNX."""
-
-    def __init__(self, module: Any, info: VersionInfo, torch: Any, device: str = "cpu") -> None:
-        self.module = module.eval()
-        self.device = device
-        self.name = info.name
-        self.version = info.version
-        self._torch = torch
-        dtype = info.signature.dtype if info.signature is not None else "float32"
-        self._dtype = np.dtype(dtype)
-
-    def predict_batch(self, inputs: Any) -> Any:
-        x = self._torch.from_numpy(np.ascontiguousarray(inputs, dtype=self._dtype))
-        if self.device != "cpu":
-            x = x.to(self.device)
-        with self._torch.inference_mode():
-            out = self.module(x)
-        result = out.detach().cpu().numpy()
-        if result.ndim == 2 and result.shape[1] == 1:
-            result = result[:, 0]
-        return result
 
 
 _LOADERS: dict[str, _Loader] = {
