@@ -93,12 +93,19 @@ def _bad_bytes(raw: bytes, exc: BaseException) -> ErrorType:
     return ErrorType.INVALID_JSON
 
 
+# A tuple, built once: ``int | float`` in the call built a union per record (5% of a Kafka
+# worker's event-loop time in a py-spy profile, 2026-12-06).
+_NUMBER = (int, float)
+
+
 def event_time(value: dict[str, Any], field: str) -> float:
     """Epoch seconds from a number, or from an ISO 8601 string that names its time zone."""
     if field not in value:
         raise DecodeError(f"missing event-time field {field!r}", ErrorType.MISSING_FIELD)
     t = value[field]
-    if isinstance(t, int | float) and not isinstance(t, bool):
+    if type(t) is float:  # what a JSON number with a fraction decodes to: the usual case
+        return t
+    if isinstance(t, _NUMBER) and not isinstance(t, bool):
         try:
             return float(t)
         except OverflowError:  # a JSON integer has no size limit

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from headrace.connectors.kafka import source as kafka_source
-from headrace.connectors.kafka.source import KafkaSource
+from headrace.connectors.kafka.source import KafkaSource, _lasts
+from headrace.record import source_record
 
 
 class Message:
@@ -122,3 +125,35 @@ def test_a_poll_with_records_returns_soon_while_commits_are_due(
     # Returned after COMMITTING_WAIT, in slices, not at the 50 ms poll timeout.
     assert consumer.now == pytest.approx(kafka_source.COMMITTING_WAIT)
     assert max(consumer.consumes) <= kafka_source.SLICE
+
+
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 3), st.integers(1, 5)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_where_reading_got_to_is_each_partitions_last_record(
+    runs: list[tuple[str, int, int]],
+) -> None:
+    """A poll's records come in runs of one partition, in offset order within each: the
+    last record of each partition is its highest offset, however the runs interleave."""
+    offsets: dict[tuple[str, int], int] = {}
+    chunk = []
+    for topic, partition, length in runs:
+        for _ in range(length):
+            offset = offsets.get((topic, partition), 0)
+            offsets[(topic, partition)] = offset + 1
+            chunk.append(
+                source_record(
+                    key=None,
+                    value=None,
+                    event_time=float(offset),
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+    lasts = {(r.topic, r.partition): r.offset for r in _lasts(chunk)}
+    assert lasts == {key: end - 1 for key, end in offsets.items()}

@@ -63,6 +63,47 @@ def test_outputs_with_raw_inputs_decode_to_the_same_outputs(
     assert as_read == decoded
 
 
+keys = st.none() | st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1)
+times = st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(keys, json_values, st.booleans(), json_values, times), min_size=0, max_size=6
+    ),
+    raw_inputs=st.booleans(),
+    sha256=st.none() | st.text(max_size=12),
+)
+def test_encode_each_gives_the_bytes_of_each_output_dict(
+    events: list[tuple[Any, Any, bool, Any, Any]], raw_inputs: bool, sha256: str | None
+) -> None:
+    """The sinks that write a message per output encode a batch in one call
+    (``encode_each``, built as structs): byte for byte what encoding each of ``to_dicts``
+    gives, with or without raw inputs, for any key, value, prediction and event time."""
+    encode = msgspec.json.Encoder().encode
+    records = [
+        source_record(
+            key=key,
+            value=value,
+            event_time=when,
+            topic="t",
+            partition=i % 3,
+            offset=1000 + i,
+            raw=encode(value) if has_raw else None,
+        )
+        for i, (key, value, has_raw, _, when) in enumerate(events)
+    ]
+    batch = ScoredBatch(
+        records=records,
+        predictions=[prediction for *_, prediction, _ in events],
+        model=ModelRef("m", "2", sha256),
+        processed_at=9.5,
+    )
+    expected = [encode(d) for d in batch.to_dicts(raw_inputs=raw_inputs)]
+    assert batch.encode_each(encode, raw_inputs=raw_inputs) == expected
+
+
 class BindingSink(TestingSink):
     """Keeps the context the engine bound it with."""
 

@@ -297,10 +297,9 @@ class KafkaSink(AcknowledgingSink):
         headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
         refused: list[FailedRecord] = []
         receipt = self.producer.receipt()
-        outputs = batch.to_dicts(raw_inputs=self._raw_inputs)
-        for out, r in zip(outputs, batch.records, strict=True):
+        values = batch.encode_each(encode, raw_inputs=self._raw_inputs)
+        for value, r in zip(values, batch.records, strict=True):
             key = r.key
-            value = encode(out)
             try:
                 produce(
                     topic, value, None if key is None else str(key).encode(), headers, None, receipt

@@ -193,7 +193,7 @@ class KafkaSource(PartitionedSource):
                     continue
                 kind, ts = m.timestamp()
                 key = m.key()
-                topic, partition, offset = m.topic(), m.partition(), m.offset()
+                topic, partition = m.topic(), m.partition()
                 when = ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now
                 chunk.append(
                     source_record(
@@ -202,14 +202,17 @@ class KafkaSource(PartitionedSource):
                         event_time=when,
                         topic=topic,
                         partition=partition,
-                        offset=offset,
+                        offset=m.offset(),
                         raw=m.value(),
                         headers=m.headers(),
                     )
                 )
-                following[(topic, partition)] = offset + 1
-                last_read[(topic, partition)] = when
             if chunk:
+                # Where each partition's reading got to, from its last record: once per
+                # partition and chunk, not per record.
+                for r in _lasts(chunk):
+                    following[(r.topic, r.partition)] = r.offset + 1
+                    last_read[(r.topic, r.partition)] = r.event_time
                 yield chunk
 
     def _poll(self, consumer: Any) -> list[Any]:
@@ -534,6 +537,26 @@ class KafkaSource(PartitionedSource):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
+
+
+def _lasts(chunk: list[Record]) -> list[Record]:
+    """The last record of each partition in ``chunk`` (a poll's records come in runs of
+    one partition, each in offset order).
+
+    >>> from headrace.record import source_record
+    >>> rs = [source_record(key=None, value=None, event_time=float(o), topic="t",
+    ...                     partition=p, offset=o) for p, o in [(0, 1), (0, 2), (1, 7), (0, 3)]]
+    >>> [(r.partition, r.offset) for r in _lasts(rs)]
+    [(0, 3), (1, 7)]
+    """
+    last: dict[tuple[str, int], Record] = {}
+    previous = chunk[0]
+    for r in chunk:
+        if r.partition != previous.partition or r.topic != previous.topic:
+            last[(previous.topic, previous.partition)] = previous
+        previous = r
+    last[(previous.topic, previous.partition)] = previous
+    return list(last.values())
 
 
 def _static_member(instance_id: str | None, settings: Mapping[str, Any]) -> Settings:
