@@ -102,6 +102,13 @@ class PipelineMetrics:
             "Encoded bytes of the records read and not yet finished",
             registry=r,
         )
+        self.uncommitted = Gauge(
+            "headrace_uncommitted_records",
+            "Records whose outputs were written and whose positions no confirmed commit "
+            "covers yet: what a crash now would write twice (at most max_uncommitted; moved "
+            "only while positions are committed as their outputs are acknowledged)",
+            registry=r,
+        )
         self.source_paused = Gauge(
             "headrace_source_paused",
             "1 while reading is paused (in-flight bound reached, the model or a lookup store down)",

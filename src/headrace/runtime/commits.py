@@ -123,6 +123,7 @@ class Commits:
         self.tracker.mark_committed(positions)
         self.committed.update(positions)
         self.uncommitted.confirmed(positions)
+        self._count_uncommitted()
 
     # -- committing as outputs are acknowledged ------------------------------------------
 
@@ -166,6 +167,7 @@ class Commits:
         """The broker confirmed commits, or some failed (the source calls this on the
         event loop): a failed one is sent again with the next."""
         self.uncommitted.confirmed(positions)
+        self._count_uncommitted()
         if failed:
             self.tracker.unmark(failed)
             self.finished.set()
@@ -176,6 +178,10 @@ class Commits:
         ``max_uncommitted``, then count them against it."""
         await self.room_for(len(records), acknowledging=lambda: acks.pending > 0)
         self.uncommitted.written(records)
+        self._count_uncommitted()
+
+    def _count_uncommitted(self) -> None:
+        self.metrics.uncommitted.set(self.uncommitted.count())
 
     async def room_for(self, n: int, *, acknowledging: Callable[[], bool]) -> None:
         """Return once ``n`` more records may be written without going over
@@ -370,7 +376,12 @@ class Commits:
     async def _finish_revoked(
         self, partitions: Sequence[PartitionKey]
     ) -> Mapping[PartitionKey, int]:
+        """Wait for the revoked partitions' records to finish, then make their outputs
+        durable and take their positions; all of it within one ``revoke_timeout``. The
+        consumer is held in its rebalance callback meanwhile: a sink that waits for its
+        service (a database down) must not hold it past what the group waits for."""
         timeout = self.revoke_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             await self.state.until(lambda: self.tracker.unfinished(partitions) == 0, timeout)
         except TimeoutError:
@@ -378,6 +389,22 @@ class Commits:
                 f"records of revoked partitions were not finished within revoke_timeout="
                 f"{timeout}s; stopping without committing them"
             ) from None
+        try:
+            async with asyncio.timeout_at(deadline):
+                positions = await self._hand_over(partitions)
+        except TimeoutError:
+            raise PipelineError(
+                f"the outputs of revoked partitions were not made durable within "
+                f"revoke_timeout={timeout}s (a sink waiting for its service?); stopping "
+                "without committing them: their next owner reads them again"
+            ) from None
+        self.forget(partitions)
+        self.committed.update(positions)
+        return positions
+
+    async def _hand_over(self, partitions: Sequence[PartitionKey]) -> dict[PartitionKey, int]:
+        """Make the finished outputs of ``partitions`` durable; the positions the source
+        commits in its rebalance callback (none where a transaction took them)."""
         positions: dict[PartitionKey, int] = {}
         exactly_once = self.delivery.exactly_once
         if self.windows is not None:
@@ -397,13 +424,12 @@ class Commits:
                 await sink.flush()
             current = self.tracker.positions()
             positions = {k: current[k] for k in partitions if k in current}
-        self.forget(partitions)
-        self.committed.update(positions)
         return positions
 
     def forget(self, partitions: Sequence[PartitionKey]) -> None:
         self.delivery.release(partitions)
         self.uncommitted.forget(partitions)
+        self._count_uncommitted()
         if self.windows is not None:
             self.windows.revoke(partitions)
         for key in partitions:
