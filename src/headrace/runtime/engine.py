@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from headrace.connectors.base import DecodedSource, PartitionedSource
 from headrace.enrich.lookup import Enricher
-from headrace.models.base import Model
+from headrace.models.base import Model, model_ref
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats, RunSummary
 from headrace.record import FailedRecord, Record
@@ -187,6 +187,13 @@ class Engine:
     @model.setter
     def model(self, model: Model) -> None:
         self.scorer.model = model
+        self._report_model(model)
+
+    def _report_model(self, model: Model) -> None:
+        """A fixed model in the model-info gauge (a rollout's manager reports its own)."""
+        ref = model_ref(model)
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(ref.name, ref.version, ref.sha256 or "").set(1)
 
     @property
     def sinks(self) -> list[SinkBinding]:
@@ -299,6 +306,8 @@ class Engine:
         )
         if self.rollout is not None:
             self._watchers = await self.rollout.start(parts)
+        else:
+            self._report_model(self.scorer.model)
         for sink in self.outputs.all_sinks():
             await sink.open()
             parts.push_async_callback(close_logging, sink.name, sink.close)

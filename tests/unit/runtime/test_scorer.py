@@ -416,3 +416,30 @@ async def test_a_slow_shadow_does_not_hold_the_pipeline_back() -> None:
     first = entered[0]  # the records of the batch it is stuck on
     assert count(metrics, "headrace_shadow_records_total", outcome="failed") == first
     assert count(metrics, "headrace_shadow_records_total", outcome="skipped") == 600 - first
+
+
+async def test_a_fixed_model_is_in_the_model_info_gauge_too() -> None:
+    """Not only versions from a registry: a model given as is (``model: {type: onnx,
+    path, sha256}``, or ``.model(...)``) shows its name, version and sha256, and a model
+    set in its place replaces it there."""
+    metrics = PipelineMetrics()
+    first = VersionModel(plus(1), name="fixed", version="3")
+    eng = Engine(
+        PipelineSpec(
+            source=ListSource([make_records(0, 20)]),
+            model=first,
+            rollout=None,
+            sinks=[MemorySink()],
+            metrics=metrics,
+            settings=EngineSettings(max_batch_size=10, max_wait=0.005),
+            failures=FAST,
+        )
+    )
+    summary = await eng.run()
+    assert summary.records_out == 20
+    labels = {"name": "fixed", "version": "3", "sha256": digest("fixed", "3")[:12]}
+    assert count(metrics, "headrace_model_info", **labels) == 1
+    eng.model = VersionModel(plus(2), name="fixed", version="4")
+    assert count(metrics, "headrace_model_info", **labels) == 0
+    labels = {"name": "fixed", "version": "4", "sha256": digest("fixed", "4")[:12]}
+    assert count(metrics, "headrace_model_info", **labels) == 1
