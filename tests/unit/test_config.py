@@ -1012,3 +1012,18 @@ def test_start_timestamps_given_on_the_command_line_are_checked_alike() -> None:
     for bad, why in (("2026-12-01T00:00:00", "no time zone"), ("2026-12-01", "not an RFC 3339")):
         with pytest.raises(ValueError, match=why):
             parse_start_timestamp(bad)
+
+
+def test_a_value_in_a_settings_map_is_named_by_its_key() -> None:
+    """librdkafka settings are a mapping of names with dots in them: an error names the
+    key as written, not msgspec's `[...]`."""
+    data = config(
+        kafka={
+            "bootstrap_servers": "k:9092",
+            "consumer": {"fetch.wait.max.ms": 10, "session.timeout.ms": [6000]},
+        }
+    )
+    message = error_of(data)
+    assert "at kafka.consumer['session.timeout.ms']: Expected `bool | int | float | str`" in (
+        message
+    ), message

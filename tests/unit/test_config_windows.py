@@ -199,3 +199,22 @@ def test_exactly_once_into_postgres_keeps_the_state_in_the_database() -> None:
     stage = alos.build().windows
     assert stage is not None and isinstance(stage.changelog, KafkaChangelog)
     assert stage.changelog.topic == "headrace-state-g-a"
+
+
+@pytest.mark.parametrize(
+    ("feature", "message"),
+    [
+        (
+            {"agg": "mean", "feild": "value"},
+            "at windows.features['bad']: unknown key 'feild'; expected one of: agg, field, "
+            "max_types, n, types",
+        ),
+        ({"agg": "meen", "field": "value"}, "at windows.features['bad'].agg: Invalid enum"),
+        ({"agg": "last_n", "field": "value", "n": 0}, "at windows.features['bad'].n:"),
+    ],
+)
+def test_a_feature_is_named_by_its_key(feature: dict[str, Any], message: str) -> None:
+    """Features are a mapping: an error in one names it (msgspec's own message says only
+    `features[...]`), after the good ones before it."""
+    features = {"n": {"agg": "count"}, "bad": feature, "avg": {"agg": "mean", "field": "v"}}
+    assert message in error_of(config({"features": features}))

@@ -21,7 +21,7 @@ def explain(message: str, data: Any) -> str:
     """Turn msgspec's message into one that names the key and what it expected."""
     m = _AT.match(message)
     msg, path = (m.group("msg"), m.group("path")) if m else (message, "")
-    where = path.lstrip(".") or "top level"
+    where = _where(path, data)
     if (u := _UNKNOWN.match(msg)) is not None:
         tp, node = _type_at(path, data)
         struct = _resolve(tp, node)
@@ -54,26 +54,71 @@ def explain(message: str, data: Any) -> str:
     return f"at {where}: {msg}"
 
 
+#: How msgspec writes "a value of this mapping" in a path: it does not say which key.
+_ANY_KEY = "[...]"
+
+
 def _segments(path: str) -> list[str | int]:
-    return [int(i) if i else k for k, i in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path)]
+    return [
+        _ANY_KEY if any_key else int(i) if i else k
+        for k, i, any_key in re.findall(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])", path)
+    ]
+
+
+def _walk(path: str, data: Any) -> tuple[Any, Any, str]:
+    """The declared type at ``path`` in the schema, the data found there, and the path as
+    the message writes it: a mapping's value msgspec wrote as ``[...]`` is named by its
+    key, the first whose value the mapping's value type refuses (msgspec stops at the
+    first, in the document's order)."""
+    tp: Any = PipelineConfig
+    node = data
+    where = ""
+    for seg in _segments(path):
+        if seg == _ANY_KEY:
+            args = typing.get_args(_unwrap(tp))
+            tp = args[1] if len(args) == 2 else None
+            key = _refused_key(node, tp)
+            where += _ANY_KEY if key is None else f"[{key!r}]"
+            node = node.get(key) if key is not None and isinstance(node, dict) else None
+        elif isinstance(seg, int):
+            args = typing.get_args(_unwrap(tp))
+            tp = args[0] if args else None
+            node = node[seg] if isinstance(node, list) and seg < len(node) else None
+            where += f"[{seg}]"
+        else:
+            struct = _resolve(tp, node)
+            tp = typing.get_type_hints(struct, include_extras=True).get(seg) if struct else None
+            node = node.get(seg) if isinstance(node, dict) else None
+            where += f".{seg}"
+    return tp, node, where
+
+
+def _refused_key(node: Any, value_type: Any) -> Any:
+    if not isinstance(node, dict) or value_type is None:
+        return None
+    for key, value in node.items():
+        try:
+            msgspec.convert(value, value_type)
+        except (msgspec.ValidationError, TypeError):
+            return key
+    return None
 
 
 def _type_at(path: str, data: Any) -> tuple[Any, Any]:
     """The declared type at ``path`` in the schema, and the data found there."""
-    tp: Any = PipelineConfig
-    node = data
-    for seg in _segments(path):
-        if isinstance(seg, int):
-            args = typing.get_args(_unwrap(tp))
-            tp = args[0] if args else None
-            node = node[seg] if isinstance(node, list) and seg < len(node) else None
-        else:
-            struct = _resolve(tp, node)
-            if struct is None:
-                return None, None
-            tp = typing.get_type_hints(struct, include_extras=True).get(seg)
-            node = node.get(seg) if isinstance(node, dict) else None
+    tp, node, _ = _walk(path, data)
     return tp, node
+
+
+def _where(path: str, data: Any) -> str:
+    """``path`` as the message writes it: ``kafka.consumer['session.timeout.ms']``."""
+    if not path:
+        return "top level"
+    try:
+        where = _walk(path, data)[2]
+    except Exception:  # naming the place must never hide the message itself
+        where = path
+    return where.lstrip(".")
 
 
 def _resolve(tp: Any, node: Any) -> type[msgspec.Struct] | None:

@@ -89,7 +89,7 @@ def test_numbers_may_come_from_variables() -> None:
         ({"retries": -1}, "at sinks[0].retries: Expected `int` >= 0"),
         ({"timeout_ms": 0}, "at sinks[0].timeout_ms: Expected `float` > 0"),
         ({"cooldown_s": -5}, "at sinks[0].cooldown_s: Expected `float` >= 0"),
-        ({"headers": {"X-Count": 3}}, "at sinks[0].headers[...]: Expected `str`, got `int`"),
+        ({"headers": {"X-Count": 3}}, "at sinks[0].headers['X-Count']: Expected `str`, got `int`"),
         ({"headers": ["a"]}, "at sinks[0].headers: Expected `object`, got `array`"),
         (
             {"template": "slak"},
