@@ -5,6 +5,9 @@ that left."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -157,3 +160,56 @@ def test_where_reading_got_to_is_each_partitions_last_record(
             )
     lasts = {(r.topic, r.partition): r.offset for r in _lasts(chunk)}
     assert lasts == {key: end - 1 for key, end in offsets.items()}
+
+
+class Closing:
+    """A consumer whose close() blocks until released (forever, if never), or raises."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.release = threading.Event()
+        self.error = error
+        self.closed_in: str | None = None
+
+    def close(self) -> None:
+        self.closed_in = threading.current_thread().name
+        if self.error is not None:
+            raise self.error
+        self.release.wait()
+
+
+def closing_source(consumer: Closing, timeout: float) -> KafkaSource:
+    s = KafkaSource(["t"], group_id="g", close_timeout=timeout, name="k")
+    s.consumer = consumer
+    return s
+
+
+def test_a_close_that_never_returns_is_left_behind(caplog: pytest.LogCaptureFixture) -> None:
+    """Seen on the test broker: a static member's close() hung while its group rebalanced,
+    and the stopping worker with it. The close runs in a daemon thread of its own and is
+    waited for close_timeout, then left there: the worker exits."""
+    consumer = Closing()
+    s = closing_source(consumer, timeout=0.3)
+    started = time.monotonic()
+    asyncio.run(s.close())
+    assert time.monotonic() - started < 5
+    assert consumer.closed_in == "headrace-kafka-close-k"
+    assert "did not close within 0.3s" in caplog.text
+    consumer.release.set()
+
+
+def test_a_close_that_returns_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    consumer = Closing()
+    consumer.release.set()
+    s = closing_source(consumer, timeout=5)
+    asyncio.run(s.close())
+    assert consumer.closed_in is not None and s.consumer is None
+    assert "did not close" not in caplog.text
+
+
+def test_a_close_that_raises_systemerror_is_reported_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """confluent-kafka now and then raises SystemError out of close() as it returns."""
+    s = closing_source(Closing(SystemError("_PyErr_SetObject: exception")), timeout=5)
+    asyncio.run(s.close())
+    assert "the client raised while closing" in caplog.text

@@ -9,8 +9,10 @@ commits take turns in one thread, so a commit never races a rebalance callback.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +51,11 @@ from headrace.record import Record, source_record
 #: thread's wake-ups contend for the GIL).
 COMMITTING_WAIT = 0.005
 SLICE = 0.002
+
+#: How long a stopping worker waits for the consumer's close() (its last rebalance
+#: callback, leaving the group): below the default shutdown_timeout_s (30 s), and enough
+#: for the test broker's slowest group operations (about 11 s to join).
+CLOSE_TIMEOUT = 20.0
 
 # Settings the engine depends on: offsets are committed explicitly, after terminal state.
 _CONSUMER_REQUIRED: Settings = {"enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -97,6 +104,7 @@ class KafkaSource(PartitionedSource):
         name: str = "kafka",
         instance_id: str | None = None,
         start: Start | None = None,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -114,6 +122,7 @@ class KafkaSource(PartitionedSource):
         self.instance_id = None if passed is None else str(passed)
         self.max_records = max_records
         self.poll_timeout = poll_timeout
+        self.close_timeout = close_timeout
         self.name = name
         self.consumer: Any = None
         self._listener: RebalanceListener | None = None
@@ -406,13 +415,29 @@ class KafkaSource(PartitionedSource):
         return self._group_metadata
 
     async def close(self) -> None:
+        """Close the consumer, waiting at most ``close_timeout`` seconds for it.
+
+        close() leaves the group, but for a static member: librdkafka sends no LeaveGroup
+        for one (KIP-345), so its partitions wait out session.timeout.ms before they move.
+        It runs in a thread of its own, once the poll thread is idle (consumer calls still
+        take turns): a close that never returns (seen on the test broker, a static member
+        stopping while its group rebalanced) is left behind in that daemon thread, and the
+        worker exits all the same. What is committed was committed before."""
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
-            # close() leaves the group, but for a static member: librdkafka sends no
-            # LeaveGroup for one (KIP-345), so its partitions wait out session.timeout.ms
-            # before they move. The revoke callback runs in the poll thread either way.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._poll_thread, _idle)  # a poll under way ends
+            closed = _in_daemon_thread(consumer.close, f"headrace-kafka-close-{self.name}")
             try:
-                await asyncio.get_running_loop().run_in_executor(self._poll_thread, consumer.close)
+                async with asyncio.timeout(self.close_timeout):
+                    await asyncio.wrap_future(closed)
+            except TimeoutError:
+                log.warning(
+                    "kafka %s: the client did not close within %ss (the broker did not "
+                    "answer); exiting without waiting for it",
+                    self.name,
+                    self.close_timeout,
+                )
             except SystemError as exc:
                 # confluent-kafka 2.16 now and then raises "_PyErr_SetObject: exception
                 # <class 'str'> is not a BaseException subclass" out of close() (once in a
@@ -537,6 +562,27 @@ class KafkaSource(PartitionedSource):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
+
+
+def _idle() -> None:
+    """Nothing: run in the poll thread, it returns once the poll under way has ended."""
+
+
+def _in_daemon_thread(fn: Callable[[], Any], name: str) -> concurrent.futures.Future[Any]:
+    """Run ``fn`` in a daemon thread of its own: a call that never returns neither holds
+    up the caller nor the interpreter's exit (an executor's threads are joined at exit)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _lasts(chunk: list[Record]) -> list[Record]:
