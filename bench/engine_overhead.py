@@ -111,13 +111,15 @@ class ReplaySource(DecodedSource):
             await asyncio.sleep(0)
 
 
-def through_engine(model: Model, source: Source, n: int, concurrency: int) -> float:
+def through_engine(
+    model: Model, source: Source, n: int, concurrency: int, batch: int = BATCH
+) -> float:
     pipeline = (
         Pipeline("bench")
         .source(source)
         .model(model, featurizer=Featurizer(vector="features"))
         .sink(NullSink())
-        .settings(EngineSettings(max_batch_size=BATCH, max_wait=0.005, max_concurrency=concurrency))
+        .settings(EngineSettings(max_batch_size=batch, max_wait=0.005, max_concurrency=concurrency))
     )
     started = time.perf_counter()
     summary = pipeline.run(install_signal_handlers=False)
@@ -126,13 +128,13 @@ def through_engine(model: Model, source: Source, n: int, concurrency: int) -> fl
     return n / elapsed
 
 
-def direct(model: Model, n: int) -> float:
+def direct(model: Model, n: int, batch: int = BATCH) -> float:
     events, _ = SensorEvents(entities=200, seed=1).make(start_id=0, n=n, ts=0.0)
     x = np.array([e["features"] for e in events], dtype=np.float32)
-    batches = [x[i : i + BATCH] for i in range(0, n, BATCH)]
+    batches = [x[i : i + batch] for i in range(0, n, batch)]
     started = time.perf_counter()
-    for batch in batches:
-        model.predict_batch(batch)
+    for inputs in batches:
+        model.predict_batch(inputs)
     return n / (time.perf_counter() - started)
 
 
@@ -140,23 +142,25 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
-def measure(name: str, model: Model, n: int, runs: int, concurrency: int) -> dict[str, Any]:
+def measure(
+    name: str, model: Model, n: int, runs: int, concurrency: int, batch: int = BATCH
+) -> dict[str, Any]:
     def generated() -> float:
         source = GeneratorSource(rate=0, count=n, entities=200, seed=1)
-        return through_engine(model, source, n, concurrency)
+        return through_engine(model, source, n, concurrency, batch)
 
-    direct_rate = median_of(runs, lambda: direct(model, n))
+    direct_rate = median_of(runs, lambda: direct(model, n, batch))
     engine_rate = median_of(runs, generated)
     # Built only now: n live event dicts would slow every earlier run through the garbage
     # collector's passes over them.
     events, _ = SensorEvents(entities=200, seed=1).make(start_id=0, n=n, ts=0.0)
     replay_rate = median_of(
-        runs, lambda: through_engine(model, ReplaySource(events), n, concurrency)
+        runs, lambda: through_engine(model, ReplaySource(events), n, concurrency, batch)
     )
     result = {
         "model": name,
         "records": n,
-        "batch_size": BATCH,
+        "batch_size": batch,
         "max_concurrency": concurrency,
         "direct_records_per_s": round(direct_rate),
         "engine_records_per_s": round(engine_rate),
@@ -168,7 +172,8 @@ def measure(name: str, model: Model, n: int, runs: int, concurrency: int) -> dic
         ),
     }
     print(
-        f"{name:>22}: direct {direct_rate:>10,.0f}/s  engine {engine_rate:>10,.0f}/s  "
+        f"{name:>22} b{batch:<5}c{concurrency}: direct {direct_rate:>10,.0f}/s  "
+        f"engine {engine_rate:>10,.0f}/s  "
         f"ratio {result['ratio_engine_to_direct']:.3f}  overhead "
         f"{result['overhead_us_per_record']:.2f} us/record "
         f"({result['overhead_us_per_record_without_generator']:.2f} without the generator)"
@@ -185,6 +190,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [
             measure("light numpy-lr", light_model(), int(300_000 * scale), runs, 1),
+            # The default max_concurrency (2), and larger batches: the engine's cost per
+            # batch (tasks, a thread hand-off, bookkeeping) is what remains at 256.
+            *(
+                measure("light numpy-lr", light_model(), int(600_000 * scale), runs, 2, b)
+                for b in (256, 1024, 2048)
+            ),
             measure(
                 "heavy iforest-onnx", heavy_onnx_model(Path(tmp)), int(60_000 * scale), runs, 2
             ),

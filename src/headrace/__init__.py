@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from headrace.batch import RecordBatch
 from headrace.config import ConfigError, PipelineConfig, load_config
 from headrace.connectors import (
     GeneratorSource,
@@ -145,6 +146,7 @@ __all__ = [
     "Priorities",
     "Probation",
     "Record",
+    "RecordBatch",
     "RegistryError",
     "RegistrySource",
     "RunSummary",

@@ -63,6 +63,7 @@ PUBLIC = [
     "Priorities",
     "Probation",
     "Record",
+    "RecordBatch",
     "RegistryError",
     "RegistrySource",
     "RunSummary",

@@ -64,8 +64,9 @@ class Source(ABC):
         """Connect, restore positions. Called once before :meth:`chunks`."""
 
     @abstractmethod
-    def chunks(self) -> AsyncIterator[list[Record]]:
-        """Yield lists of records in read order; end when the source is exhausted."""
+    def chunks(self) -> AsyncIterator[Sequence[Record]]:
+        """Yield sequences of records in read order (lists, or
+        :class:`~headrace.batch.RecordBatch` es); end when the source is exhausted."""
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:  # noqa: B027
         """Persist, per partition, the next position to read after a restart."""

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from headrace.batch import RecordBatch
 from headrace.connectors.base import DecodedSource
-from headrace.record import Record, source_record
 
 PRIORITIES = ("high", "normal", "low")
 TYPES = ("reading", "reading", "reading", "reading", "heartbeat", "alarm")
@@ -40,7 +40,7 @@ class SensorEvents:
         self.anomaly_rate = anomaly_rate
         self._rng = np.random.default_rng(seed)
         self._baseline = self._rng.normal(0.0, 0.5, size=(entities, N_FEATURES))
-        self._names = [f"sensor-{i:05d}" for i in range(entities)]
+        self._names = np.array([f"sensor-{i:05d}" for i in range(entities)], dtype=object)
 
     def features(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Entity indices, feature rows and the anomaly mask for ``n`` events."""
@@ -57,26 +57,65 @@ class SensorEvents:
 
     def make(self, *, start_id: int, n: int, ts: float) -> tuple[list[dict[str, Any]], int]:
         """``n`` events stamped ``ts``, and how many of them are injected anomalies."""
+        batch, anomalies = self.batch(topic="generator", partition=0, start_id=start_id, n=n, ts=ts)
+        return event_values(batch), anomalies
+
+    def batch(
+        self, *, topic: str, partition: int, start_id: int, n: int, ts: float
+    ) -> tuple[RecordBatch, int]:
+        """``n`` events stamped ``ts`` as a :class:`RecordBatch` at offsets ``start_id ..``
+        (an event's id is its offset), and how many of them are injected anomalies: its
+        columns are the events' fields, its records built only if asked for."""
         ent, feats, anomalous = self.features(n)
         rng = self._rng
-        values = feats.sum(axis=1).round(4).tolist()
-        prio = rng.choice(3, size=n, p=[0.1, 0.7, 0.2]).tolist()
-        kinds = rng.integers(0, len(TYPES), size=n).tolist()
-        names = self._names
-        rows = feats.round(5).tolist()
-        events = [
-            {
-                "id": start_id + i,
-                "entity_id": names[e],
-                "ts": ts,
-                "value": values[i],
-                "features": rows[i],
-                "priority": PRIORITIES[prio[i]],
-                "type": TYPES[kinds[i]],
-            }
-            for i, e in enumerate(ent.tolist())
-        ]
-        return events, int(anomalous.sum())
+        value = feats.sum(axis=1).round(4)
+        prio = rng.choice(3, size=n, p=[0.1, 0.7, 0.2])
+        kinds = rng.integers(0, len(TYPES), size=n)
+        batch = RecordBatch(
+            topic=topic,
+            partition=partition,
+            offsets=range(start_id, start_id + n),
+            keys=self._names[ent].tolist(),
+            event_times=np.full(n, ts, dtype=np.float64),
+            columns={
+                "value": value,
+                "features": feats.round(5),
+                "priority": _PRIORITIES[prio],
+                "type": _TYPES[kinds],
+            },
+            values_from=event_values,
+        )
+        return batch, int(anomalous.sum())
+
+
+_PRIORITIES = np.array(PRIORITIES, dtype=object)
+_TYPES = np.array(TYPES, dtype=object)
+
+
+def event_values(batch: RecordBatch) -> list[dict[str, Any]]:
+    """The events of a :meth:`SensorEvents.batch`, as their JSON objects."""
+    c = batch.columns
+    return [
+        {
+            "id": i,
+            "entity_id": k,
+            "ts": t,
+            "value": v,
+            "features": f,
+            "priority": p,
+            "type": y,
+        }
+        for i, k, t, v, f, p, y in zip(
+            batch.offsets,
+            batch.keys,
+            batch.event_times.tolist(),
+            c["value"].tolist(),
+            c["features"].tolist(),
+            c["priority"].tolist(),
+            c["type"].tolist(),
+            strict=True,
+        )
+    ]
 
 
 def planned_events(rate: float, count: int | None, seconds: float | None) -> int | None:
@@ -107,6 +146,7 @@ class GeneratorSource(DecodedSource):
     ``seconds`` is a time limit.
 
     Record positions are ``(topic, 0, id)``; event time is the wall-clock time of emission.
+    Each chunk is a :class:`RecordBatch`: the engine scores it from its columns.
     """
 
     def __init__(
@@ -134,7 +174,7 @@ class GeneratorSource(DecodedSource):
         self.emitted = 0
         self.anomalies = 0
 
-    async def chunks(self) -> AsyncIterator[list[Record]]:
+    async def chunks(self) -> AsyncIterator[RecordBatch]:
         start = time.monotonic()
         rate = self.rate
         total = planned_events(rate, self.count, self.seconds)
@@ -155,22 +195,12 @@ class GeneratorSource(DecodedSource):
                 n = min(n, due)
             if total is not None:
                 n = min(n, total - self.emitted)
-            ts = time.time()
-            events, anomalies = self.events.make(start_id=self.emitted, n=n, ts=ts)
+            batch, anomalies = self.events.batch(
+                topic=topic, partition=0, start_id=self.emitted, n=n, ts=time.time()
+            )
             self.anomalies += anomalies
-            first = self.emitted
             self.emitted += n
-            yield [
-                source_record(
-                    key=e["entity_id"],
-                    value=e,
-                    event_time=ts,
-                    topic=topic,
-                    partition=0,
-                    offset=first + i,
-                )
-                for i, e in enumerate(events)
-            ]
+            yield batch
             if not self.rate:
                 # Unpaced: let the rest of the pipeline run between chunks.
                 await asyncio.sleep(0)

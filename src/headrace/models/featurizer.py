@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,38 @@ class Featurizer:
             # for the matrix's type, so a record gets the same error in any batch.
             return x[finite], [(i, self._why(values[i])) for i in np.flatnonzero(~finite).tolist()]
         return self._slow(values)
+
+    def from_columns(self, columns: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The feature matrix of a batch held as columns (a
+        :class:`~headrace.batch.RecordBatch`): its fields as 1-D numeric arrays, its vector
+        as a 2-D one, all finite (unless ``allow_nan``); ``None`` where they are not, and
+        the records' values say which is wrong (:meth:`transform`).
+
+        >>> f = Featurizer(fields=["a"], vector="v")
+        >>> f.from_columns({"a": np.array([1, 2]), "v": np.array([[0.5, 1.0], [2.0, 3.0]])})
+        array([[1. , 0.5, 1. ],
+               [2. , 2. , 3. ]], dtype=float32)
+        >>> f.from_columns({"v": np.array([[0.5, 1.0]])}) is None  # no column 'a'
+        True
+        """
+        parts: list[np.ndarray] = []
+        for name in self.fields:
+            column = columns.get(name)
+            if column is None or column.ndim != 1 or column.dtype.kind not in "biuf":
+                return None
+            parts.append(column[:, None])
+        if self.vector is not None:
+            column = columns.get(self.vector)
+            if column is None or column.ndim != 2 or column.dtype.kind not in "biuf":
+                return None
+            parts.append(column)
+        x = (parts[0] if len(parts) == 1 else np.hstack(parts)).astype(self.dtype)
+        if self._width is not None and x.shape[1] != self._width:
+            return None
+        if not self.allow_nan and not np.isfinite(x).all():
+            return None
+        self._width = x.shape[1]
+        return x
 
     def _fast(self, values: Sequence[Any]) -> np.ndarray | None:
         fields, vector = self.fields, self.vector

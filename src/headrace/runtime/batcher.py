@@ -51,16 +51,21 @@ class Batcher(Generic[T]):
 
     With ``lanes`` > 1, items are put into priority lanes and a batch is filled from lane 0
     first: under load, lower lanes wait while higher ones have items.
+
+    ``join`` makes one batch of the parts of the sequences put that it takes (default: a
+    list of their items); a batch that is one part of one sequence is that part, as its
+    slice gives it (``items[lo:hi]``).
     """
 
     def __init__(
         self,
-        handle: Callable[[list[T]], Awaitable[None]],
+        handle: Callable[[Sequence[T]], Awaitable[None]],
         *,
         max_size: int,
         max_wait: float,
         max_concurrency: int = 1,
         lanes: int = 1,
+        join: Callable[[list[Sequence[T]]], Sequence[T]] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
@@ -74,8 +79,11 @@ class Batcher(Generic[T]):
         self.max_size = max_size
         self.max_wait = max_wait
         self.max_concurrency = max_concurrency
-        # One buffer per priority lane, lane 0 first. Within a lane, items keep their order.
-        self._lanes: list[list[T]] = [[] for _ in range(lanes)]
+        # One buffer per priority lane, lane 0 first, of the sequences put, kept whole (a
+        # column batch stays one: see headrace.batch). Within a lane, items keep their order.
+        self._lanes: list[deque[Sequence[T]]] = [deque() for _ in range(lanes)]
+        self._counts = [0] * lanes
+        self._join = join or _concatenate
         # (count, arrival time) per put(), so the oldest arrival is known after a partial take.
         self._arrivals: list[deque[list[Any]]] = [deque() for _ in range(lanes)]
         self._buffered = 0
@@ -92,7 +100,7 @@ class Batcher(Generic[T]):
 
     def buffered_in(self, lane: int) -> int:
         """Items of one lane waiting for a batch."""
-        return len(self._lanes[lane])
+        return self._counts[lane]
 
     @property
     def batches_in_flight(self) -> int:
@@ -106,7 +114,8 @@ class Batcher(Generic[T]):
         if not items:
             return
         was_empty = not self._buffered
-        self._lanes[lane].extend(items)
+        self._lanes[lane].append(items)
+        self._counts[lane] += len(items)
         self._arrivals[lane].append([len(items), time.monotonic()])
         self._buffered += len(items)
         # Wake the dispatcher only when its decision can change: a first item starts the
@@ -137,7 +146,7 @@ class Batcher(Generic[T]):
         if self._error is not None:
             raise self._error
 
-    async def _run_handler(self, batch: list[T]) -> None:
+    async def _run_handler(self, batch: Sequence[T]) -> None:
         try:
             await self._handle(batch)
         except BaseException as exc:
@@ -149,7 +158,7 @@ class Batcher(Generic[T]):
         finally:
             self._slots.release()
 
-    async def _next_batch(self) -> list[T] | None:
+    async def _next_batch(self) -> Sequence[T] | None:
         while self._error is None:
             buffered = self._buffered
             if buffered >= self.max_size:
@@ -176,24 +185,30 @@ class Batcher(Generic[T]):
             return float(self._arrivals[0][0][1])
         return min(float(a[0][1]) for a in self._arrivals if a)
 
-    def _take(self, n: int) -> list[T]:
-        if len(self._lanes) == 1:
-            return self._take_from(0, n)
-        batch: list[T] = []
+    def _take(self, n: int) -> Sequence[T]:
+        pieces: list[Sequence[T]] = []
         for lane in range(len(self._lanes)):
-            want = n - len(batch)
-            if not want:
-                break
-            if self._lanes[lane]:
-                batch += self._take_from(lane, want)
-        return batch
+            if n and self._counts[lane]:
+                n -= self._take_from(lane, n, pieces)
+        return self._join(pieces)
 
-    def _take_from(self, lane: int, n: int) -> list[T]:
+    def _take_from(self, lane: int, n: int, pieces: list[Sequence[T]]) -> int:
+        """Move up to ``n`` items of ``lane`` to ``pieces``; how many it moved."""
         buffer = self._lanes[lane]
-        batch = buffer[:n]
-        del buffer[:n]
-        self._buffered -= len(batch)
-        remaining = len(batch)
+        taken = 0
+        while taken < n and buffer:
+            piece = buffer[0]
+            want = n - taken
+            if len(piece) <= want:
+                buffer.popleft()
+            else:
+                buffer[0] = piece[want:]
+                piece = piece[:want]
+            pieces.append(piece)
+            taken += len(piece)
+        self._counts[lane] -= taken
+        self._buffered -= taken
+        remaining = taken
         arrivals = self._arrivals[lane]
         while remaining:
             head = arrivals[0]
@@ -203,7 +218,14 @@ class Batcher(Generic[T]):
             else:
                 head[0] -= remaining
                 remaining = 0
-        return batch
+        return taken
+
+
+def _concatenate(pieces: list[Sequence[T]]) -> list[T]:
+    out: list[T] = []
+    for piece in pieces:
+        out.extend(piece)
+    return out
 
 
 def is_async_callable(fn: Any) -> bool:

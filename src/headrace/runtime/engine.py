@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from headrace.batch import join
 from headrace.connectors.base import DecodedSource, PartitionedSource
 from headrace.enrich.lookup import Enricher
 from headrace.models.base import Model, model_ref
@@ -327,6 +328,7 @@ class Engine:
             max_wait=settings.max_wait,
             max_concurrency=settings.max_concurrency,
             lanes=self.stage.lanes,
+            join=join,
         )
         self.commits.start_periodic(settings.commit_interval, on_failure=self.stop)
         parts.push_async_callback(self.commits.stop_periodic)
@@ -419,7 +421,7 @@ class Engine:
         if not self.state.stopping:
             stage.end_of_input()
 
-    def put(self, records: list[Record], lane: int) -> None:
+    def put(self, records: Sequence[Record], lane: int) -> None:
         assert self._batcher is not None
         self._batcher.put(records, lane)
 
@@ -438,7 +440,7 @@ class Engine:
 
     # -- scoring -----------------------------------------------------------------------
 
-    async def _score(self, records: list[Record]) -> None:
+    async def _score(self, records: Sequence[Record]) -> None:
         """Score one batch and write it; the batcher runs this as a task per batch."""
         turn = self.order.turn()
         try:
@@ -446,7 +448,7 @@ class Engine:
             if self.enricher is not None:
                 # One awaited round trip per lookup and batch (keys not cached); other
                 # batches and the reader go on meanwhile.
-                records = await self.enricher.enrich(records, failed)
+                records = await self.enricher.enrich(list(records), failed)
             scored = await self.scorer.score(records, failed, self.stage.kind)
             async with turn:  # write in batch order: per key, outputs keep source order
                 if self.state.fatal is not None:

@@ -135,7 +135,7 @@ class Rollout:
     async def score(
         self,
         caller: ModelCaller,
-        records: list[Record],
+        records: Sequence[Record],
         inputs: Any,
         kind: BatchKind = BatchKind.EVENTS,
     ) -> tuple[list[ScoredBatch], list[FailedRecord]]:
@@ -155,8 +155,8 @@ class Rollout:
         return batches, failed
 
     def _split(
-        self, canary: Canary, records: list[Record], inputs: Any
-    ) -> list[tuple[ModelManager, list[Record], Any]]:
+        self, canary: Canary, records: Sequence[Record], inputs: Any
+    ) -> list[tuple[ModelManager, Sequence[Record], Any]]:
         threshold = canary.threshold
         picked = [canary_bucket(r.key) < threshold for r in records]
         main = [i for i, p in enumerate(picked) if not p]
@@ -170,7 +170,7 @@ class Rollout:
         self,
         caller: ModelCaller,
         manager: ModelManager,
-        records: list[Record],
+        records: Sequence[Record],
         inputs: Any,
         kind: BatchKind,
     ) -> tuple[list[ScoredBatch], list[FailedRecord]]:
@@ -241,7 +241,7 @@ class Rollout:
         task.add_done_callback(self._shadows.discard)
 
     async def _run_shadow(
-        self, shadow: Shadow, records: list[Record], inputs: Any, served: Sequence[ScoredBatch]
+        self, shadow: Shadow, records: Sequence[Record], inputs: Any, served: Sequence[ScoredBatch]
     ) -> None:
         model = shadow.candidate.lease()
         call: asyncio.Future[Any] | None = None
@@ -296,7 +296,10 @@ def _take(inputs: Any, idx: list[int]) -> Any:
 
 
 def _agreement(
-    served: Sequence[ScoredBatch], records: list[Record], predictions: list[Any], tolerance: float
+    served: Sequence[ScoredBatch],
+    records: Sequence[Record],
+    predictions: list[Any],
+    tolerance: float,
 ) -> int:
     """How many shadow predictions match the served ones (numbers within ``tolerance``)."""
     by_record = {id(r): p for b in served for r, p in zip(b.records, b.predictions, strict=True)}

@@ -8,12 +8,14 @@ the records set aside on the way (invalid features, model failures).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from headrace.batch import RecordBatch
 from headrace.errors import Stage, failure
 from headrace.models.base import Model, model_ref
-from headrace.models.featurizer import Featurizer
+from headrace.models.featurizer import FeatureError, Featurizer
 from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch
 from headrace.runtime.rollout import Rollout
 from headrace.runtime.scoring import ModelCaller
@@ -24,7 +26,7 @@ class Scored:
     """One batch's outcome: the records that had valid inputs, those inputs, the batches
     to write (one per model version) and the records that failed."""
 
-    records: list[Record]
+    records: Sequence[Record]
     inputs: Any
     batches: list[ScoredBatch] = field(default_factory=list)
     failed: list[FailedRecord] = field(default_factory=list)
@@ -70,12 +72,18 @@ class Scorer:
         self._model = model
 
     async def score(
-        self, records: list[Record], failed: list[FailedRecord], kind: BatchKind
+        self, records: Sequence[Record], failed: list[FailedRecord], kind: BatchKind
     ) -> Scored:
         """Score ``records`` (``failed``: those already set aside from this batch)."""
         inputs: Any
         if self.featurizer is not None:
-            inputs, bad = self.featurizer.transform([r.value for r in records])
+            inputs = None
+            if isinstance(records, RecordBatch) and not records.materialized:
+                # Features straight from the columns: no record is built.
+                inputs = self.featurizer.from_columns(records.columns)
+            bad: list[tuple[int, FeatureError]] = []
+            if inputs is None:
+                inputs, bad = self.featurizer.transform([r.value for r in records])
             if bad:
                 skip = {i for i, _ in bad}
                 failed += [

@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -131,8 +131,8 @@ class ModelCaller:
             self._recovery.cancel()
 
     async def score(
-        self, model: Model, records: list[Record], inputs: Any, *, hold_when_down: bool = True
-    ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
+        self, model: Model, records: Sequence[Record], inputs: Any, *, hold_when_down: bool = True
+    ) -> tuple[Sequence[Record], list[Any], list[FailedRecord]]:
         """Predictions for the records the model can score, in input order, and the
         records it cannot (after retries). Waits, without failing anything, while the
         model is down; with ``hold_when_down`` false (a new version on probation), a model
@@ -156,8 +156,8 @@ class ModelCaller:
                 await self._wait_up(model, inputs[:1])
 
     async def _score_once(
-        self, model: Model, records: list[Record], inputs: Any
-    ) -> tuple[list[Record], list[Any], list[FailedRecord]]:
+        self, model: Model, records: Sequence[Record], inputs: Any
+    ) -> tuple[Sequence[Record], list[Any], list[FailedRecord]]:
         n = len(records)
         out: list[Any] = [_MISSING] * n
         leaves: dict[int, BaseException] = {}

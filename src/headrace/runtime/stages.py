@@ -25,7 +25,7 @@ from headrace.windows.stage import WindowStage
 class Intake(Protocol):
     """What a stage hands its results to (the engine)."""
 
-    def put(self, records: list[Record], lane: int) -> None:
+    def put(self, records: Sequence[Record], lane: int) -> None:
         """Batch these for the model, in ``lane``."""
 
     def set_aside(self, failed: list[FailedRecord]) -> None:
@@ -51,7 +51,7 @@ class PipelineStage(ABC):
         """After the last commit."""
 
     @abstractmethod
-    def take(self, chunk: list[Record], size: int | None, fraction: float) -> None:
+    def take(self, chunk: Sequence[Record], size: int | None, fraction: float) -> None:
         """A decoded chunk; ``size`` its bytes if it is whole as admitted, ``fraction`` how
         full the pipeline was before it."""
 
@@ -61,7 +61,7 @@ class PipelineStage(ABC):
     async def tick(self, may_close: Callable[[], bool]) -> None:  # noqa: B027
         """Run until cancelled: what time alone changes."""
 
-    def prepare(self, records: list[Record]) -> tuple[list[Record], list[FailedRecord]]:
+    def prepare(self, records: Sequence[Record]) -> tuple[Sequence[Record], list[FailedRecord]]:
         """A formed batch, before features: the records to score, and those set aside."""
         return records, []
 
@@ -90,7 +90,7 @@ class EventStage(PipelineStage):
         self.lanes = len(priorities.levels) if priorities is not None else 1
         self._plain = priorities is None and shedding is None
 
-    def take(self, chunk: list[Record], size: int | None, fraction: float) -> None:
+    def take(self, chunk: Sequence[Record], size: int | None, fraction: float) -> None:
         if self._plain:
             self.intake.put(chunk, 0)
             return
@@ -106,7 +106,7 @@ class EventStage(PipelineStage):
                 # Without priorities there is one lane; lane 1 stands for "sheddable".
                 self.intake.put(records, lane if priorities is not None else 0)
 
-    def prepare(self, records: list[Record]) -> tuple[list[Record], list[FailedRecord]]:
+    def prepare(self, records: Sequence[Record]) -> tuple[Sequence[Record], list[FailedRecord]]:
         shedding = self.shedding
         if shedding is None or shedding.max_event_age is None:
             return records, []
@@ -164,7 +164,7 @@ class WindowedStage(PipelineStage):
     async def close(self) -> None:
         await self.windows.close()
 
-    def take(self, chunk: list[Record], size: int | None, fraction: float) -> None:
+    def take(self, chunk: Sequence[Record], size: int | None, fraction: float) -> None:
         """Records a window took are finished (the state holds them now), the others go
         to the side output, closed windows to the model."""
         closed, rejected = self.windows.absorb(chunk, time.time())

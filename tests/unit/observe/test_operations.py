@@ -49,7 +49,11 @@ async def running(
         pipeline.run_async(install_signal_handlers=False, on_start=engines.append)
     )
     try:
-        await wait_for(lambda: bool(engines) and engines[0].served_at is not None)
+        # Serving starts before the model loads: wait for both (under load, a call made
+        # before the model serves was answered "no model is serving yet").
+        await wait_for(
+            lambda: bool(engines) and engines[0].served_at is not None and not engines[0].ready()
+        )
         engine = engines[0]
         assert engine.served_at is not None
         yield engine, source, sink, engine.served_at.rstrip("/")
