@@ -10,9 +10,14 @@ Each model runs with the settings that suit it on a 2-core machine: ONNX Runtime
 the GIL, so two batches run at once with one intra-op thread each; scikit-learn's forest
 spends much of a call in Python, holding the GIL, so one batch at a time.
 
-A third figure separates the generator's share: the engine fed by a source that replays
-pre-built events, so that what remains is decode-free engine work (records, batching,
-featurizing, tracking offsets, building outputs, the null sink).
+The generator delivers its chunks as columns (a ``RecordBatch``), so the engine builds no
+record for them. A third figure is the path of a connector that builds a ``Record`` per
+event: the engine fed by a source that replays pre-built events as lists of records
+(records, batching, featurizing from their values, tracking offsets, the null sink).
+
+The light model runs at batches of 256 with one batch at a time (as before) and with the
+default two, and at batches of 1,024 and 2,048: what the engine costs per batch (tasks, a
+hand-off to an executor thread, bookkeeping) is most of what remains at 256.
 
     python -m bench.engine_overhead [--quick]
 """
@@ -176,7 +181,7 @@ def measure(
         f"engine {engine_rate:>10,.0f}/s  "
         f"ratio {result['ratio_engine_to_direct']:.3f}  overhead "
         f"{result['overhead_us_per_record']:.2f} us/record "
-        f"({result['overhead_us_per_record_without_generator']:.2f} without the generator)"
+        f"({result['overhead_us_per_record_without_generator']:.2f} from lists of records)"
     )
     return result
 
