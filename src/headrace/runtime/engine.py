@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from headrace.batch import join
+from headrace.batch import RecordBatch, join
 from headrace.connectors.base import DecodedSource, PartitionedSource
 from headrace.enrich.lookup import Enricher
 from headrace.models.base import Model, model_ref
@@ -409,6 +409,12 @@ class Engine:
             stats.records_in += n
             records_in.inc(n)
             if decode is not None:
+                if isinstance(chunk, RecordBatch):
+                    raise PipelineError(
+                        f"source {self.source.name!r} delivered a RecordBatch, which holds "
+                        "decoded values, not bytes to decode: make the source a "
+                        "DecodedSource (headrace.connectors.base)"
+                    )
                 # Decoding before batching lets priorities read a field; a record that does
                 # not decode is set aside at once, without waiting for a batch.
                 chunk, failed = decode(chunk)

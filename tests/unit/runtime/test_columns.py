@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 
 from headrace import (
     CallableModel,
@@ -15,11 +16,12 @@ from headrace import (
     Featurizer,
     NullSink,
     Pipeline,
+    PipelineError,
     RecordBatch,
     ScoredBatch,
     SensorEvents,
 )
-from headrace.connectors.base import DecodedSource
+from headrace.connectors.base import DecodedSource, Source
 from headrace.record import Record
 from helpers import MemorySink
 
@@ -65,7 +67,7 @@ class Watching(NullSink):
         self.unbuilt.append(isinstance(records, RecordBatch) and not records.materialized)
 
 
-def run(source: Batches, *sinks: Any, dead: MemorySink | None = None) -> None:
+def run(source: Source, *sinks: Any, dead: MemorySink | None = None) -> None:
     pipeline = (
         Pipeline("columns")
         .source(source)
@@ -119,3 +121,21 @@ def test_a_non_finite_feature_is_dead_lettered_as_from_records() -> None:
         got.append((failure.record.offset, failure.error_type, failure.error))
     assert got[0] == got[1]
     assert got[0][0] == 150 and "features[3]" in got[0][2]
+
+
+class BytesSource(Source):
+    """A source of bytes (not a DecodedSource) that delivers a RecordBatch by mistake."""
+
+    name = "mistaken"
+
+    async def chunks(self) -> AsyncIterator[Sequence[Record]]:
+        yield Batches(10, 10).batches[0]
+
+
+def test_a_batch_from_a_source_of_bytes_is_refused_with_what_to_do() -> None:
+    sink = MemorySink()
+    with pytest.raises(
+        PipelineError, match=r"source 'mistaken' delivered a RecordBatch.*DecodedSource"
+    ):
+        run(BytesSource(), sink)
+    assert sink.outputs == []
