@@ -17,12 +17,14 @@ from headrace import (
     NullSink,
     Pipeline,
     PipelineError,
+    Priorities,
     RecordBatch,
     ScoredBatch,
     SensorEvents,
 )
 from headrace.connectors.base import DecodedSource, Source
 from headrace.record import Record
+from headrace.windows import Count, Sum, Tumbling, WindowOperator
 from helpers import MemorySink
 
 WEIGHTS = np.linspace(-1.0, 1.0, 8).astype(np.float32)
@@ -139,3 +141,54 @@ def test_a_batch_from_a_source_of_bytes_is_refused_with_what_to_do() -> None:
     ):
         run(BytesSource(), sink)
     assert sink.outputs == []
+
+
+def total_of(xs: list[dict[str, Any]]) -> list[float]:
+    return [float(x["total"]) for x in xs]
+
+
+def windowed_outputs(source: Batches) -> list[tuple[Any, ...]]:
+    sink = MemorySink()
+    operator = WindowOperator(
+        Tumbling(1.0),
+        {"n": (None, Count()), "total": ("value", Sum())},
+        key_field="entity_id",
+        time_source="id",  # the event's id as its time: many windows per key
+    )
+    (
+        Pipeline("windows")
+        .source(source)
+        .model(CallableModel(total_of, name="total", version="1"))
+        .sink(sink)
+        .windows(operator)
+        .settings(EngineSettings(max_wait=0.002, window_tick=0.01))
+        .run(install_signal_handlers=False)
+    )
+    return sorted(
+        (o["key"], o["window"]["start"], o["count"], round(o["prediction"], 6))
+        for o in sink.outputs
+    )
+
+
+def test_windows_over_batches_are_the_windows_over_records() -> None:
+    got = windowed_outputs(Batches(600, 250))
+    assert got == windowed_outputs(Batches(600, 250, as_records=True))
+    assert sum(count for _, _, count, _ in got) == 600
+
+
+def test_priority_lanes_over_batches_score_every_record_once() -> None:
+    source, sink = Batches(1000, 300), MemorySink()
+    (
+        Pipeline("lanes")
+        .source(source)
+        .model(
+            CallableModel(logistic, name="lr", version="1"),
+            featurizer=Featurizer(vector="features"),
+        )
+        .sink(sink)
+        .priorities(Priorities("priority"))
+        .settings(EngineSettings(max_batch_size=64, max_wait=0.002))
+        .run(install_signal_handlers=False)
+    )
+    assert sorted(o["source"]["offset"] for o in sink.outputs) == list(range(1000))
+    assert source.committed == {("s", 0): 1000}
