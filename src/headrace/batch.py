@@ -122,6 +122,12 @@ class RecordBatch(Sequence[Record]):
         """The records, built on the first call (with their values) and kept."""
         if self._records is None:
             values = self.values_from(self)
+            if len(values) != len(self):
+                raise ValueError(
+                    f"values_from gave {len(values)} values for the {len(self)} records of "
+                    f"{self.topic}[{self.partition}] offsets {self.offsets.start}.."
+                    f"{self.offsets.stop - 1}"
+                )
             topic, partition = self.topic, self.partition
             self._records = [
                 source_record(

@@ -157,3 +157,17 @@ def test_the_generators_batches_hold_the_events_it_makes() -> None:
     assert [r.key for r in batch] == [e["entity_id"] for e in events]
     assert [r.offset for r in batch] == [e["id"] for e in events]
     assert batch.columns["features"].tolist() == [e["features"] for e in events]
+
+
+def test_values_that_do_not_match_the_records_are_refused_with_where() -> None:
+    b = RecordBatch(
+        topic="t",
+        partition=2,
+        offsets=range(5, 8),
+        keys=["a", "b", "c"],
+        event_times=np.zeros(3),
+        columns={},
+        values_from=lambda b: [1, 2],
+    )
+    with pytest.raises(ValueError, match=r"gave 2 values for the 3 records of t\[2\] offsets 5..7"):
+        b[0]
