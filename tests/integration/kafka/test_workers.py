@@ -57,12 +57,6 @@ def test_workers_restart_one_that_dies_and_share_the_group(
         sinks=f"  - type: postgres\n    dsn: '{pg_dsn.dsn}'\n    mode: insert",
         delivery=delivery,
         max_in_flight=1000,
-        # The rebalance timeout. Twice in CI (once per delivery) every worker of both
-        # supervisors went silent after the fenced workers restarted with their instance
-        # ids, a join under way, until the test gave up 4 minutes later: a coordinator
-        # waiting for a member that does not come back waits this long (300 s by
-        # default); the workers poll every few milliseconds, so 20 s costs nothing.
-        consumer={"max.poll.interval.ms": 20_000},
     )
     env = models_env(tmp_path, DELAY)
     port = _free_port()

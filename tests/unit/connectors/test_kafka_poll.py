@@ -237,3 +237,44 @@ def test_a_poll_with_nothing_to_read_waits_instead_of_spinning(
     assert consumer.now >= 0.05  # the whole poll timeout
     assert len(consumer.consumes) <= 3
     assert min(consumer.consumes) >= kafka_source.MIN_CONSUME
+
+
+class RevokingConsumer:
+    """Refuses commits the way a group that moved on does (ILLEGAL_GENERATION)."""
+
+    def __init__(self) -> None:
+        self.unassigned: list[Any] = []
+
+    def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+    def incremental_unassign(self, partitions: list[Any]) -> None:
+        self.unassigned += partitions
+
+    def consumer_group_metadata(self) -> None:
+        return None
+
+
+class Revoked:
+    async def partitions_revoked(self, partitions: Any) -> dict[tuple[str, int], int]:
+        return {("t", 0): 42}
+
+
+async def test_a_commit_refused_while_revoking_does_not_stop_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The revoked partitions' positions could not be committed because the group moved
+    on: their next owner reads those records again (at least once); the worker goes on."""
+    from confluent_kafka import TopicPartition
+
+    s = KafkaSource(["t"], group_id="g")
+    s._listener = Revoked()  # type: ignore[assignment]
+    s._loop = asyncio.get_running_loop()
+    consumer = s.consumer = RevokingConsumer()
+    with caplog.at_level("WARNING", logger="headrace.kafka"):
+        await asyncio.to_thread(s._on_revoke, consumer, [TopicPartition("t", 0)])
+    assert s._fatal is None
+    assert [(p.topic, p.partition) for p in consumer.unassigned] == [("t", 0)]
+    assert "commit refused while the group rebalances" in caplog.text

@@ -526,6 +526,12 @@ class KafkaSource(PartitionedSource):
                 positions = self._call_listener(self._listener.partitions_revoked(keys))
                 if positions:
                     self._commit(topic_partitions(positions))
+            except CommitRefused as exc:
+                # The group moved on before this commit arrived (with an eager assignment
+                # strategy the generation may already have changed): not committed, and
+                # the next owner reads these records again; nothing is lost, so this
+                # worker goes on with the partitions it keeps.
+                log.warning("kafka %s: revoking %s: %s", self.name, fmt(keys), exc)
             except Exception as exc:
                 # Not committed: the next owner reads these records again.
                 log.error("kafka %s: revocation of %s failed: %s", self.name, fmt(keys), exc)
