@@ -275,6 +275,59 @@ class ScoredBatch:
         ]
 
 
+def encode_columns(
+    batch: ScoredBatch,
+    encode: Callable[[Any], bytes],
+    *,
+    keys: Sequence[Any],
+    raws: Sequence[bytes],
+    topic: str,
+    partition: int,
+    offsets: Sequence[int],
+    event_times: Sequence[float],
+    predictions: Sequence[Any] | None = None,
+) -> list[bytes]:
+    """What ``batch.encode_each(encode, raw_inputs=True)`` gives, from a batch of one
+    partition's events held as columns (a :class:`~headrace.batch.RecordBatch`, whose
+    records need not be built): their keys, bytes as read, offsets and event times;
+    ``predictions``: theirs, where they are a part of ``batch`` (default: all of it).
+
+    >>> import msgspec
+    >>> r = Record(key="k", value={"x": 1}, event_time=5.0, topic="t", partition=0,
+    ...            offset=7, raw=b'{"x":1}')
+    >>> b = ScoredBatch(records=[r], predictions=[0.9], model=ModelRef("m", "1"),
+    ...                 processed_at=6.0)
+    >>> encode = msgspec.json.encode
+    >>> encode_columns(b, encode, keys=["k"], raws=[b'{"x":1}'], topic="t", partition=0,
+    ...                offsets=[7], event_times=[5.0]) == b.encode_each(encode, raw_inputs=True)
+    True
+    """
+    m = batch.model
+    model = Raw(encode({"name": m.name, "version": m.version, "sha256": m.sha256}))
+    processed_at = batch.processed_at
+    return [
+        encode(
+            _Output(
+                key=k,
+                input=Raw(raw),
+                prediction=p,
+                model=model,
+                source=_Source(topic=topic, partition=partition, offset=o),
+                event_time=t,
+                processed_at=processed_at,
+            )
+        )
+        for k, raw, p, o, t in zip(
+            keys,
+            raws,
+            batch.predictions if predictions is None else predictions,
+            offsets,
+            event_times,
+            strict=True,
+        )
+    ]
+
+
 class _Source(Struct, gc=False):
     topic: str
     partition: int

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headrace import RecordBatch, SensorEvents
-from headrace.batch import join
+from headrace.batch import Batches, columns_of, event_times_of, join, parts_of
 from headrace.record import Record
 from headrace.runtime.batcher import Batcher
 from headrace.runtime.offsets import OffsetTracker, runs
@@ -98,11 +98,27 @@ def test_slices_joined_are_the_batch(cuts: list[int], built: list[bool]) -> None
     assert runs(joined) == runs(list(joined)) == [("t", 0, 100, 140)]
 
 
-def test_parts_that_do_not_follow_each_other_join_as_a_list() -> None:
+def test_parts_that_do_not_follow_each_other_join_as_batches_of_columns() -> None:
+    """Batches of several partitions (or with a gap) stay columns, in parts: their
+    columns, event times and offset runs are read without building a record."""
     for parts in ([make(0, 2), make(3, 5)], [make(0, 2), make(2, 4, partition=1)]):
         joined = join(parts)
-        assert isinstance(joined, list)
+        assert isinstance(joined, Batches) and not joined.materialized
+        assert list(parts_of(joined) or ()) == parts
+        columns = columns_of(joined)
+        assert columns is not None
+        assert columns["x"].tolist() == [x for p in parts for x in p.columns["x"].tolist()]
+        assert event_times_of(joined).tolist() == [t for p in parts for t in p.event_times]
+        assert runs(joined) == [r for p in parts for r in runs(p)]
+        assert not joined.materialized
         assert [r.offset for r in joined] == [r.offset for p in parts for r in p]
+
+
+def test_a_piece_of_records_joins_the_rest_as_a_list() -> None:
+    parts = [make(0, 2), list(make(2, 4, partition=1))]
+    joined = join(parts)
+    assert isinstance(joined, list)
+    assert [r.offset for r in joined] == [0, 1, 2, 3]
 
 
 @settings(max_examples=40, deadline=None)

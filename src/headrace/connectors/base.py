@@ -68,6 +68,13 @@ class Source(ABC):
         """Yield sequences of records in read order (lists, or
         :class:`~headrace.batch.RecordBatch` es); end when the source is exhausted."""
 
+    def read_as_batches(self) -> bool:
+        """Called by the engine before :meth:`open` when its decoder can turn a chunk of
+        bytes into columns: a source that can deliver each partition's consecutive records
+        as one :class:`~headrace.batch.RecordBatch` holding their bytes (``raws``), and
+        their keys and times as read, does so from now on and returns ``True``."""
+        return False
+
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:  # noqa: B027
         """Persist, per partition, the next position to read after a restart."""
 
@@ -156,6 +163,10 @@ class Sink(ABC):
     lost are written again, never report a loss once and then succeed."""
 
     name: str = "sink"
+    # Whether ``write`` reads the records' values (the decoded inputs). One that does not
+    # where inputs go as read (``SinkContext.inputs_as_read``) lets the engine decode only
+    # what the model reads: the values are decoded only for sinks that ask for them.
+    reads_values: bool = True
 
     def bind(self, context: SinkContext) -> None:  # noqa: B027 - optional hook
         """Called by the engine, for the sinks that take outputs, before :meth:`open`."""

@@ -173,11 +173,13 @@ class Commits:
             self.finished.set()
         self.state.wake()
 
-    async def make_room(self, records: Sequence[Record], acks: Acknowledgements) -> None:
-        """Hold ``records`` (about to be written) until they fit under
+    async def make_room(self, pieces: Sequence[Sequence[Record]], acks: Acknowledgements) -> None:
+        """Hold the records of ``pieces`` (about to be written) until they fit under
         ``max_uncommitted``, then count them against it."""
-        await self.room_for(len(records), acknowledging=lambda: acks.pending > 0)
-        self.uncommitted.written(records)
+        n = sum(len(p) for p in pieces)
+        await self.room_for(n, acknowledging=lambda: acks.pending > 0)
+        for records in pieces:
+            self.uncommitted.written(records)
         self._count_uncommitted()
 
     def _count_uncommitted(self) -> None:

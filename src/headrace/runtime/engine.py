@@ -26,12 +26,14 @@ from headrace.batch import RecordBatch, join
 from headrace.connectors.base import DecodedSource, PartitionedSource
 from headrace.enrich.lookup import Enricher
 from headrace.models.base import Model, model_ref
+from headrace.models.featurizer import Featurizer
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats, RunSummary
 from headrace.record import FailedRecord, Record
 from headrace.runtime.acks import Acknowledgements
 from headrace.runtime.backpressure import Backpressure
 from headrace.runtime.batcher import Batcher
+from headrace.runtime.column_decode import ColumnDecoder
 from headrace.runtime.commits import CommitPointTimeout, Commits
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import chosen_delivery
@@ -158,7 +160,7 @@ class Engine:
         self.scorer = Scorer(
             model=spec.model, rollout=spec.rollout, featurizer=spec.featurizer, caller=self.caller
         )
-        self._decode = None if isinstance(source, DecodedSource) else self.decoder.decode
+        self._decode = None if isinstance(source, DecodedSource) else self._decoder(spec).decode
         self.ledger = Ledger(
             tracker=self.commits.tracker,
             backpressure=self.backpressure,
@@ -177,6 +179,28 @@ class Engine:
         self._watchers: list[asyncio.Task[None]] = []
         # Where the HTTP server listens (its dashboard's URL), once it does.
         self.served_at: str | None = None
+
+    def _decoder(self, spec: PipelineSpec) -> JsonDecoder | ColumnDecoder:
+        """The decoder of a source that reads bytes: straight into the model's columns
+        (:class:`ColumnDecoder`) where nothing before the model reads the events' values
+        (no windows, lookups, priorities or shedding), the model's features are declared,
+        every sink writes the inputs as read, and the source can hand over its chunks as
+        batches of bytes; else record by record."""
+        decoder = self.decoder
+        if (
+            type(decoder) is JsonDecoder
+            and type(spec.featurizer) is Featurizer
+            and self.outputs.inputs_as_read
+            and spec.windows is None
+            and not spec.lookups
+            and spec.priorities is None
+            and spec.shedding is None
+            and all(not b.sink.reads_values for b in self.outputs.sinks)
+        ):
+            columns = ColumnDecoder(decoder, spec.featurizer)
+            if columns.usable and self.source.read_as_batches():
+                return columns
+        return decoder
 
     # -- what others read --------------------------------------------------------------
 
@@ -409,10 +433,10 @@ class Engine:
             stats.records_in += n
             records_in.inc(n)
             if decode is not None:
-                if isinstance(chunk, RecordBatch):
+                if isinstance(chunk, RecordBatch) and chunk.raws is None:
                     raise PipelineError(
-                        f"source {self.source.name!r} delivered a RecordBatch, which holds "
-                        "decoded values, not bytes to decode: make the source a "
+                        f"source {self.source.name!r} delivered a RecordBatch without raws, "
+                        "which holds decoded values, not bytes to decode: make the source a "
                         "DecodedSource (headrace.connectors.base)"
                     )
                 # Decoding before batching lets priorities read a field; a record that does

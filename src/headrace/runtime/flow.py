@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from headrace.batch import parts_of
 from headrace.record import Record
 
 
@@ -145,8 +146,14 @@ class PartitionShares:
         self.counts.pop(key, None)
 
     def _add(self, records: Sequence[Record], sign: int) -> None:
-        # Runs of one partition are the common case: count them without a tuple per record.
         counts = self.counts
+        parts = parts_of(records)
+        if parts is not None:  # each of one partition: no record is built
+            for p in parts:
+                key = (p.topic, p.partition)
+                counts[key] = counts.get(key, 0) + sign * len(p)
+            return
+        # Runs of one partition are the common case: count them without a tuple per record.
         topic: str | None = None
         partition = -1
         run = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from headrace.batch import parts_of
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
 from headrace.record import Record
@@ -49,6 +50,9 @@ class Ledger:
         """Encoded bytes of records read as bytes, if the bound counts them."""
         if not self.count_bytes:
             return 0
+        parts = parts_of(records)
+        if parts is not None:  # no record is built
+            return sum([sum(map(len, p.raws)) for p in parts if p.raws is not None])
         return sum([len(r.raw) for r in records if r.raw is not None])
 
     def read(self, records: Sequence[Record], size: int | None = None) -> None:

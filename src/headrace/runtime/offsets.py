@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable
 
-from headrace.batch import RecordBatch
+from headrace.batch import parts_of
 from headrace.errors import HeadraceError
 from headrace.record import Record
 
@@ -30,9 +30,9 @@ def runs(records: Iterable[Record]) -> list[tuple[str, int, int, int]]:
     >>> runs(rs)
     [('t', 0, 5, 8), ('t', 0, 9, 10), ('t', 1, 9, 10)]
     """
-    if isinstance(records, RecordBatch):  # one partition's consecutive offsets
-        span = records.offsets
-        return [(records.topic, records.partition, span.start, span.stop)] if span else []
+    parts = parts_of(records)  # each one partition's consecutive offsets
+    if parts is not None:
+        return [(p.topic, p.partition, p.offsets.start, p.offsets.stop) for p in parts if p.offsets]
     done: list[tuple[str, int, int, int]] = []
     open_: dict[PartitionKey, list[int]] = {}
     topic: str | None = None

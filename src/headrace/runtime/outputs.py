@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from headrace.batch import RecordBatch
+from headrace.batch import event_times_of
 from headrace.connectors.base import Sink, SinkContext
 from headrace.errors import Stage
 from headrace.observe.metrics import PipelineMetrics
@@ -139,10 +139,7 @@ class Outputs:
 
     def _observe(self, batch: ScoredBatch, acked: float) -> None:
         records, n = batch.records, len(batch)
-        if isinstance(records, RecordBatch):
-            latencies = acked - records.event_times
-        else:
-            latencies = acked - np.fromiter((r.event_time for r in records), np.float64, n)
+        latencies = acked - event_times_of(records)
         self.stats.latency.add(latencies)
         self.metrics.latency.observe_many(latencies)
         if batch.kind is BatchKind.WINDOWS:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace.batch import RecordBatch
+from headrace.batch import columns_of
 from headrace.errors import Stage, failure
 from headrace.models.base import Model, model_ref
 from headrace.models.featurizer import FeatureError, Featurizer
@@ -31,11 +31,13 @@ class Scored:
     batches: list[ScoredBatch] = field(default_factory=list)
     failed: list[FailedRecord] = field(default_factory=list)
 
-    def outgoing(self) -> list[Record]:
-        """Every record this batch writes somewhere: scored, or failed."""
-        records = [r for b in self.batches for r in b.records]
-        records += [f.record for f in self.failed]
-        return records
+    def outgoing(self) -> list[Sequence[Record]]:
+        """Every record this batch writes somewhere, scored or failed, in pieces (a
+        :class:`~headrace.batch.RecordBatch` stays one piece, its records not built)."""
+        pieces: list[Sequence[Record]] = [b.records for b in self.batches]
+        if self.failed:
+            pieces.append([f.record for f in self.failed])
+        return pieces
 
 
 class Scorer:
@@ -78,9 +80,10 @@ class Scorer:
         inputs: Any
         if self.featurizer is not None:
             inputs = None
-            if isinstance(records, RecordBatch) and not records.materialized:
+            columns = columns_of(records)
+            if columns is not None:
                 # Features straight from the columns: no record is built.
-                inputs = self.featurizer.from_columns(records.columns)
+                inputs = self.featurizer.from_columns(columns)
             bad: list[tuple[int, FeatureError]] = []
             if inputs is None:
                 inputs, bad = self.featurizer.transform([r.value for r in records])

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from headrace.connectors.base import PartitionKey
 from headrace.record import Record
+from headrace.runtime.offsets import runs
 
 
 class Uncommitted:
@@ -40,13 +41,12 @@ class Uncommitted:
         order (a higher priority's batch overtakes), so the lowest offset written counts
         from where it is, not the first batch's."""
         written, first = self._written, self._first
-        for r in records:
-            key = (r.topic, r.partition)
-            offset = r.offset
-            if offset + 1 > written.get(key, -1):
-                written[key] = offset + 1
-            if offset < first.get(key, offset + 1):
-                first[key] = offset
+        for topic, partition, lo, hi in runs(records):
+            key = (topic, partition)
+            if hi > written.get(key, -1):
+                written[key] = hi
+            if lo < first.get(key, lo + 1):
+                first[key] = lo
 
     def confirmed(self, positions: Mapping[PartitionKey, int]) -> None:
         """The broker confirmed these commit positions."""

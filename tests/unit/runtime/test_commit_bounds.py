@@ -117,9 +117,9 @@ def test_uncommitted_records_are_counted_until_a_commit_is_confirmed() -> None:
 
     async def run() -> list[float | None]:
         seen = []
-        await commits.make_room(records[:5], Acknowledgements(lambda exc: None))
+        await commits.make_room([records[:5]], Acknowledgements(lambda exc: None))
         seen.append(gauge())
-        await commits.make_room(records[5:], Acknowledgements(lambda exc: None))
+        await commits.make_room([records[5:]], Acknowledgements(lambda exc: None))
         seen.append(gauge())
         commits.positions_committed({("t", 0): 3}, [])
         seen.append(gauge())

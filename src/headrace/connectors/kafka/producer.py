@@ -11,10 +11,11 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from headrace.batch import parts_of
 from headrace.connectors.base import AcknowledgingSink, PartitionKey, SinkContext
 from headrace.connectors.kafka.common import KafkaFatalError, Settings, log, topic_partitions
 from headrace.errors import ErrorType, Stage, failure
-from headrace.record import FailedRecord, Record, ScoredBatch
+from headrace.record import FailedRecord, Record, ScoredBatch, encode_columns
 
 _PRODUCER_DEFAULTS: Settings = {
     "enable.idempotence": True,
@@ -275,6 +276,9 @@ class KafkaSink(AcknowledgingSink):
     acknowledgements say when it is durable (:meth:`when_acknowledged`), and only then
     are its records done; ``flush`` waits for all of them."""
 
+    # With inputs as read, a batch of columns is written without its records' values.
+    reads_values = False
+
     def __init__(self, topic: str, *, producer: KafkaProducer, name: str = "kafka") -> None:
         self.topic = topic
         self.producer = producer
@@ -297,15 +301,38 @@ class KafkaSink(AcknowledgingSink):
         headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
         refused: list[FailedRecord] = []
         receipt = self.producer.receipt()
-        values = batch.encode_each(encode, raw_inputs=self._raw_inputs)
-        for value, r in zip(values, batch.records, strict=True):
-            key = r.key
+        records = batch.records
+        keys: Sequence[Any]
+        parts = parts_of(records) if self._raw_inputs else None
+        if parts is not None and all(p.raws is not None and not p.materialized for p in parts):
+            # Straight from the columns: no record is built.
+            keys, values = [], []
+            done = 0
+            for p in parts:
+                n = len(p)
+                keys += p.keys
+                values += encode_columns(
+                    batch,
+                    encode,
+                    keys=p.keys,
+                    raws=p.raws or (),
+                    topic=p.topic,
+                    partition=p.partition,
+                    offsets=p.offsets,
+                    event_times=p.event_times.tolist(),
+                    predictions=batch.predictions[done : done + n],
+                )
+                done += n
+        else:
+            keys = [r.key for r in records]
+            values = batch.encode_each(encode, raw_inputs=self._raw_inputs)
+        for i, (value, key) in enumerate(zip(values, keys, strict=True)):
             try:
                 produce(
                     topic, value, None if key is None else str(key).encode(), headers, None, receipt
                 )
             except KafkaException as exc:
-                refused.append(self._refused(r, len(value), exc, batch))
+                refused.append(self._refused(records[i], len(value), exc, batch))
         self.producer.sealed(receipt, len(batch) - len(refused))
         self.producer.producer.poll(0)
         return refused

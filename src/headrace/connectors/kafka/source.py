@@ -12,10 +12,11 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -24,6 +25,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from headrace.batch import RecordBatch
 from headrace.connectors.base import (
     CommitRefused,
     PartitionedSource,
@@ -161,6 +163,11 @@ class KafkaSource(PartitionedSource):
         self._reset_done: set[PartitionKey] = set()
         # Partitions that left during the poll in progress (see _poll).
         self._left: set[PartitionKey] = set()
+        self._as_batches = False
+
+    def read_as_batches(self) -> bool:
+        self._as_batches = True
+        return True
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
@@ -185,7 +192,7 @@ class KafkaSource(PartitionedSource):
             self.topics,
         )
 
-    async def chunks(self) -> AsyncIterator[list[Record]]:
+    async def chunks(self) -> AsyncIterator[Sequence[Record]]:
         loop = asyncio.get_running_loop()
         consumer = self.consumer
         # Updated here, read by the next poll: the two take turns, never at once.
@@ -198,15 +205,18 @@ class KafkaSource(PartitionedSource):
             if not messages:
                 continue
             now = time.time()
+            if self._as_batches:
+                for batch in _batches(messages, now):
+                    key = (batch.topic, batch.partition)
+                    following[key] = batch.offsets.stop
+                    last_read[key] = float(batch.event_times[-1])
+                    yield batch
+                continue
             chunk: list[Record] = []
             for m in messages:
                 err = m.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    if err.fatal():
-                        raise KafkaFatalError(f"kafka consumer: {err.str()}")
-                    log.warning("kafka %s[%s]: %s", m.topic(), m.partition(), err.str())
+                    _message_error(m, err)
                     continue
                 kind, ts = m.timestamp()
                 key = m.key()
@@ -597,6 +607,68 @@ def _in_daemon_thread(fn: Callable[[], Any], name: str) -> concurrent.futures.Fu
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+def _batches(messages: list[Any], now: float) -> Iterator[RecordBatch]:
+    """A poll's messages as :class:`RecordBatch` es of raw bytes: one per run of one
+    partition's consecutive offsets (a poll's messages come in runs of one partition; a
+    transaction's marker or a compacted topic leaves gaps). ``now``: the time of a message
+    without a timestamp."""
+    topic: str | None = None
+    partition = -1
+    start = stop = 0
+    keys: list[Any] = []
+    times: list[float] = []
+    raws: list[Any] = []
+    for m in messages:
+        err = m.error()
+        if err is not None:
+            _message_error(m, err)
+            continue
+        offset = m.offset()
+        if offset != stop or m.partition() != partition or m.topic() != topic:
+            if raws:
+                yield _raw_batch(topic or "", partition, range(start, stop), keys, times, raws)
+                keys, times, raws = [], [], []
+            topic, partition, start = m.topic(), m.partition(), offset
+        stop = offset + 1
+        kind, ts = m.timestamp()
+        key = m.key()
+        keys.append(key.decode("utf-8", "replace") if key is not None else None)
+        times.append(ts / 1000.0 if kind != TIMESTAMP_NOT_AVAILABLE else now)
+        raws.append(m.value())
+    if raws:
+        yield _raw_batch(topic or "", partition, range(start, stop), keys, times, raws)
+
+
+def _raw_batch(
+    topic: str, partition: int, offsets: range, keys: list[Any], times: list[float], raws: list[Any]
+) -> RecordBatch:
+    return RecordBatch(
+        topic=topic,
+        partition=partition,
+        offsets=offsets,
+        keys=keys,
+        event_times=np.array(times),
+        columns={},
+        values_from=_undecoded,
+        raws=raws,
+    )
+
+
+def _undecoded(batch: RecordBatch) -> list[Any]:
+    """Records as read, before decoding: no values yet."""
+    return [None] * len(batch)
+
+
+def _message_error(m: Any, err: Any) -> None:
+    """A consumed message that is an error: the end of a partition is none; a fatal
+    error ends the run; others are logged."""
+    if err.code() == KafkaError._PARTITION_EOF:
+        return
+    if err.fatal():
+        raise KafkaFatalError(f"kafka consumer: {err.str()}")
+    log.warning("kafka %s[%s]: %s", m.topic(), m.partition(), err.str())
 
 
 def _lasts(chunk: list[Record]) -> list[Record]:
