@@ -605,6 +605,7 @@ def paced_run(
         # processed_at, produced its CreateTime; read - produced is delivery, the
         # transaction commit (exactly-once) and the reader's fetch.
         "scored_ms_p50": round(percentile(scored, 50), 1),
+        "scored_ms_p99": round(percentile(scored, 99), 1),
         "produced_ms_p50": round(percentile(produced_ms, 50), 1),
         "produced_ms_p99": round(percentile(produced_ms, 99), 1),
         "join_s": round(join_s, 2),
