@@ -122,6 +122,7 @@ def headrace_yaml(
     max_wait_ms: int = 10,
     producer: tuple[tuple[str, Any], ...] = (),
     consumer: tuple[tuple[str, Any], ...] = (),
+    flow: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -148,6 +149,8 @@ def headrace_yaml(
     if instance_id is not None:
         poll += f"\n  instance_id: {instance_id}"
     more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
+    if flow:
+        more_runtime += "flow:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in flow)
     source = kafka_source(bootstrap, topic, group)
     if producer:
         more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in producer)
@@ -190,6 +193,7 @@ class Worker:
     max_records: int | None = None  # the Kafka source's records per poll (Headrace: 1000)
     commit_interval_ms: int | None = None  # Headrace: 1000
     runtime: tuple[tuple[str, Any], ...] = ()  # more runtime keys (Headrace)
+    flow: tuple[tuple[str, Any], ...] = ()  # Headrace: flow keys
     commit: str = "sync"  # the plain loop's commit: "sync" or "async"
     instance_id: str | None = None  # Headrace: the source's static membership id
     max_wait_ms: int = 10  # Headrace: batching.max_wait_ms
@@ -211,7 +215,7 @@ class Worker:
             label += ", static member"
         if self.max_wait_ms != 10:
             label += f", max_wait_ms {self.max_wait_ms}"
-        for key, value in (*self.producer, *self.consumer):
+        for key, value in (*self.producer, *self.consumer, *self.flow):
             label += f", {key} {value}"
         return label
 
@@ -270,6 +274,7 @@ class Worker:
                 consumer=self.consumer,
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
+                flow=self.flow,
             )
             headrace = Path(sys.executable).parent / "headrace"
             cli = [str(headrace)] if headrace.exists() else [sys.executable, "-m", "headrace.cli"]
