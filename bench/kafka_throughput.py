@@ -504,6 +504,19 @@ def percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+def by_second(offsets: np.ndarray, values: np.ndarray) -> list[float]:
+    """The p99 of ``values`` in each whole second of ``offsets`` (seconds into the run)."""
+    seconds = offsets.astype(int)
+    return (
+        [
+            round(percentile(values[seconds == s], 99), 1)
+            for s in range(int(seconds.min()), int(seconds.max()) + 1)
+        ]
+        if len(seconds)
+        else []
+    )
+
+
 def paced_run(
     broker: TansuBroker,
     models: Models,
@@ -606,6 +619,8 @@ def paced_run(
         "latency_ms_p99": round(percentile(kept, 99), 1),
         "latency_ms_max": round(float(kept.max()), 1) if len(kept) else None,
         "latency_ms_max_in_cooldown": round(float(tail_ms.max()), 1) if len(tail_ms) else None,
+        # Where in the run the tail is: one second's stall and a slow run look alike in p99.
+        "latency_ms_p99_by_second": by_second(ts_arr[steady] - first, kept),
         # Where the time goes (p50 of each, from the event's ts): scored is the output's
         # processed_at, produced its CreateTime; read - produced is delivery, the
         # transaction commit (exactly-once) and the reader's fetch.

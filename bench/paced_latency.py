@@ -9,6 +9,12 @@ and reports each run and the medians:
 latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while paced.
 
     python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
+        [--interval-commits] [--name paced_latency]
+
+``--interval-commits`` adds Headrace committing every ``commit_interval_ms`` (1 s)
+instead of as outputs are acknowledged. Each run also keeps its p99 per second of the
+run (``latency_ms_p99_by_second``): a tail that grows as the broker fills looks, in one
+p99, like a stall.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ def main() -> None:
         default=[10],
         help="Headrace's batching.max_wait_ms: one Headrace worker per value",
     )
+    parser.add_argument(
+        "--interval-commits",
+        action="store_true",
+        help="also Headrace (first max_wait_ms) with commit_as_acknowledged: false",
+    )
+    parser.add_argument("--name", default="paced_latency", help="results file name stem")
     args = parser.parse_args()
     workers = [
         kt.Worker("plain", "light", commit="async"),
@@ -47,6 +59,16 @@ def main() -> None:
             for w in args.max_wait_ms
         ),
     ]
+    if args.interval_commits:
+        workers.append(
+            kt.Worker(
+                "headrace",
+                "light",
+                batch=args.batch,
+                max_wait_ms=args.max_wait_ms[0],
+                runtime=(("commit_as_acknowledged", False),),
+            )
+        )
     runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
     with tempfile.TemporaryDirectory(prefix="headrace-paced-") as tmp:
         workdir = Path(tmp)
@@ -67,7 +89,10 @@ def main() -> None:
                         cooldown=1.5,
                     )
                 runs[worker.label].append(
-                    {k: result[k] for k in (*KEYS, "broker_cpu_s_while_paced")}
+                    {
+                        k: result[k]
+                        for k in (*KEYS, "broker_cpu_s_while_paced", "latency_ms_p99_by_second")
+                    }
                 )
     summary = {
         label: {k: statistics.median(r[k] for r in rs) for k in (*KEYS, "broker_cpu_s_while_paced")}
@@ -92,6 +117,7 @@ def main() -> None:
             "pairs": args.pairs,
             "headrace_batch": args.batch,
             "headrace_max_wait_ms": args.max_wait_ms,
+            "interval_commits": args.interval_commits,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
             "and reader, alike for both",
@@ -101,7 +127,7 @@ def main() -> None:
         "medians": summary,
     }
     day = record["machine"]["date"][:10]
-    out = kt.RESULTS / f"paced_latency-{day}.json"
+    out = kt.RESULTS / f"{args.name}-{day}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"results: {out}")
 
