@@ -80,7 +80,8 @@ def test_a_commit_handed_over_during_a_poll_is_sent_before_it_ends(
 ) -> None:
     parts = {("t", 0)}
     s: KafkaSource
-    # Records of partition 0 are in flight (read up to 10) and one commit was sent before.
+    # A poll's worth of partition 0 is in flight (read up to 1003) and one commit was sent
+    # before.
     consumer = ScriptedConsumer(
         [(None, []), (lambda: s.commit_soon({("t", 0): 7}), []), (None, [])]
     )
@@ -88,11 +89,27 @@ def test_a_commit_handed_over_during_a_poll_is_sent_before_it_ends(
     s._soon.add({("t", 0): 3})
     s._soon.take(parts)
     s._soon.done([("t", 0, 3, True)])
-    s._next[("t", 0)] = 10
+    s._next[("t", 0)] = 1003
     assert s._poll(consumer) == []
     assert consumer.commits == [{("t", 0): 7}]
     # It listened in short slices, not one consume for the whole poll.
     assert max(consumer.consumes) <= kafka_source.SLICE
+
+
+def test_with_less_than_a_poll_in_flight_a_poll_is_one_consume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parts = {("t", 0)}
+    # 7 records read past the last position handed over, and no commit waiting or sent:
+    # at a moderate rate, slicing costs more than the few milliseconds it saves a commit.
+    consumer = ScriptedConsumer([])
+    s = source(consumer, parts, monkeypatch)
+    s._soon.add({("t", 0): 3})
+    s._soon.take(parts)
+    s._soon.done([("t", 0, 3, True)])
+    s._next[("t", 0)] = 10
+    assert s._poll(consumer) == []
+    assert consumer.consumes == [0.05]
 
 
 def test_with_no_commit_due_a_poll_is_one_consume(monkeypatch: pytest.MonkeyPatch) -> None:

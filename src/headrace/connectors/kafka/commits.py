@@ -64,14 +64,31 @@ class SoonCommits:
         """Whether anything waits to be sent or answered."""
         return bool(self._waiting or self._in_flight)
 
-    def expecting(self, following: Mapping[PartitionKey, int]) -> bool:
+    def expecting(self, following: Mapping[PartitionKey, int], at_least: int = 1) -> bool:
         """Whether positions are on their way: commits were handed over before (the engine
-        commits as it goes) and some partition was read past the last one handed over
-        (``following``: the offset after the last record read, per partition)."""
+        commits as it goes) and at least ``at_least`` records were read past the last
+        positions handed over, or a partition never handed over was read
+        (``following``: the offset after the last record read, per partition).
+
+        >>> c = SoonCommits()
+        >>> c.add({("t", 0): 100})
+        >>> c.expecting({("t", 0): 150}, at_least=100), c.expecting({("t", 0): 200}, 100)
+        (False, True)
+        >>> c.expecting({("t", 0): 150, ("t", 1): 5}, at_least=100)  # never handed over
+        True
+        """
         if not self._used:
             return False
         handed = self._handed
-        return any(end > handed.get(key, -1) for key, end in list(following.items()))
+        ahead = 0
+        for key, end in list(following.items()):
+            before = handed.get(key)
+            if before is None:
+                return True
+            ahead += max(0, end - before)
+            if ahead >= at_least:
+                return True
+        return False
 
     def take(
         self, assigned: Collection[PartitionKey], *, now: float | None = None

@@ -50,7 +50,14 @@ from headrace.record import Record, source_record
 #: Measured (bench/crash_cost.py, 2026-12-06): positions waited 6 ms p50 to be sent when
 #: they were sent only between polls, a third of the time from write to confirmed commit;
 #: 1 ms p50 with 2 ms slices; 0.5 ms slices cost a third of the throughput (the poll
-#: thread's wake-ups contend for the GIL).
+#: thread's wake-ups contend for the GIL). Records read and not yet handed over make it
+#: slice only from a poll's worth (max_records) on: at a moderate rate, slicing for every
+#: record in flight cost more than it saved (measured 2026-12-06, bench/kafka_throughput.py
+#: paced runs, light model at 5,000 events/s for 20 s on fresh Tansu brokers, two runs
+#: each: the worker at 0.21 of a core and the broker 13.8-14.0 s of CPU, p99 176 ms, against
+#: 0.17, 13.2-13.4 s and 93-107 ms slicing only while commits were waiting or in flight;
+#: the async loop: 0.10, 12.1 s, 88-92 ms). A crash at such a rate writes a few records
+#: more twice (the rate times a poll); under a backlog every poll is a poll's worth.
 COMMITTING_WAIT = 0.005
 SLICE = 0.002
 
@@ -248,11 +255,11 @@ class KafkaSource(PartitionedSource):
         goes on polling: that keeps it in its group (a consumer that does not poll within
         ``max.poll.interval.ms`` is evicted) and runs rebalances.
 
-        While commits are on their way (handed over, sent, or due for records in flight),
-        it consumes in ``SLICE``-long pieces; between two it sends what was handed over
-        (a commit handed over during a consume would wait for it to return; answers come
-        during consumes) and, with nothing read yet, applies pause changes. Then it also
-        returns what it has after ``COMMITTING_WAIT``."""
+        While commits are on their way (handed over, sent, or due for a poll's worth of
+        records in flight), it consumes in ``SLICE``-long pieces; between two it sends
+        what was handed over (a commit handed over during a consume would wait for it to
+        return; answers come during consumes) and, with nothing read yet, applies pause
+        changes. Then it also returns what it has after ``COMMITTING_WAIT``."""
         soon, following, wanted = self._soon, self._next, self.max_records
         started = time.monotonic()
         end = started + self.poll_timeout
@@ -264,7 +271,7 @@ class KafkaSource(PartitionedSource):
                 # Not with records in hand: a resume seeks to the offset after the last
                 # record handed out, which would read those again.
                 self._apply_pause(consumer)
-            committing = soon.busy or soon.expecting(following)
+            committing = soon.busy or soon.expecting(following, wanted)
             if soon.busy:
                 self._send_soon(consumer)
             now = time.monotonic()
