@@ -17,7 +17,10 @@ event: the engine fed by a source that replays pre-built events as lists of reco
 
 The light model runs at batches of 256 with one batch at a time (as before) and with the
 default two, and at batches of 1,024 and 2,048: what the engine costs per batch (tasks, a
-hand-off to an executor thread, bookkeeping) is most of what remains at 256.
+hand-off to an executor thread, bookkeeping) is most of what remains at 256. The models
+that hold the GIL (the light one, the scikit-learn forest) run again with
+``model_calls="loop"``: called on the event loop, without the hand-off to a thread and
+back.
 
     python -m bench.engine_overhead [--quick]
 """
@@ -32,7 +35,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -117,14 +120,22 @@ class ReplaySource(DecodedSource):
 
 
 def through_engine(
-    model: Model, source: Source, n: int, concurrency: int, batch: int = BATCH
+    model: Model,
+    source: Source,
+    n: int,
+    concurrency: int,
+    batch: int = BATCH,
+    calls: Literal["thread", "loop"] = "thread",
 ) -> float:
+    settings = EngineSettings(
+        max_batch_size=batch, max_wait=0.005, max_concurrency=concurrency, model_calls=calls
+    )
     pipeline = (
         Pipeline("bench")
         .source(source)
         .model(model, featurizer=Featurizer(vector="features"))
         .sink(NullSink())
-        .settings(EngineSettings(max_batch_size=batch, max_wait=0.005, max_concurrency=concurrency))
+        .settings(settings)
     )
     started = time.perf_counter()
     summary = pipeline.run(install_signal_handlers=False)
@@ -148,11 +159,17 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 def measure(
-    name: str, model: Model, n: int, runs: int, concurrency: int, batch: int = BATCH
+    name: str,
+    model: Model,
+    n: int,
+    runs: int,
+    concurrency: int,
+    batch: int = BATCH,
+    calls: Literal["thread", "loop"] = "thread",
 ) -> dict[str, Any]:
     def generated() -> float:
         source = GeneratorSource(rate=0, count=n, entities=200, seed=1)
-        return through_engine(model, source, n, concurrency, batch)
+        return through_engine(model, source, n, concurrency, batch, calls)
 
     direct_rate = median_of(runs, lambda: direct(model, n, batch))
     engine_rate = median_of(runs, generated)
@@ -160,13 +177,14 @@ def measure(
     # collector's passes over them.
     events, _ = SensorEvents(entities=200, seed=1).make(start_id=0, n=n, ts=0.0)
     replay_rate = median_of(
-        runs, lambda: through_engine(model, ReplaySource(events), n, concurrency, batch)
+        runs, lambda: through_engine(model, ReplaySource(events), n, concurrency, batch, calls)
     )
     result = {
         "model": name,
         "records": n,
         "batch_size": batch,
         "max_concurrency": concurrency,
+        "model_calls": calls,
         "direct_records_per_s": round(direct_rate),
         "engine_records_per_s": round(engine_rate),
         "engine_replay_records_per_s": round(replay_rate),
@@ -177,7 +195,7 @@ def measure(
         ),
     }
     print(
-        f"{name:>22} b{batch:<5}c{concurrency}: direct {direct_rate:>10,.0f}/s  "
+        f"{name:>22} b{batch:<5}c{concurrency} {calls:<6}: direct {direct_rate:>10,.0f}/s  "
         f"engine {engine_rate:>10,.0f}/s  "
         f"ratio {result['ratio_engine_to_direct']:.3f}  overhead "
         f"{result['overhead_us_per_record']:.2f} us/record "
@@ -201,10 +219,21 @@ def main() -> None:
                 measure("light numpy-lr", light_model(), int(600_000 * scale), runs, 2, b)
                 for b in (256, 1024, 2048)
             ),
+            # On the event loop: no hand-off to a thread and back per batch.
+            measure("light numpy-lr", light_model(), int(600_000 * scale), runs, 2, 256, "loop"),
             measure(
                 "heavy iforest-onnx", heavy_onnx_model(Path(tmp)), int(60_000 * scale), runs, 2
             ),
             measure("heavy iforest-sklearn", heavy_sklearn_model(), int(40_000 * scale), runs, 1),
+            measure(
+                "heavy iforest-sklearn",
+                heavy_sklearn_model(),
+                int(40_000 * scale),
+                runs,
+                1,
+                BATCH,
+                "loop",
+            ),
         ]
     record = {
         "benchmark": "engine_overhead",

@@ -12,7 +12,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from headrace import defaults
 from headrace.connectors.base import Sink, Source
@@ -299,14 +299,17 @@ class PipelineBuilder:
         max_size: int = defaults.MAX_BATCH_SIZE,
         max_wait: float = defaults.MAX_WAIT,
         max_concurrency: int = defaults.MAX_CONCURRENCY,
+        model_calls: Literal["thread", "loop"] = defaults.MODEL_CALLS,
     ) -> Self:
         """A batch fires at ``max_size`` records or ``max_wait`` seconds after its first;
-        up to ``max_concurrency`` batches are scored at once."""
+        up to ``max_concurrency`` batches are scored at once; the model is called on an
+        inference thread, or (``model_calls="loop"``) on the event loop."""
         settings = replace(
             self._spec.settings,
             max_batch_size=max_size,
             max_wait=max_wait,
             max_concurrency=max_concurrency,
+            model_calls=model_calls,
         )
         return self.settings(settings)
 

@@ -8,6 +8,8 @@ convert). This module imports nothing of Headrace: anything may import it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 NAME = "pipeline"
 
 # Batching: a batch fires at MAX_BATCH_SIZE records or MAX_WAIT after its oldest record;
@@ -15,6 +17,12 @@ NAME = "pipeline"
 MAX_BATCH_SIZE = 256
 MAX_WAIT = 0.01
 MAX_CONCURRENCY = 2
+# Where a model that is not a coroutine is called: "thread" (an inference thread; a call
+# that hangs costs a thread, not the worker) or "loop" (on the event loop, for models
+# that hold the GIL anyway). Measured (bench/engine_overhead.py, 2026-12-06, 2 cores): the
+# hand-off to a thread and back cost the light model half its throughput at batches of
+# 256, and the scikit-learn forest a quarter.
+MODEL_CALLS: Literal["thread", "loop"] = "thread"
 
 # Flow control: reading pauses at either bound, and resumes below RESUME_AT of both.
 MAX_IN_FLIGHT = 10_000

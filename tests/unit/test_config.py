@@ -1027,3 +1027,14 @@ def test_a_value_in_a_settings_map_is_named_by_its_key() -> None:
     assert "at kafka.consumer['session.timeout.ms']: Expected `bool | int | float | str`" in (
         message
     ), message
+
+
+def test_model_calls_on_the_loop_refuse_a_model_timeout() -> None:
+    """A call on the event loop cannot be interrupted: the two settings together are one
+    clear line naming the key, and an unknown value names its choices."""
+    loop = config(batching={"model_calls": "loop"})
+    assert parse_config(loop).batching.model_calls == "loop"
+    message = error_of(config(batching={"model_calls": "loop"}, failures={"model_timeout_ms": 50}))
+    assert "at batching.model_calls:" in message and "failures.model_timeout_ms" in message
+    message = error_of(config(batching={"model_calls": "inline"}))
+    assert "at batching.model_calls:" in message and "'inline'" in message

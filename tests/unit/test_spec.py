@@ -84,3 +84,11 @@ def _tags(union: Any) -> set[str]:
 def test_every_source_and_sink_type_has_a_builder() -> None:
     assert set(SOURCES) == _tags(cfg.SourceConfig)
     assert set(SINKS) == _tags(cfg.SinkConfig)
+
+
+def test_model_calls_reach_the_engine_from_yaml_and_from_code() -> None:
+    data = {**MINIMAL, "batching": {"model_calls": "loop"}}
+    assert build_settings(cfg.parse_config(data, env={})).model_calls == "loop"
+    assert PipelineBuilder().batching(model_calls="loop").spec.settings.model_calls == "loop"
+    with pytest.raises(ValueError, match="model_calls must be 'thread' or 'loop'"):
+        EngineSettings(model_calls="inline")  # type: ignore[arg-type]

@@ -149,6 +149,7 @@ def build_settings(config: cfg.PipelineConfig) -> EngineSettings:
         max_batch_size=b.max_size,
         max_wait=b.max_wait_ms / 1000.0,
         max_concurrency=b.max_concurrency,
+        model_calls=b.model_calls,
         max_in_flight=flow.max_in_flight,
         max_in_flight_bytes=flow.max_in_flight_bytes,
         resume_at=flow.resume_at,

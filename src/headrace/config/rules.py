@@ -54,6 +54,11 @@ def check(config: PipelineConfig, origin: str) -> None:
         raise ConfigError(
             f"{origin}: at dead_letter.filter: a dead-letter sink takes every failure"
         )
+    if config.batching.model_calls == "loop" and config.failures.model_timeout_ms is not None:
+        raise ConfigError(
+            f"{origin}: at batching.model_calls: a model called on the event loop cannot be "
+            "timed out; remove failures.model_timeout_ms, or use model_calls: thread"
+        )
     _check_webhooks(config, origin, list(zip(sinks, wheres, strict=True)))
     _check_priorities(config, origin)
     _check_updates(config, origin)

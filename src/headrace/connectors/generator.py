@@ -46,13 +46,15 @@ class SensorEvents:
         """Entity indices, feature rows and the anomaly mask for ``n`` events."""
         rng = self._rng
         ent = rng.integers(0, self.entities, size=n)
-        feats = self._baseline[ent] + rng.normal(0.0, 1.0, size=(n, N_FEATURES))
+        feats = self._baseline[ent]
+        feats += rng.standard_normal(size=(n, N_FEATURES))  # normal(0, 1)'s draws
         anomalous = rng.random(n) < self.anomaly_rate
-        if anomalous.any():
-            k = int(anomalous.sum())
-            feats[anomalous] += rng.choice([-1.0, 1.0], size=(k, N_FEATURES)) * rng.uniform(
-                4.0, 7.0, size=(k, N_FEATURES)
-            )
+        k = int(np.count_nonzero(anomalous))
+        if k:
+            # rng.choice([-1.0, 1.0], size=...) draws exactly these integers (the same
+            # stream; a test holds it), without choice's 14 us of argument handling.
+            signs = _SIGNS[rng.integers(0, 2, size=(k, N_FEATURES))]
+            feats[anomalous] += signs * rng.uniform(4.0, 7.0, size=(k, N_FEATURES))
         return ent, feats, anomalous
 
     def make(self, *, start_id: int, n: int, ts: float) -> tuple[list[dict[str, Any]], int]:
@@ -69,7 +71,8 @@ class SensorEvents:
         ent, feats, anomalous = self.features(n)
         rng = self._rng
         value = feats.sum(axis=1).round(4)
-        prio = rng.choice(3, size=n, p=[0.1, 0.7, 0.2])
+        # rng.choice(3, size=n, p=PRIORITY_WEIGHTS), the same draws at a third of the cost.
+        prio = _PRIORITY_CDF.searchsorted(rng.random(n), side="right")
         kinds = rng.integers(0, len(TYPES), size=n)
         batch = RecordBatch(
             topic=topic,
@@ -89,6 +92,11 @@ class SensorEvents:
 
 
 _PRIORITIES = np.array(PRIORITIES, dtype=object)
+PRIORITY_WEIGHTS = (0.1, 0.7, 0.2)
+# As Generator.choice computes it from p.
+_PRIORITY_CDF = np.cumsum(PRIORITY_WEIGHTS)
+_PRIORITY_CDF /= _PRIORITY_CDF[-1]
+_SIGNS = np.array([-1.0, 1.0])
 _TYPES = np.array(TYPES, dtype=object)
 
 

@@ -12,6 +12,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from prometheus_client import Gauge
+
 from headrace.connectors.base import PartitionedSource, PartitionKey, Source
 from headrace.observe.metrics import PipelineMetrics
 from headrace.record import Record
@@ -49,6 +51,11 @@ class Backpressure:
         self.reasons: set[str] = set()
         self._resumed = asyncio.Event()
         self._resumed.set()
+        # Read when scraped: setting them as records come and go cost two locked sets per
+        # chunk and per batch. (Each worker of a group has its own registry.)
+        metrics.in_flight.set_function(lambda: flow.count)
+        metrics.in_flight_bytes.set_function(lambda: flow.bytes)
+        self._paused_gauges: dict[str, Gauge] = {}
 
     @property
     def paused(self) -> bool:
@@ -69,7 +76,6 @@ class Backpressure:
             if full:
                 self.held |= full
                 self.polled.pause_partitions(full, True)
-        self._gauges()
 
     def admit_windows(self, n: int) -> None:
         """``n`` closed windows on their way to the model."""
@@ -100,7 +106,6 @@ class Backpressure:
                 if free:
                     self.held -= free
                     self.polled.pause_partitions(free, False)
-        self._gauges()
 
     def forget(self, key: PartitionKey) -> None:
         """A partition left this worker."""
@@ -118,7 +123,10 @@ class Backpressure:
             reasons.add(reason)
         else:
             reasons.discard(reason)
-        self.metrics.source_paused.labels(reason).set(1 if on else 0)
+        gauge = self._paused_gauges.get(reason)
+        if gauge is None:
+            gauge = self._paused_gauges[reason] = self.metrics.source_paused.labels(reason)
+        gauge.set(1 if on else 0)
         now = bool(reasons)
         if now == was:
             # Already paused for another reason: say so, the reason matters to whoever reads.
@@ -136,7 +144,3 @@ class Backpressure:
             self._resumed.set()
         if self.polled is not None:
             self.polled.set_paused(now)
-
-    def _gauges(self) -> None:
-        self.metrics.in_flight.set(self.flow.count)
-        self.metrics.in_flight_bytes.set(self.flow.bytes)

@@ -145,6 +145,7 @@ class Engine:
             metrics=self.metrics,
             stats=self.stats,
             on_breaker=lambda down: self.backpressure.pause("model-down", down),
+            on_loop=s.model_calls == "loop",
         )
         # Lookups before the features; a store that is away pauses reading like a model
         # that is down.

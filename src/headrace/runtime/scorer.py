@@ -16,7 +16,7 @@ from headrace.batch import columns_of
 from headrace.errors import Stage, failure
 from headrace.models.base import Model, model_ref
 from headrace.models.featurizer import FeatureError, Featurizer
-from headrace.record import BatchKind, FailedRecord, Record, ScoredBatch
+from headrace.record import BatchKind, FailedRecord, ModelRef, Record, ScoredBatch
 from headrace.runtime.rollout import Rollout
 from headrace.runtime.scoring import ModelCaller
 
@@ -55,6 +55,7 @@ class Scorer:
         self.rollout = rollout
         self.featurizer = featurizer
         self.caller = caller
+        self._ref: tuple[Model, ModelRef] | None = None
 
     @property
     def model(self) -> Model:
@@ -105,10 +106,16 @@ class Scorer:
             model = self.model  # one model for the whole batch, whatever happens meanwhile
             scored, predictions, model_failed = await self.caller.score(model, records, inputs)
             out.batches.append(
-                ScoredBatch(scored, predictions, model_ref(model), time.time(), kind)
+                ScoredBatch(scored, predictions, self._ref_of(model), time.time(), kind)
             )
         failed.extend(model_failed)
         return out
+
+    def _ref_of(self, model: Model) -> ModelRef:
+        """The model's reference, made once per model (not per batch)."""
+        if self._ref is None or self._ref[0] is not model:
+            self._ref = (model, model_ref(model))
+        return self._ref[1]
 
     def shadow(self, scored: Scored) -> None:
         """Let a shadow version score the same records off to the side, if there is one."""

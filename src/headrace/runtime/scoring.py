@@ -34,7 +34,7 @@ from headrace.observe.stats import EngineStats
 from headrace.observe.throttle import Throttle
 from headrace.record import FailedRecord, Record
 from headrace.runtime.batcher import OutputCountError, is_async_callable
-from headrace.runtime.pool import InferencePool, PoolExhaustedError
+from headrace.runtime.pool import Call, InferencePool, PoolExhaustedError
 
 log = logging.getLogger("headrace")
 
@@ -93,10 +93,20 @@ class _ModelDown(Exception):
 
 
 _MISSING: Any = object()
+_NO_TIMER = contextlib.nullcontext()
 
 
 class ModelCaller:
-    """Scores batches on a model, keeping failures to the records that cause them."""
+    """Scores batches on a model, keeping failures to the records that cause them.
+
+    A model that is not a coroutine is called on an inference thread (``executor``), or,
+    with ``on_loop``, on the event loop itself. A thread keeps the worker alive through a
+    call that never returns (with a timeout, the thread is written off and the record
+    dead-lettered); handing each batch to it and back costs two wake-ups and a GIL
+    hand-over each way, which for a model that holds the GIL anyway is most of the work
+    (measured: bench/engine_overhead.py). On the loop, a call cannot be timed out, and
+    while it runs nothing else of the worker does (its HTTP answers included).
+    """
 
     def __init__(
         self,
@@ -105,7 +115,15 @@ class ModelCaller:
         metrics: PipelineMetrics,
         stats: EngineStats,
         on_breaker: Callable[[bool], None] = lambda _open: None,
+        on_loop: bool = False,
     ) -> None:
+        if on_loop and policy.timeout is not None:
+            raise ValueError(
+                "a model called on the event loop (model_calls: loop) cannot be timed out: "
+                "remove the model timeout (failures.model_timeout_ms), or use model_calls: "
+                "thread"
+            )
+        self.on_loop = on_loop
         self.policy = policy
         self.metrics = metrics
         self.stats = stats
@@ -322,27 +340,38 @@ class ModelCaller:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
 
-    def _submit(self, fn: Callable[[Any], Any], inputs: Any) -> concurrent.futures.Future[Any]:
+    def _start(
+        self, fn: Callable[[Any], Any], inputs: Any
+    ) -> Call | concurrent.futures.Future[Any]:
         if self.executor is None:  # outside an engine (tests): a pool of its own
             self.executor = InferencePool(2, max_hung=self.policy.max_hung_calls)
+        if isinstance(self.executor, InferencePool):
+            return self.executor.call(fn, inputs)
         return self.executor.submit(fn, inputs)
 
     async def _call(self, model: Model, inputs: Any, n: int) -> list[Any]:
         started = time.perf_counter()
         timeout = self.policy.timeout
-        call: concurrent.futures.Future[Any] | None = None
-        timer = asyncio.timeout(timeout)
+        call: Call | concurrent.futures.Future[Any] | None = None
+        # No timer without a timeout: asyncio.timeout(None) costs a few us a batch.
+        timer = None if timeout is None else asyncio.timeout(timeout)
         try:
-            async with timer:
-                if self._is_async(model):
-                    out = await model.predict_batch(inputs)
+            async with timer or _NO_TIMER:
+                if self.on_loop or self._is_async(model):
+                    out = model.predict_batch(inputs)
+                    if not isinstance(out, np.ndarray) and inspect.isawaitable(out):
+                        out = await out
                 else:
-                    call = self._submit(model.predict_batch, inputs)
-                    out = await asyncio.wrap_future(call)
-                    if inspect.isawaitable(out):  # a plain function returning a coroutine
+                    call = self._start(model.predict_batch, inputs)
+                    out = await (
+                        call.future if isinstance(call, Call) else asyncio.wrap_future(call)
+                    )
+                    # A plain function returning a coroutine (an array is not: checked
+                    # first, as isawaitable's ABC check costs more).
+                    if not isinstance(out, np.ndarray) and inspect.isawaitable(out):
                         out = await out
         except TimeoutError:
-            if not timer.expired():
+            if timer is None or not timer.expired():
                 raise  # the model's own (a client of a model server timing out): retried
             self.metrics.model_timeouts.inc()
             if call is not None and isinstance(self.executor, InferencePool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from headrace import defaults
 
@@ -17,12 +18,15 @@ class EngineSettings:
     partitioned source into sinks that all acknowledge (Kafka), commit each position as
     soon as its outputs are acknowledged, without waiting, instead of every
     ``commit_interval``; ``max_uncommitted`` then bounds the records written and not yet
-    committed (``None``: no bound).
+    committed (``None``: no bound). ``model_calls``: where a model that is not a
+    coroutine is called, ``"thread"`` (an inference thread) or ``"loop"`` (on the event
+    loop: no thread hand-off, and no timeout; see :class:`~headrace.runtime.scoring.ModelCaller`).
     """
 
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_wait: float = defaults.MAX_WAIT
     max_concurrency: int = defaults.MAX_CONCURRENCY
+    model_calls: Literal["thread", "loop"] = defaults.MODEL_CALLS
     max_in_flight: int = defaults.MAX_IN_FLIGHT
     max_in_flight_bytes: int | None = defaults.MAX_IN_FLIGHT_BYTES
     resume_at: float = defaults.RESUME_AT
@@ -33,3 +37,7 @@ class EngineSettings:
     revoke_timeout: float = defaults.REVOKE_TIMEOUT
     window_tick: float = defaults.WINDOW_TICK
     commit_point_timeout: float = defaults.COMMIT_POINT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.model_calls not in ("thread", "loop"):
+            raise ValueError(f"model_calls must be 'thread' or 'loop', got {self.model_calls!r}")

@@ -135,3 +135,26 @@ async def test_model_runs_on_an_executor_thread() -> None:
 
     await engine(ListSource([records(10)]), MemorySink(), CallableModel(where, name="w")).run()
     assert threads and all(t.startswith("headrace-infer") for t in threads)
+
+
+async def test_model_calls_loop_scores_on_the_event_loop_with_the_same_outputs() -> None:
+    """``model_calls="loop"``: the model runs on the loop's thread; the outputs are those
+    of the default, in the same order."""
+    threads: set[str] = set()
+
+    def where(xs: list[dict[str, Any]]) -> list[float]:
+        threads.add(threading.current_thread().name)
+        return [x["x"] * 2 for x in xs]
+
+    outputs = []
+    for calls in ("thread", "loop"):
+        threads.clear()
+        sink = MemorySink()
+        model = CallableModel(where, name="w")
+        source = ListSource([records(40, partitions=2)[:25], records(40, partitions=2)[25:]])
+        summary = await engine(source, sink, model, model_calls=calls).run()
+        assert summary.records_out == 40
+        outputs.append([(o["source"], o["prediction"]) for o in sink.outputs])
+        on_loop = threads == {threading.current_thread().name}
+        assert on_loop is (calls == "loop"), threads
+    assert outputs[0] == outputs[1]

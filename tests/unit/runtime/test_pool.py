@@ -69,6 +69,33 @@ def test_abandoning_a_queued_call_cancels_it(never: threading.Event) -> None:
     pool.shutdown()
 
 
+async def test_a_call_completes_its_future_on_the_loop_and_a_queued_one_can_be_dropped() -> None:
+    """The engine's calls (``call``) resolve an asyncio future with the result or the
+    error; one given up on before a thread took it never runs."""
+    pool = InferencePool(1, max_hung=1, name="t")
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def job(name: str) -> str:
+        if name == "first":
+            gate.wait(5)
+        ran.append(name)
+        return name.upper()
+
+    first = pool.call(job, "first")
+    queued = pool.call(job, "queued")
+    pool.abandon(queued)
+    assert queued.future.cancelled() and pool.hung == 0
+    gate.set()
+    assert await first.future == "FIRST"
+    failing = pool.call(int, "not a number")
+    with pytest.raises(ValueError, match="invalid literal"):
+        await failing.future
+    assert await pool.call(job, "last").future == "LAST"
+    assert ran == ["first", "last"]
+    pool.shutdown()
+
+
 def records(n: int) -> list[Record]:
     return [
         Record(key=None, value={"id": i}, event_time=0.0, topic="t", partition=0, offset=i)

@@ -37,7 +37,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 class Harness:
     """A caller with its metrics, and the breaker's state changes as they were reported."""
 
-    def __init__(self, executor: ThreadPoolExecutor, **policy: Any) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, on_loop: bool = False, **policy: Any) -> None:
         self.metrics = PipelineMetrics()
         self.breaker: list[bool] = []
         self.caller = ModelCaller(
@@ -45,6 +45,7 @@ class Harness:
             metrics=self.metrics,
             stats=EngineStats(),
             on_breaker=self.breaker.append,
+            on_loop=on_loop,
         )
         self.caller.executor = executor
 
@@ -60,8 +61,8 @@ class Harness:
 
 @pytest.fixture
 async def harness(executor: ThreadPoolExecutor) -> AsyncIterator[Any]:
-    def make(**policy: Any) -> Harness:
-        return Harness(executor, **policy)
+    def make(on_loop: bool = False, **policy: Any) -> Harness:
+        return Harness(executor, on_loop, **policy)
 
     yield make
 
@@ -355,3 +356,41 @@ async def test_a_poison_record_does_not_open_the_breaker_however_many_fail(
     assert ids(scored) == list(range(0, 16, 2))
     assert [f.record.value["id"] for f in failed] == list(range(1, 16, 2))
     assert h.breaker == []
+
+
+# -- where the model is called -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "loop"])
+async def test_a_model_called_on_the_loop_or_a_thread_isolates_poison_alike(
+    harness: Any, on_loop: bool
+) -> None:
+    """``model_calls: loop`` calls the model on the event loop's own thread (no hand-off),
+    the default on an inference thread; either way poison records are isolated and
+    retried, and the rest is scored in order."""
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+
+    def picky(xs: list[dict[str, Any]]) -> list[int]:
+        threads.add(threading.get_ident())
+        if any(x["id"] == 5 for x in xs):
+            raise ValueError("cannot score 5")
+        return [x["id"] * 10 for x in xs]
+
+    h = harness(on_loop=on_loop, retries=1)
+    scored, predictions, failed = await h.score(CallableModel(picky, name="p"), records(16))
+    assert ids(scored) == [i for i in range(16) if i != 5]
+    assert predictions == [i * 10 for i in ids(scored)]
+    assert [(f.record.value["id"], f.attempts) for f in failed] == [(5, 2)]
+    assert (threads == {loop_thread}) is on_loop
+    assert h.metric("headrace_model_retries_total") == 1
+
+
+def test_a_model_on_the_loop_cannot_have_a_timeout() -> None:
+    with pytest.raises(ValueError, match="cannot be timed out"):
+        ModelCaller(
+            policy=FailurePolicy(timeout=1.0),
+            metrics=PipelineMetrics(),
+            stats=EngineStats(),
+            on_loop=True,
+        )
