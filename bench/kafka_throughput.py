@@ -123,6 +123,7 @@ def headrace_yaml(
     producer: tuple[tuple[str, Any], ...] = (),
     consumer: tuple[tuple[str, Any], ...] = (),
     flow: tuple[tuple[str, Any], ...] = (),
+    batching: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -149,6 +150,7 @@ def headrace_yaml(
     if instance_id is not None:
         poll += f"\n  instance_id: {instance_id}"
     more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
+    more_batching = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in batching)
     if flow:
         more_runtime += "flow:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in flow)
     source = kafka_source(bootstrap, topic, group)
@@ -170,7 +172,7 @@ batching:
   max_size: {batch}
   max_wait_ms: {max_wait_ms}
   max_concurrency: {concurrency}
-runtime:
+{more_batching}runtime:
   commit_interval_ms: {1000 if commit_interval_ms is None else commit_interval_ms}
 {more_runtime}delivery: {delivery}
 sinks:
@@ -199,6 +201,7 @@ class Worker:
     max_wait_ms: int = 10  # Headrace: batching.max_wait_ms
     producer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.producer settings
     consumer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.consumer settings
+    batching: tuple[tuple[str, Any], ...] = ()  # Headrace: more batching keys
 
     @property
     def label(self) -> str:
@@ -215,7 +218,7 @@ class Worker:
             label += ", static member"
         if self.max_wait_ms != 10:
             label += f", max_wait_ms {self.max_wait_ms}"
-        for key, value in (*self.producer, *self.consumer, *self.flow):
+        for key, value in (*self.producer, *self.consumer, *self.flow, *self.batching):
             label += f", {key} {value}"
         return label
 
@@ -275,6 +278,7 @@ class Worker:
                 commit_interval_ms=self.commit_interval_ms,
                 runtime=self.runtime,
                 flow=self.flow,
+                batching=self.batching,
             )
             headrace = Path(sys.executable).parent / "headrace"
             cli = [str(headrace)] if headrace.exists() else [sys.executable, "-m", "headrace.cli"]

@@ -19,9 +19,10 @@ MAX_WAIT = 0.01
 MAX_CONCURRENCY = 2
 # Where a model that is not a coroutine is called: "thread" (an inference thread; a call
 # that hangs costs a thread, not the worker) or "loop" (on the event loop, for models
-# that hold the GIL anyway). Measured (bench/engine_overhead.py, 2026-12-06, 2 cores): the
-# hand-off to a thread and back cost the light model half its throughput at batches of
-# 256, and the scikit-learn forest a quarter.
+# that hold the GIL anyway). Measured (bench/engine_overhead.py, 2026-12-06, 2-core EPYC):
+# in process, the light model made 743,000 records/s at batches of 256 on a thread and
+# 1,420,000 on the loop. The thread stays the default: it is what keeps a worker whose
+# model hangs alive (and lets a timeout isolate the record).
 MODEL_CALLS: Literal["thread", "loop"] = "thread"
 
 # Flow control: reading pauses at either bound, and resumes below RESUME_AT of both.

