@@ -18,7 +18,7 @@ from typing import Any, cast, overload
 
 import numpy as np
 
-from headrace.record import Record, source_record
+from headrace.record import Record, ScoredBatch, encode_columns, source_record
 
 # Builds the values of a batch's records from its columns, keys, offsets and event times
 # (called once per batch, and only if a part asks for records).
@@ -344,3 +344,48 @@ def _joined(batches: list[RecordBatch]) -> RecordBatch:
     if any(b.materialized for b in batches):
         joined._records = [r for b in batches for r in b.records()]
     return joined
+
+
+def encode_outputs(
+    batch: ScoredBatch, encode: Callable[[Any], bytes], *, raw_inputs: bool
+) -> tuple[Sequence[Any], list[bytes]]:
+    """The keys and the encoded outputs of ``batch`` (each as ``encode`` gives it for
+    :meth:`~headrace.record.ScoredBatch.to_dicts`), for a sink that writes one JSON
+    document per output. With ``raw_inputs`` (inputs as read), a batch held as columns
+    whose records were not built is encoded from its columns, its inputs the bytes as
+    read, and no record is built.
+
+    >>> import msgspec
+    >>> from headrace.record import ModelRef
+    >>> part = RecordBatch(topic="t", partition=0, offsets=range(3, 5), keys=["a", "b"],
+    ...                    event_times=np.array([1.0, 2.0]), columns={},
+    ...                    values_from=lambda b: [None, None], raws=[b'{"x": 1}', b'{"x":2}'])
+    >>> out = ScoredBatch(records=part, predictions=[0.5, 0.25], model=ModelRef("m", "1"),
+    ...                   processed_at=9.0)
+    >>> keys, docs = encode_outputs(out, msgspec.json.encode, raw_inputs=True)
+    >>> keys, docs[0][:36], part.materialized
+    (['a', 'b'], b'{"key":"a","input":{"x": 1},"predict', False)
+    """
+    records = batch.records
+    parts = parts_of(records) if raw_inputs else None
+    if parts is None or any(p.raws is None or p.materialized for p in parts):
+        return [r.key for r in records], batch.encode_each(encode, raw_inputs=raw_inputs)
+    keys: list[Any] = []
+    values: list[bytes] = []
+    done = 0
+    for p in parts:
+        n = len(p)
+        keys += p.keys
+        values += encode_columns(
+            batch,
+            encode,
+            keys=p.keys,
+            raws=p.raws or (),
+            topic=p.topic,
+            partition=p.partition,
+            offsets=p.offsets,
+            event_times=p.event_times.tolist(),
+            predictions=batch.predictions[done : done + n],
+        )
+        done += n
+    return keys, values

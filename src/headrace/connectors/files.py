@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgspec
+import numpy as np
 
-from headrace.connectors.base import PartitionKey, Sink, Source
+from headrace.batch import RecordBatch, encode_outputs
+from headrace.connectors.base import PartitionKey, Sink, SinkContext, Source
 from headrace.errors import HeadraceError
 from headrace.record import FailedRecord, Record, ScoredBatch, source_record
 
@@ -41,6 +43,10 @@ class JsonLinesSource(Source):
     A regular file is read in large chunks. Anything else (standard input as a pipe or a
     terminal, a named pipe) is read as it fills: a line is delivered as soon as it is
     complete, without waiting for more input, and its arrival time is taken then.
+
+    Asked to (:meth:`read_as_batches`, when the engine decodes straight into the model's
+    columns), each run of consecutive non-blank lines of a read is delivered as one
+    :class:`~headrace.batch.RecordBatch` of their bytes instead of a record per line.
     """
 
     def __init__(
@@ -59,6 +65,11 @@ class JsonLinesSource(Source):
         self._starts: dict[int, int] = {}
         self._end_line = 0
         self._end_byte = 0
+        self._as_batches = False
+
+    def read_as_batches(self) -> bool:
+        self._as_batches = True
+        return True
 
     async def open(self) -> None:
         if self.path == "-":
@@ -86,13 +97,17 @@ class JsonLinesSource(Source):
             self._line = self._end_line = line
             self._end_byte = byte
 
-    async def chunks(self) -> AsyncIterator[list[Record]]:
+    async def chunks(self) -> AsyncIterator[Sequence[Record]]:
         f = self._file
         if f is None:
             raise RuntimeError("open() the source before reading")
         fd = _stream_fd(f)
         reads = self._file_reads(f) if fd is None else self._stream_reads(fd)
         async for lines, now, newline in reads:
+            if self._as_batches:
+                for batch in self._batches(lines, now, newline):
+                    yield batch
+                continue
             records = self._records(lines, now, newline)
             if records:
                 yield records
@@ -165,6 +180,35 @@ class JsonLinesSource(Source):
         self._end_line, self._end_byte = line, byte
         return records
 
+    def _batches(self, lines: list[bytes], now: float, newline: int) -> list[RecordBatch]:
+        """The runs of consecutive non-blank lines among ``lines`` as batches of their
+        bytes (a blank line is no record, so it ends a run: a batch's offsets are
+        consecutive); positions kept as :meth:`_records` keeps them."""
+        topic = self.topic
+        batches: list[RecordBatch] = []
+        raws: list[bytes] = []
+        byte = self._end_byte
+        line = first = self._line
+        starts = self._starts if self.checkpoint is not None else None
+        for raw in lines:
+            if starts is not None:
+                starts[line] = byte
+            byte += len(raw) + newline
+            stripped = raw.strip()
+            if stripped:
+                if not raws:
+                    first = line
+                raws.append(stripped)
+            elif raws:
+                batches.append(_raw_batch(topic, first, raws, now))
+                raws = []
+            line += 1
+        if raws:
+            batches.append(_raw_batch(topic, first, raws, now))
+        self._line = line
+        self._end_line, self._end_byte = line, byte
+        return batches
+
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
         line = positions.get((self.topic, 0))
         if line is None or self.checkpoint is None:
@@ -191,6 +235,25 @@ class JsonLinesSource(Source):
         if self._file is not None and self._file is not sys.stdin.buffer:
             self._file.close()
         self._file = None
+
+
+def _raw_batch(topic: str, first: int, raws: list[bytes], now: float) -> RecordBatch:
+    n = len(raws)
+    return RecordBatch(
+        topic=topic,
+        partition=0,
+        offsets=range(first, first + n),
+        keys=[None] * n,
+        event_times=np.full(n, now),
+        columns={},
+        values_from=_undecoded,
+        raws=raws,
+    )
+
+
+def _undecoded(batch: RecordBatch) -> list[Any]:
+    """Lines as read, before decoding: no values yet."""
+    return [None] * len(batch)
 
 
 def _stream_fd(f: IO[bytes]) -> int | None:
@@ -277,7 +340,14 @@ async def _read_in_thread(fd: int, loop: asyncio.AbstractEventLoop) -> tuple[byt
 
 class JsonLinesSink(Sink):
     """Appends one JSON object per output to a file, or writes them to standard output
-    (``"-"``). ``fsync`` makes each flush durable against power loss, at a cost."""
+    (``"-"``). ``fsync`` makes each flush durable against power loss, at a cost.
+
+    Where the pipeline's inputs go as read (:class:`~headrace.connectors.base.SinkContext`),
+    an output's ``input`` is the event's bytes as they were read (the same JSON, its
+    spacing kept), and a batch held as columns is written without building its records."""
+
+    # With inputs as read, a batch of columns is written without its records' values.
+    reads_values = False
 
     def __init__(self, path: str | Path, *, fsync: bool = False, name: str = "jsonl") -> None:
         self.path = str(path)
@@ -285,6 +355,10 @@ class JsonLinesSink(Sink):
         self.name = name
         self._file: IO[bytes] | None = None
         self._encoder = msgspec.json.Encoder()
+        self._raw_inputs = False
+
+    def bind(self, context: SinkContext) -> None:
+        self._raw_inputs = context.inputs_as_read
 
     async def open(self) -> None:
         if self.path == "-":
@@ -300,8 +374,13 @@ class JsonLinesSink(Sink):
         self._file.write(self._encoder.encode_lines(rows))
 
     async def write(self, batch: ScoredBatch) -> None:
-        if len(batch):
-            self._write_lines(batch.to_dicts())
+        if not len(batch):
+            return
+        if self._file is None:
+            raise RuntimeError(f"sink {self.name!r} is not open")
+        _, docs = encode_outputs(batch, self._encoder.encode, raw_inputs=self._raw_inputs)
+        docs.append(b"")
+        self._file.write(b"\n".join(docs))
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:
         if failures:
@@ -363,6 +442,8 @@ class StdoutSink(JsonLinesSink):
 
 class NullSink(Sink):
     """Accepts and discards everything, counting it: for benchmarks and dry runs."""
+
+    reads_values = False
 
     def __init__(self, *, name: str = "null") -> None:
         self.name = name

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from headrace.batch import RecordBatch
 from headrace.connectors import JsonLinesSink, JsonLinesSource, NullSink
 from headrace.connectors.files import CheckpointError
 from headrace.record import FailedRecord, ModelRef, Record, ScoredBatch
@@ -35,8 +36,12 @@ async def read_all(source: JsonLinesSource) -> list[Record]:
     return out
 
 
-async def read_file(path: Path, checkpoint: Path | None = None) -> list[Record]:
+async def read_file(
+    path: Path, checkpoint: Path | None = None, *, as_batches: bool = False
+) -> list[Record]:
     source = JsonLinesSource(path, checkpoint=checkpoint)
+    if as_batches:
+        assert source.read_as_batches()
     await source.open()
     try:
         return await read_all(source)
@@ -57,16 +62,38 @@ def write_lines(path: Path, n: int, start: int = 0) -> None:
 # -- source ----------------------------------------------------------------------------------
 
 
-async def test_offsets_are_line_numbers_and_blank_lines_are_skipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_batches", [False, True], ids=["records", "batches"])
+async def test_offsets_are_line_numbers_and_blank_lines_are_skipped(
+    tmp_path: Path, as_batches: bool
+) -> None:
     """Each record's offset is its 0-based line number; blank lines produce no record but
-    still count; the raw bytes are the stripped line."""
+    still count; the raw bytes are the stripped line. Read as batches, alike."""
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"a": 1}\n\n{"a": 2}\r\n   \n{"a": 3}')  # no final newline
-    records = await read_file(path)
+    records = await read_file(path, as_batches=as_batches)
     assert [r.offset for r in records] == [0, 2, 4]
     assert [r.raw for r in records] == [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}']
     assert all(r.topic == str(path) and r.partition == 0 for r in records)
     assert all(r.value is None and r.key is None for r in records)  # the engine decodes
+
+
+async def test_read_as_batches_a_run_of_lines_is_one_batch_of_their_bytes(
+    tmp_path: Path,
+) -> None:
+    """Consecutive non-blank lines of a read are one batch (offsets consecutive, the
+    bytes stripped, no value decoded); a blank line ends a run."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": 2}\n\n{"a": 3} \n{"a": 4}\n{"a": 5}\n')
+    source = JsonLinesSource(path)
+    assert source.read_as_batches()
+    await source.open()
+    chunks = [chunk async for chunk in source.chunks()]
+    await source.close()
+    assert all(isinstance(c, RecordBatch) and not c.materialized for c in chunks)
+    batches = [c for c in chunks if isinstance(c, RecordBatch)]
+    assert [b.offsets for b in batches] == [range(0, 2), range(3, 6)]
+    assert batches[1].raws == [b'{"a": 3}', b'{"a": 4}', b'{"a": 5}']
+    assert batches[0].keys == [None, None] and len(batches[0].event_times) == 2
 
 
 async def test_reading_before_open_is_an_error(tmp_path: Path) -> None:
@@ -86,11 +113,16 @@ async def test_large_file_reads_every_line_once(tmp_path: Path) -> None:
     assert json.loads(records[-1].raw or b"") == {"i": 19_999}
 
 
-async def test_commit_then_resume_at_the_first_uncommitted_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_batches", [False, True], ids=["records", "batches"])
+async def test_commit_then_resume_at_the_first_uncommitted_line(
+    tmp_path: Path, as_batches: bool
+) -> None:
     """Committing position 4 (lines 0-3 finished) and reopening reads from line 4."""
     path, checkpoint = tmp_path / "in.jsonl", tmp_path / "ckpt.json"
     write_lines(path, 10)
     source = JsonLinesSource(path, checkpoint=checkpoint)
+    if as_batches:
+        source.read_as_batches()
     await source.open()
     records = await read_all(source)
     assert len(records) == 10
@@ -98,7 +130,7 @@ async def test_commit_then_resume_at_the_first_uncommitted_line(tmp_path: Path) 
     await source.close()
     assert json.loads(checkpoint.read_text())["line"] == 4
 
-    resumed = await read_file(path, checkpoint)
+    resumed = await read_file(path, checkpoint, as_batches=as_batches)
     assert [r.offset for r in resumed] == list(range(4, 10))
     assert [json.loads(r.raw or b"")["i"] for r in resumed] == list(range(4, 10))
 

@@ -11,11 +11,11 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from headrace.batch import parts_of
+from headrace.batch import encode_outputs
 from headrace.connectors.base import AcknowledgingSink, PartitionKey, SinkContext
 from headrace.connectors.kafka.common import KafkaFatalError, Settings, log, topic_partitions
 from headrace.errors import ErrorType, Stage, failure
-from headrace.record import FailedRecord, Record, ScoredBatch, encode_columns
+from headrace.record import FailedRecord, Record, ScoredBatch
 
 _PRODUCER_DEFAULTS: Settings = {
     "enable.idempotence": True,
@@ -302,30 +302,8 @@ class KafkaSink(AcknowledgingSink):
         refused: list[FailedRecord] = []
         receipt = self.producer.receipt()
         records = batch.records
-        keys: Sequence[Any]
-        parts = parts_of(records) if self._raw_inputs else None
-        if parts is not None and all(p.raws is not None and not p.materialized for p in parts):
-            # Straight from the columns: no record is built.
-            keys, values = [], []
-            done = 0
-            for p in parts:
-                n = len(p)
-                keys += p.keys
-                values += encode_columns(
-                    batch,
-                    encode,
-                    keys=p.keys,
-                    raws=p.raws or (),
-                    topic=p.topic,
-                    partition=p.partition,
-                    offsets=p.offsets,
-                    event_times=p.event_times.tolist(),
-                    predictions=batch.predictions[done : done + n],
-                )
-                done += n
-        else:
-            keys = [r.key for r in records]
-            values = batch.encode_each(encode, raw_inputs=self._raw_inputs)
+        # Straight from the columns where it can: no record is built.
+        keys, values = encode_outputs(batch, encode, raw_inputs=self._raw_inputs)
         for i, (value, key) in enumerate(zip(values, keys, strict=True)):
             try:
                 produce(
