@@ -56,6 +56,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,12 +155,14 @@ def headrace_yaml(
     if flow:
         more_runtime += "flow:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in flow)
     source = kafka_source(bootstrap, topic, group)
-    if producer:
-        more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in producer)
-        source = source.replace("  producer:", "  producer:" + more, 1)
-    if consumer:
-        more = "".join(f"\n    {k}: {json.dumps(v)}" for k, v in consumer)
-        source = source.replace("  consumer:", "  consumer:" + more, 1)
+    for section, settings in (("producer", producer), ("consumer", consumer)):
+        for k, v in settings:
+            line = f"\n    {k}: {json.dumps(v)}"
+            # A key kafka_source already sets is replaced (YAML keeps a mapping's last
+            # duplicate key, which would be kafka_source's own).
+            source, replaced = re.subn(rf"\n    {re.escape(k)}: [^\n]*", line, source, count=1)
+            if not replaced:
+                source = source.replace(f"  {section}:", f"  {section}:" + line, 1)
     path.write_text(
         f"""\
 name: bench-{model}

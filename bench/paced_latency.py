@@ -9,10 +9,12 @@ and reports each run and the medians:
 latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while paced.
 
     python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
-        [--interval-commits] [--name paced_latency]
+        [--interval-commits] [--linger-ms 25] [--model-calls-loop] [--name paced_latency]
 
 ``--interval-commits`` adds Headrace committing every ``commit_interval_ms`` (1 s)
-instead of as outputs are acknowledged. Each run also keeps its p99 per second of the
+instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its producer's
+``linger.ms`` at that (5 by default), and ``--model-calls-loop`` Headrace with
+``batching.model_calls: loop``. Each run also keeps its p99 per second of the
 run (``latency_ms_p99_by_second``): a tail that grows as the broker fills looks, in one
 p99, like a stall.
 """
@@ -50,6 +52,12 @@ def main() -> None:
         action="store_true",
         help="also Headrace (first max_wait_ms) with commit_as_acknowledged: false",
     )
+    parser.add_argument(
+        "--linger-ms", type=int, help="also Headrace with the producer's linger.ms at this"
+    )
+    parser.add_argument(
+        "--model-calls-loop", action="store_true", help="also Headrace with model_calls: loop"
+    )
     parser.add_argument("--name", default="paced_latency", help="results file name stem")
     args = parser.parse_args()
     workers = [
@@ -67,6 +75,26 @@ def main() -> None:
                 batch=args.batch,
                 max_wait_ms=args.max_wait_ms[0],
                 runtime=(("commit_as_acknowledged", False),),
+            )
+        )
+    if args.linger_ms is not None:
+        workers.append(
+            kt.Worker(
+                "headrace",
+                "light",
+                batch=args.batch,
+                max_wait_ms=args.max_wait_ms[0],
+                producer=(("linger.ms", args.linger_ms),),
+            )
+        )
+    if args.model_calls_loop:
+        workers.append(
+            kt.Worker(
+                "headrace",
+                "light",
+                batch=args.batch,
+                max_wait_ms=args.max_wait_ms[0],
+                batching=(("model_calls", "loop"),),
             )
         )
     runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
@@ -118,6 +146,8 @@ def main() -> None:
             "headrace_batch": args.batch,
             "headrace_max_wait_ms": args.max_wait_ms,
             "interval_commits": args.interval_commits,
+            "linger_ms": args.linger_ms,
+            "model_calls_loop": args.model_calls_loop,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
             "and reader, alike for both",
