@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from headrace.connectors.base import Sink
+from headrace.connectors.base import Sink, SinkContext
 from headrace.connectors.rows import (
     FAILURE_COLUMNS,
     PREDICTION_COLUMNS,
@@ -90,9 +90,13 @@ class SqliteSink(Sink):
     them. ``mode="insert"`` fails on such a duplicate, with a :class:`DuplicateRowError`
     that names the row: a restart after a crash (or a rerun of a source that does not
     resume) then stops at the first record it writes again. A scalar prediction is stored as a
-    number; other predictions, and inputs, as JSON text. All database work runs on one
-    thread of its own, off the event loop.
+    number; other predictions, and inputs, as JSON text (where the pipeline's inputs go
+    as read, the event's JSON as read). All database work runs on one thread of its own,
+    off the event loop.
     """
+
+    # With inputs as read, a batch of columns is written without its records' values.
+    reads_values = False
 
     def __init__(
         self,
@@ -118,6 +122,7 @@ class SqliteSink(Sink):
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"headrace-sqlite-{name}")
         self._encoder = msgspec.json.Encoder()
+        self._raw_inputs = False
         verb = "INSERT OR REPLACE" if mode == "upsert" else "INSERT"
         self._insert = (
             f'{verb} INTO {table} (topic, partition, "offset", {PREDICTION_COLUMNS}) '
@@ -204,6 +209,9 @@ class SqliteSink(Sink):
             "mode: upsert (the default), which replaces such rows, or write into an empty table"
         )
 
+    def bind(self, context: SinkContext) -> None:
+        self._raw_inputs = context.inputs_as_read
+
     async def write(self, batch: ScoredBatch) -> None:
         if not len(batch):
             return
@@ -219,7 +227,9 @@ class SqliteSink(Sink):
             rows = window_rows(batch, prediction=prediction, value=value)
             await self._call(self._executemany, self._insert_window, rows, self.windows_table)
             return
-        rows = prediction_rows(batch, prediction=prediction, value=value)
+        rows = prediction_rows(
+            batch, prediction=prediction, value=value, raw_inputs=self._raw_inputs
+        )
         await self._call(self._executemany, self._insert, rows, self.table)
 
     async def write_failures(self, failures: Sequence[FailedRecord]) -> None:

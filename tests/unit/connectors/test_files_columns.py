@@ -4,13 +4,21 @@ line gives: the same outputs, dead letters and checkpoint."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from headrace import CallableModel, EngineSettings, Featurizer, JsonLinesSink, Pipeline
+from headrace import (
+    CallableModel,
+    EngineSettings,
+    Featurizer,
+    JsonLinesSink,
+    Pipeline,
+    SqliteSink,
+)
 from headrace.connectors.files import JsonLinesSource
 from headrace.runtime.decode import JsonDecoder
 
@@ -71,3 +79,40 @@ def test_a_file_read_as_batches_gives_what_it_gives_line_by_line(
     kinds = [d["error_type"] for d in by_line["dead"]]
     assert kinds == ["invalid-json", "wrong-type", "out-of-range"]
     assert [o["key"] for o in by_line["outputs"]][:2] == ["e0", "e1"]
+
+
+def rows_of(tmp: Path, as_batches: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    if not as_batches:
+        monkeypatch.setattr(JsonLinesSource, "read_as_batches", lambda self: False)
+    path = tmp / "in.jsonl"
+    path.write_text("\n".join(LINES) + "\n")
+    db = tmp / f"out-{as_batches}.db"
+    (
+        Pipeline("files")
+        .source(JsonLinesSource(path), decoder=JsonDecoder(key_field="id"))
+        .model(
+            CallableModel(lambda x: np.asarray(x).sum(axis=1), name="sum"),
+            featurizer=Featurizer(vector="x"),
+        )
+        .sink(SqliteSink(db))
+        .dead_letter(JsonLinesSink(tmp / f"dead-{as_batches}.jsonl", name="dead"))
+        .settings(EngineSettings(max_batch_size=16, max_wait=0.005))
+        .run(install_signal_handlers=False)
+    )
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            'SELECT topic, partition, "offset", key, prediction, input FROM predictions '
+            'ORDER BY "offset"'
+        ).fetchall()
+
+
+def test_a_table_sink_gets_the_same_rows_from_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite (as PostgreSQL) writes its rows straight from the columns, each input the
+    line as read: the rows are those of the line-by-line path."""
+    by_line = rows_of(tmp_path, False, monkeypatch)
+    monkeypatch.undo()
+    as_batches = rows_of(tmp_path, True, monkeypatch)
+    assert as_batches == by_line and len(by_line) == 70
+    assert by_line[0][3:] == ("e0", 0.5, '{"id": "e0", "x": [0, 0.5]}')

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from headrace.connectors.base import Sink
+from headrace.connectors.base import Sink, SinkContext
 from headrace.connectors.postgres import tables
 from headrace.connectors.postgres.connection import rollback
 from headrace.connectors.postgres.exactly_once import ExactlyOnce
@@ -44,8 +44,12 @@ class PostgresSink(ExactlyOnce, Sink):
     (``last_txn``) before it is repeated.
 
     ``mode="upsert"`` replaces an existing row with the same position; ``"insert"`` fails
-    on one (:class:`DuplicateRowError`). Table names may be schema-qualified.
+    on one (:class:`DuplicateRowError`). Table names may be schema-qualified. Where the
+    pipeline's inputs go as read, a row's ``input`` is the event's JSON as read.
     """
+
+    # With inputs as read, a batch of columns is written without its records' values.
+    reads_values = False
 
     def __init__(
         self,
@@ -81,6 +85,7 @@ class PostgresSink(ExactlyOnce, Sink):
         self.store_input = store_input
         self.transactional = transactional
         self._encode = msgspec.json.Encoder().encode
+        self._raw_inputs = False
         inserts = tables.Inserts(table, failures_table, windows_table, mode)
         self._insert = inserts.prediction
         self._insert_failure = inserts.failure
@@ -113,6 +118,9 @@ class PostgresSink(ExactlyOnce, Sink):
 
     # -- writing ---------------------------------------------------------------------------
 
+    def bind(self, context: SinkContext) -> None:
+        self._raw_inputs = context.inputs_as_read
+
     def _json(self, value: Any) -> str:
         return self._encode(value).decode()
 
@@ -126,7 +134,10 @@ class PostgresSink(ExactlyOnce, Sink):
             await self._execute(self._insert_window, rows, self.windows_table)
         elif len(batch):
             rows = prediction_rows(
-                batch, prediction=self._json, value=self._json if self.store_input else None
+                batch,
+                prediction=self._json,
+                value=self._json if self.store_input else None,
+                raw_inputs=self._raw_inputs,
             )
             await self._execute(self._insert, rows, self.table)
 
