@@ -1,7 +1,7 @@
 """JSON-lines files as columns against line by line: a file of reference events -> the
-light model -> a null sink and a JSON-lines sink, the source reading runs of lines as
-batches of their bytes (decoded straight into the model's columns) or a record per line,
-taking turns.
+light model -> a null sink, a JSON-lines sink and a SQLite table, the source reading runs
+of lines as batches of their bytes (decoded straight into the model's columns) or a
+record per line, taking turns.
 
 The line-by-line path is the source with ``read_as_batches`` refused (what every
 version before this one did); everything else is the same process, file and model.
@@ -21,7 +21,15 @@ from typing import Any
 
 from bench.engine_overhead import light_model
 from bench.machine import describe, source_state
-from headrace import EngineSettings, Featurizer, JsonLinesSink, NullSink, Pipeline, SensorEvents
+from headrace import (
+    EngineSettings,
+    Featurizer,
+    JsonLinesSink,
+    NullSink,
+    Pipeline,
+    SensorEvents,
+    SqliteSink,
+)
 from headrace.connectors.base import Sink
 from headrace.connectors.files import JsonLinesSource
 from headrace.runtime.decode import JsonDecoder
@@ -66,12 +74,18 @@ def main() -> None:
         events, _ = SensorEvents(entities=200, seed=1).make(start_id=0, n=n, ts=1.0)
         path.write_text("".join(json.dumps(e) + "\n" for e in events))
         del events
-        for sink_name in ("null", "jsonl"):
+        for sink_name in ("null", "jsonl", "sqlite"):
             rates: dict[str, list[float]] = {"line by line": [], "columns": []}
             for i in range(args.runs):
                 for way, kind in (("line by line", LineByLine), ("columns", JsonLinesSource)):
-                    out = Path(tmp) / f"out-{sink_name}-{way}-{i}.jsonl"
-                    sink: Sink = NullSink() if sink_name == "null" else JsonLinesSink(out)
+                    out = Path(tmp) / f"out-{sink_name}-{way}-{i}"
+                    sink: Sink = (
+                        NullSink()
+                        if sink_name == "null"
+                        else JsonLinesSink(out)
+                        if sink_name == "jsonl"
+                        else SqliteSink(out)
+                    )
                     rates[way].append(one_run(path, n, kind(path), sink))
                     out.unlink(missing_ok=True)
             med = {way: statistics.median(r) for way, r in rates.items()}
