@@ -30,6 +30,7 @@ from bench.kafka_throughput import (
     PARTITIONS,
     RESULTS,
     ROOT,
+    Models,
     Worker,
     build_models,
     throughput_run,
@@ -46,6 +47,53 @@ def checkout(rev: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
+
+
+def take_turns(
+    n: int, repeats: int, workdir: Path, systems: dict[str, tuple[Worker, Models]]
+) -> dict[str, list[dict[str, float]]]:
+    """Each system's throughput runs on one backlog of ``n`` events (a fresh broker),
+    the systems taking turns within each of ``repeats`` rounds: records/s, and worker and
+    broker CPU per record."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
+    with TansuBroker() as broker:
+        broker.create_topic(INPUT, PARTITIONS)
+        loaded = produce_events(broker.bootstrap, INPUT, rate=0, count=n, seed=3, progress=False)
+        if loaded.delivered != n:
+            raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
+        for _ in range(repeats):
+            for name, (worker, models) in systems.items():
+                r = throughput_run(broker, models, workdir, worker, n, check=False)
+                runs[name].append(
+                    {
+                        "records_per_s": r["records_per_s"],
+                        "worker_cpu_us_per_record": round(r["cpu_s_scoring"] / n * 1e6, 2),
+                        "broker_cpu_us_per_record": round(r["broker_cpu_s_scoring"] / n * 1e6, 2),
+                    }
+                )
+    return runs
+
+
+def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each system's median records/s and worker CPU per record."""
+    return {
+        name: {
+            key: statistics.median(run[key] for run in rs)
+            for key in ("records_per_s", "worker_cpu_us_per_record")
+        }
+        for name, rs in runs.items()
+    }
+
+
+def print_runs(model: str, runs: dict[str, list[dict[str, float]]], ratios: dict[str, Any]) -> None:
+    print(f"\n{model}:")
+    for name, rs in runs.items():
+        print(
+            f"  {name:<32} records/s {[r['records_per_s'] for r in rs]}, worker "
+            f"{[r['worker_cpu_us_per_record'] for r in rs]} us/record, broker "
+            f"{[r['broker_cpu_us_per_record'] for r in rs]} us/record"
+        )
+    print("  ", ratios)
 
 
 def main() -> None:
@@ -82,33 +130,8 @@ def main() -> None:
                     models,
                 ),
             }
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
-            with TansuBroker() as broker:
-                broker.create_topic(INPUT, PARTITIONS)
-                loaded = produce_events(
-                    broker.bootstrap, INPUT, rate=0, count=n, seed=3, progress=False
-                )
-                if loaded.delivered != n:
-                    raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
-                for _ in range(args.repeats):
-                    for name, (worker, env_models) in systems.items():
-                        r = throughput_run(broker, env_models, workdir, worker, n, check=False)
-                        runs[name].append(
-                            {
-                                "records_per_s": r["records_per_s"],
-                                "worker_cpu_us_per_record": round(r["cpu_s_scoring"] / n * 1e6, 2),
-                                "broker_cpu_us_per_record": round(
-                                    r["broker_cpu_s_scoring"] / n * 1e6, 2
-                                ),
-                            }
-                        )
-            med = {
-                name: {
-                    key: statistics.median(run[key] for run in rs)
-                    for key in ("records_per_s", "worker_cpu_us_per_record")
-                }
-                for name, rs in runs.items()
-            }
+            runs = take_turns(n, args.repeats, workdir, systems)
+            med = medians(runs)
             before = med[f"headrace {args.before} (records)"]
             after = med["headrace (columns)"]
             loop = med["loop, async commit"]
@@ -123,14 +146,7 @@ def main() -> None:
                     after["worker_cpu_us_per_record"] / loop["worker_cpu_us_per_record"], 3
                 ),
             }
-            print(f"\n{model}:")
-            for name, rs in runs.items():
-                print(
-                    f"  {name:<32} records/s {[r['records_per_s'] for r in rs]}, worker "
-                    f"{[r['worker_cpu_us_per_record'] for r in rs]} us/record, broker "
-                    f"{[r['broker_cpu_us_per_record'] for r in rs]} us/record"
-                )
-            print("  ", {k: v for k, v in results[model].items() if k != "runs"})
+            print_runs(model, runs, {k: v for k, v in results[model].items() if k != "runs"})
     record = {
         "benchmark": "kafka_columns",
         "machine": machine,

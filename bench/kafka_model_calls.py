@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.kafka_throughput import (
-    INPUT,
-    PARTITIONS,
-    RESULTS,
-    Worker,
-    build_models,
-    throughput_run,
-)
+from bench.kafka_columns import medians, print_runs, take_turns
+from bench.kafka_throughput import PARTITIONS, RESULTS, Worker, build_models
 from bench.machine import describe, source_state
-from headrace.tools.loadgen import produce_events
-from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on the path
 
 LOOP = "loop, async commit"
 THREAD = "headrace, model on a thread"
@@ -60,43 +51,24 @@ def main() -> None:
             # README's Tuning); on the loop, batches run one at a time anyway.
             concurrency = 1 if model == "sklearn" else 2
             systems = {
-                LOOP: Worker("plain", model, commit="async", batch=args.batch),
-                THREAD: Worker("headrace", model, batch=args.batch, concurrency=concurrency),
-                ON_LOOP: Worker(
-                    "headrace",
-                    model,
-                    batch=args.batch,
-                    concurrency=concurrency,
-                    batching=(("model_calls", "loop"),),
+                LOOP: (Worker("plain", model, commit="async", batch=args.batch), models),
+                THREAD: (
+                    Worker("headrace", model, batch=args.batch, concurrency=concurrency),
+                    models,
+                ),
+                ON_LOOP: (
+                    Worker(
+                        "headrace",
+                        model,
+                        batch=args.batch,
+                        concurrency=concurrency,
+                        batching=(("model_calls", "loop"),),
+                    ),
+                    models,
                 ),
             }
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in systems}
-            with TansuBroker() as broker:
-                broker.create_topic(INPUT, PARTITIONS)
-                loaded = produce_events(
-                    broker.bootstrap, INPUT, rate=0, count=n, seed=3, progress=False
-                )
-                if loaded.delivered != n:
-                    raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
-                for _ in range(args.repeats):
-                    for name, worker in systems.items():
-                        r = throughput_run(broker, models, workdir, worker, n, check=False)
-                        runs[name].append(
-                            {
-                                "records_per_s": r["records_per_s"],
-                                "worker_cpu_us_per_record": round(r["cpu_s_scoring"] / n * 1e6, 2),
-                                "broker_cpu_us_per_record": round(
-                                    r["broker_cpu_s_scoring"] / n * 1e6, 2
-                                ),
-                            }
-                        )
-            med = {
-                name: {
-                    key: statistics.median(run[key] for run in rs)
-                    for key in ("records_per_s", "worker_cpu_us_per_record")
-                }
-                for name, rs in runs.items()
-            }
+            runs = take_turns(n, args.repeats, workdir, systems)
+            med = medians(runs)
             thread, on_loop, loop = med[THREAD], med[ON_LOOP], med[LOOP]
             results[model] = {
                 "concurrency": concurrency,
@@ -111,14 +83,7 @@ def main() -> None:
                     on_loop["worker_cpu_us_per_record"] / loop["worker_cpu_us_per_record"], 3
                 ),
             }
-            print(f"\n{model}:")
-            for name, rs in runs.items():
-                print(
-                    f"  {name:<30} records/s {[r['records_per_s'] for r in rs]}, worker "
-                    f"{[r['worker_cpu_us_per_record'] for r in rs]} us/record, broker "
-                    f"{[r['broker_cpu_us_per_record'] for r in rs]} us/record"
-                )
-            print("  ", {k: v for k, v in results[model].items() if k != "runs"})
+            print_runs(model, runs, {k: v for k, v in results[model].items() if k != "runs"})
     record = {
         "benchmark": "kafka_model_calls",
         "machine": machine,

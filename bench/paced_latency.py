@@ -67,36 +67,18 @@ def main() -> None:
             for w in args.max_wait_ms
         ),
     ]
+    # Variants of Headrace at the first max_wait_ms, each with one more setting.
+    variants: list[dict[str, Any]] = []
     if args.interval_commits:
-        workers.append(
-            kt.Worker(
-                "headrace",
-                "light",
-                batch=args.batch,
-                max_wait_ms=args.max_wait_ms[0],
-                runtime=(("commit_as_acknowledged", False),),
-            )
-        )
+        variants.append({"runtime": (("commit_as_acknowledged", False),)})
     if args.linger_ms is not None:
-        workers.append(
-            kt.Worker(
-                "headrace",
-                "light",
-                batch=args.batch,
-                max_wait_ms=args.max_wait_ms[0],
-                producer=(("linger.ms", args.linger_ms),),
-            )
-        )
+        variants.append({"producer": (("linger.ms", args.linger_ms),)})
     if args.model_calls_loop:
-        workers.append(
-            kt.Worker(
-                "headrace",
-                "light",
-                batch=args.batch,
-                max_wait_ms=args.max_wait_ms[0],
-                batching=(("model_calls", "loop"),),
-            )
-        )
+        variants.append({"batching": (("model_calls", "loop"),)})
+    workers += [
+        kt.Worker("headrace", "light", batch=args.batch, max_wait_ms=args.max_wait_ms[0], **v)
+        for v in variants
+    ]
     runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
     with tempfile.TemporaryDirectory(prefix="headrace-paced-") as tmp:
         workdir = Path(tmp)

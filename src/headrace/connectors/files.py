@@ -150,10 +150,11 @@ class JsonLinesSource(Source):
             # Only b"\n" ends a line, as for files: not bytes.splitlines()'s b"\r".
             yield block.split(b"\n"), now, 1
 
-    def _records(self, lines: list[bytes], now: float, newline: int) -> list[Record]:
-        """Records for consecutive lines, each ``newline`` bytes longer than it is here."""
-        topic = self.topic
-        records = []
+    def _lines(self, lines: list[bytes], newline: int) -> list[tuple[int, bytes]]:
+        """The line number and stripped bytes of each non-blank line among ``lines``
+        (consecutive lines, each ``newline`` bytes longer than it is here); moves the
+        read position past them."""
+        out: list[tuple[int, bytes]] = []
         byte = self._end_byte
         line = self._line
         # Where each line starts is only needed to store a committed position.
@@ -164,49 +165,44 @@ class JsonLinesSource(Source):
             byte += len(raw) + newline
             stripped = raw.strip()
             if stripped:
-                records.append(
-                    source_record(
-                        key=None,
-                        value=None,
-                        event_time=now,
-                        topic=topic,
-                        partition=0,
-                        offset=line,
-                        raw=stripped,
-                    )
-                )
+                out.append((line, stripped))
             line += 1
         self._line = line
         self._end_line, self._end_byte = line, byte
-        return records
+        return out
+
+    def _records(self, lines: list[bytes], now: float, newline: int) -> list[Record]:
+        """A record per non-blank line."""
+        topic = self.topic
+        return [
+            source_record(
+                key=None,
+                value=None,
+                event_time=now,
+                topic=topic,
+                partition=0,
+                offset=line,
+                raw=stripped,
+            )
+            for line, stripped in self._lines(lines, newline)
+        ]
 
     def _batches(self, lines: list[bytes], now: float, newline: int) -> list[RecordBatch]:
-        """The runs of consecutive non-blank lines among ``lines`` as batches of their
-        bytes (a blank line is no record, so it ends a run: a batch's offsets are
-        consecutive); positions kept as :meth:`_records` keeps them."""
-        topic = self.topic
+        """The runs of consecutive non-blank lines as batches of their bytes (a blank line
+        is no record, so it ends a run: a batch's offsets are consecutive)."""
         batches: list[RecordBatch] = []
         raws: list[bytes] = []
-        byte = self._end_byte
-        line = first = self._line
-        starts = self._starts if self.checkpoint is not None else None
-        for raw in lines:
-            if starts is not None:
-                starts[line] = byte
-            byte += len(raw) + newline
-            stripped = raw.strip()
-            if stripped:
-                if not raws:
-                    first = line
-                raws.append(stripped)
-            elif raws:
-                batches.append(_raw_batch(topic, first, raws, now))
+        first = after = -1
+        for line, stripped in self._lines(lines, newline):
+            if line != after and raws:
+                batches.append(_raw_batch(self.topic, first, raws, now))
                 raws = []
-            line += 1
+            if not raws:
+                first = line
+            raws.append(stripped)
+            after = line + 1
         if raws:
-            batches.append(_raw_batch(topic, first, raws, now))
-        self._line = line
-        self._end_line, self._end_byte = line, byte
+            batches.append(_raw_batch(self.topic, first, raws, now))
         return batches
 
     async def commit(self, positions: Mapping[PartitionKey, int]) -> None:
