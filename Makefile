@@ -61,6 +61,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.kafka_columns
 	$(BIN)/python -m bench.kafka_model_calls
 	$(BIN)/python -m bench.files_columns
+	$(BIN)/python -m bench.kafka_postgres
 	$(BIN)/python -m bench.crash_cost
 	$(BIN)/python -m bench.broker_cost
 	$(BIN)/python -m bench.paced_latency --max-wait-ms 10 50

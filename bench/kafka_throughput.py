@@ -125,6 +125,7 @@ def headrace_yaml(
     consumer: tuple[tuple[str, Any], ...] = (),
     flow: tuple[tuple[str, Any], ...] = (),
     batching: tuple[tuple[str, Any], ...] = (),
+    postgres_dsn: str | None = None,
 ) -> Path:
     if model == "light":
         model_yaml = """\
@@ -152,6 +153,12 @@ def headrace_yaml(
         poll += f"\n  instance_id: {instance_id}"
     more_runtime = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in runtime)
     more_batching = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in batching)
+    sink = (
+        f"  - type: kafka\n    topic: {output}"
+        if postgres_dsn is None
+        else f"  - type: postgres\n    dsn: {json.dumps(postgres_dsn)}\n"
+        f"    table: {output.replace('-', '_')}"
+    )
     if flow:
         more_runtime += "flow:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in flow)
     source = kafka_source(bootstrap, topic, group)
@@ -179,8 +186,7 @@ batching:
   commit_interval_ms: {1000 if commit_interval_ms is None else commit_interval_ms}
 {more_runtime}delivery: {delivery}
 sinks:
-  - type: kafka
-    topic: {output}
+{sink}
 """
     )
     return path
@@ -205,6 +211,7 @@ class Worker:
     producer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.producer settings
     consumer: tuple[tuple[str, Any], ...] = ()  # Headrace: more kafka.consumer settings
     batching: tuple[tuple[str, Any], ...] = ()  # Headrace: more batching keys
+    postgres_dsn: str | None = None  # Headrace: write to this database, not to Kafka
 
     @property
     def label(self) -> str:
@@ -223,6 +230,8 @@ class Worker:
             label += f", max_wait_ms {self.max_wait_ms}"
         for key, value in (*self.producer, *self.consumer, *self.flow, *self.batching):
             label += f", {key} {value}"
+        if self.postgres_dsn is not None:
+            label += ", into PostgreSQL"
         return label
 
     def start(
@@ -282,6 +291,7 @@ class Worker:
                 runtime=self.runtime,
                 flow=self.flow,
                 batching=self.batching,
+                postgres_dsn=self.postgres_dsn,
             )
             headrace = Path(sys.executable).parent / "headrace"
             cli = [str(headrace)] if headrace.exists() else [sys.executable, "-m", "headrace.cli"]
