@@ -8,12 +8,13 @@ worker is SIGKILLed when 20%, 45% and 70% of the inputs are out, and started aga
 once. A record written twice is attributed to the kill before the copy's CreateTime.
 
 Settings: the default (positions committed as their outputs are acknowledged, at most
-``max_uncommitted`` records written and not committed), other ceilings, the default with
-a static ``source.instance_id`` (restart time), and the behaviour before it
-(``commit_as_acknowledged: false``: every sink flushed and positions committed every
-``commit_interval_ms``, 1000 ms).
+``max_uncommitted`` records written and not committed, and a restarted worker reading back
+the outputs written past the committed offsets, ``runtime.read_back``), the same without
+reading back (the default before it), the default with a static ``source.instance_id``
+(restart time), and the behaviour before both (``commit_as_acknowledged: false``: every
+sink flushed and positions committed every ``commit_interval_ms``, 1000 ms).
 
-    python -m bench.crash_cost [--records 100000] [--repeats 2] [--no-save]
+    python -m bench.crash_cost [--records 100000] [--repeats 2] [--clean-only] [--no-save]
 """
 
 from __future__ import annotations
@@ -48,21 +49,18 @@ from headrace.tools.loadgen import produce_events
 from kafka_helpers import TansuBroker  # bench.kafka_throughput put tests/ on the path
 
 KILL_AT = (0.20, 0.45, 0.70)
-DEFAULT = f"as acknowledged, max_uncommitted {MAX_UNCOMMITTED} (default)"
+DEFAULT = f"as acknowledged, max_uncommitted {MAX_UNCOMMITTED}, read back (default)"
+NO_READ_BACK = f"as acknowledged, max_uncommitted {MAX_UNCOMMITTED}, read_back 0"
 BEFORE = "interval 1000 ms (before)"
 SETTINGS: dict[str, Worker] = {
     DEFAULT: Worker("headrace", "light"),
-    **{
-        f"as acknowledged, max_uncommitted {limit}": Worker(
-            "headrace", "light", runtime=(("max_uncommitted", limit),)
-        )
-        for limit in (1024, 2048, 4096)
-        if limit != MAX_UNCOMMITTED
-    },
+    NO_READ_BACK: Worker("headrace", "light", runtime=(("read_back", 0),)),
     "default, static member (source.instance_id)": Worker(
         "headrace", "light", instance_id="bench-crash-0"
     ),
-    BEFORE: Worker("headrace", "light", runtime=(("commit_as_acknowledged", False),)),
+    BEFORE: Worker(
+        "headrace", "light", runtime=(("commit_as_acknowledged", False), ("read_back", 0))
+    ),
 }
 
 
@@ -168,6 +166,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--clean-only",
+        action="store_true",
+        help="only the clean runs (records/s), no kills: more repeats of the throughput",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     n = args.records
@@ -186,9 +189,12 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, worker in SETTINGS.items():
                 through = throughput_run(broker, models, workdir, worker, n, check=False)
-                crash = crash_run(broker, models, workdir, worker, n)
                 r = results.setdefault(name, {"records_per_s": [], "runs": []})
                 r["records_per_s"].append(through["records_per_s"])
+                if args.clean_only:
+                    print(f"{repeat + 1}  {name:<34} {through['records_per_s']:>8,}/s", flush=True)
+                    continue
+                crash = crash_run(broker, models, workdir, worker, n)
                 r["runs"].append(crash)
                 print(
                     f"{repeat + 1}  {name:<34} {through['records_per_s']:>8,}/s  "
@@ -210,7 +216,7 @@ def main() -> None:
             "records": n,
             "partitions": PARTITIONS,
             "model": "light (numpy logistic regression, callable)",
-            "kills_at_fraction_out": KILL_AT,
+            "kills_at_fraction_out": None if args.clean_only else KILL_AT,
             "repeats": args.repeats,
             "broker": "Tansu, in memory, on the same 2 cores",
         },
@@ -221,7 +227,8 @@ def main() -> None:
     }
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"crash_cost-{machine['date'][:10]}.json"
+        suffix = "-clean" if args.clean_only else ""
+        out = RESULTS / f"crash_cost-{machine['date'][:10]}{suffix}.json"
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"results: {out}")
 

@@ -40,6 +40,11 @@ COMMIT_INTERVAL = 1.0
 # (1.03x and 0.98x the interval commits in two runs).
 COMMIT_AS_ACKNOWLEDGED = True
 MAX_UNCOMMITTED: int | None = 4096
+# After a crash, a worker assigned a partition reads back the last READ_BACK records of
+# each output partition and passes over what was written there and not committed (every
+# output in Kafka topics, at-least-once). A worker's uncommitted writes are at most
+# MAX_UNCOMMITTED in all, spread over the output partitions.
+READ_BACK = 4096
 SHUTDOWN_TIMEOUT = 30.0
 REVOKE_TIMEOUT = 60.0
 # Windowed pipelines: how often time alone may close windows, and how long a periodic

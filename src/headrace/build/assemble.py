@@ -156,6 +156,7 @@ def build_settings(config: cfg.PipelineConfig) -> EngineSettings:
         commit_interval=r.commit_interval_ms / 1000.0,
         commit_as_acknowledged=r.commit_as_acknowledged,
         max_uncommitted=r.max_uncommitted,
+        read_back=r.read_back,
         shutdown_timeout=r.shutdown_timeout_s,
     )
 

@@ -103,6 +103,7 @@ class RuntimeConfig(Section, kw_only=True):
     commit_interval_ms: NonNegative = defaults.COMMIT_INTERVAL * 1000
     commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
     max_uncommitted: Annotated[int, msgspec.Meta(ge=1)] | None = defaults.MAX_UNCOMMITTED
+    read_back: Annotated[int, msgspec.Meta(ge=0)] = defaults.READ_BACK
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = defaults.SHUTDOWN_TIMEOUT
 
 

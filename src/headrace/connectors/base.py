@@ -45,6 +45,11 @@ class RebalanceListener(Protocol):
         failed or went unanswered (commits sent with
         :meth:`PartitionedSource.commit_soon`); called on the event loop."""
 
+    def records_read_back(self, count: int) -> None:
+        """``count`` records of newly assigned partitions will not be read: their outputs
+        were found written (:meth:`PartitionedSource.read_back_outputs`); called on the
+        event loop."""
+
 
 class Source(ABC):
     """Reads records in chunks and commits the positions the engine says are finished.
@@ -113,6 +118,15 @@ class PartitionedSource(Source):
         """The partitions this worker reads now."""
         return []
 
+    def read_back_outputs(
+        self, topics: Sequence[tuple[str, str]], depth: int
+    ) -> tuple[str, bytes] | None:
+        """Every output goes to the Kafka ``topics`` (``(bootstrap servers, topic)``):
+        on assignment, pass over records whose outputs are among the last ``depth`` of the
+        topics' partitions. Returns the header the outputs must carry for it, or ``None``
+        when the source cannot."""
+        return None
+
     def paused_partitions(self) -> Sequence[PartitionKey]:
         """Partitions whose fetching is paused now."""
         return []
@@ -147,11 +161,15 @@ class SinkContext:
     ``value`` was decoded from, and nothing changed the value since (the engine's JSON
     decoder, no lookups): a sink that writes JSON may embed those bytes as the output's
     ``input`` instead of encoding the value again (``ScoredBatch.to_dicts(raw_inputs=True)``).
+
+    ``output_header``: a header (name, value) every output must carry, so that the source
+    can read back what was written after a crash (see :attr:`Sink.read_back_topic`).
     """
 
     metrics: PipelineMetrics
     set_aside: Callable[[list[FailedRecord]], Awaitable[None]]
     inputs_as_read: bool = False
+    output_header: tuple[str, bytes] | None = None
 
 
 class Sink(ABC):
@@ -167,6 +185,11 @@ class Sink(ABC):
     # where inputs go as read (``SinkContext.inputs_as_read``) lets the engine decode only
     # what the model reads: the values are decoded only for sinks that ask for them.
     reads_values: bool = True
+
+    #: ``(bootstrap servers, topic)``: the Kafka topic every output goes to, readable back
+    #: after a crash: a restarted worker passes over the records whose outputs are there
+    #: already (only when every sink of the pipeline has one). ``None``: none.
+    read_back_topic: tuple[str, str] | None = None
 
     def bind(self, context: SinkContext) -> None:  # noqa: B027 - optional hook
         """Called by the engine, for the sinks that take outputs, before :meth:`open`."""

@@ -122,8 +122,14 @@ class PipelineMetrics:
         self.uncommitted = Gauge(
             "headrace_uncommitted_records",
             "Records whose outputs were written and whose positions no confirmed commit "
-            "covers yet: what a crash now would write twice (at most max_uncommitted; moved "
+            "covers yet: what a crash now could write twice (at most max_uncommitted; moved "
             "only while positions are committed as their outputs are acknowledged)",
+            registry=r,
+        )
+        self.records_read_back = Counter(
+            "headrace_records_read_back",
+            "Records not written again after a crash: their outputs were read back from "
+            "the output topics (runtime.read_back)",
             registry=r,
         )
         self.source_paused = Gauge(

@@ -173,6 +173,9 @@ class Commits:
             self.finished.set()
         self.state.wake()
 
+    def records_read_back(self, count: int) -> None:
+        self.metrics.records_read_back.inc(count)
+
     async def make_room(self, pieces: Sequence[Sequence[Record]], acks: Acknowledgements) -> None:
         """Hold the records of ``pieces`` (about to be written) until they fit under
         ``max_uncommitted``, then count them against it."""

@@ -41,7 +41,7 @@ from headrace.runtime.flow import FlowControl
 from headrace.runtime.lag import watch_lag
 from headrace.runtime.ledger import Ledger
 from headrace.runtime.order import WriteOrder
-from headrace.runtime.outputs import Outputs, SideWrites, SinkBinding
+from headrace.runtime.outputs import Outputs, SideWrites, SinkBinding, read_back_header
 from headrace.runtime.parts import close_logging
 from headrace.runtime.pool import InferencePool
 from headrace.runtime.scorer import Scorer
@@ -132,6 +132,13 @@ class Engine:
                 not isinstance(source, DecodedSource)
                 and type(self.decoder) is JsonDecoder
                 and not spec.lookups
+            ),
+            output_header=read_back_header(
+                source,
+                bindings,
+                exactly_once=delivery.exactly_once,
+                windowed=windows is not None,
+                depth=s.read_back,
             ),
         )
         self.outputs.bind()

@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 
 from headrace.batch import event_times_of
-from headrace.connectors.base import Sink, SinkContext
+from headrace.connectors.base import PartitionedSource, Sink, SinkContext
 from headrace.errors import Stage
 from headrace.observe.metrics import PipelineMetrics
 from headrace.observe.stats import EngineStats
@@ -39,6 +39,23 @@ class SinkBinding:
         return self.sink.name
 
 
+def read_back_header(
+    source: object, sinks: Sequence[SinkBinding], *, exactly_once: bool, windowed: bool, depth: int
+) -> tuple[str, bytes] | None:
+    """At-least-once from a partitioned source, every output written whole to a topic the
+    source can read back (no alert filter): the header the outputs carry so that, after a
+    crash, the records whose outputs were written are not written again; else ``None``.
+    Windowed pipelines keep their own positions with their state: not for them."""
+    if exactly_once or windowed or depth <= 0 or not sinks:
+        return None
+    if not isinstance(source, PartitionedSource):
+        return None
+    topics = [b.sink.read_back_topic for b in sinks]
+    if any(b.keep is not None for b in sinks) or any(t is None for t in topics):
+        return None
+    return source.read_back_outputs([t for t in topics if t is not None], depth)
+
+
 class Outputs:
     """The pipeline's sinks and its side outputs. ``level_of`` names a record's priority
     level, for the shed metrics."""
@@ -55,8 +72,10 @@ class Outputs:
         level_of: Callable[[Record], str],
         acks: Acknowledgements | None = None,
         inputs_as_read: bool = False,
+        output_header: tuple[str, bytes] | None = None,
     ) -> None:
         self.sinks = sinks
+        self.output_header = output_header
         self.inputs_as_read = inputs_as_read
         self.acks = acks
         self.dead_letter = dead_letter
@@ -78,6 +97,7 @@ class Outputs:
                     metrics=self.metrics,
                     set_aside=set_aside,
                     inputs_as_read=self.inputs_as_read,
+                    output_header=self.output_header,
                 )
             )
 

@@ -18,7 +18,10 @@ class EngineSettings:
     partitioned source into sinks that all acknowledge (Kafka), commit each position as
     soon as its outputs are acknowledged, without waiting, instead of every
     ``commit_interval``; ``max_uncommitted`` then bounds the records written and not yet
-    committed (``None``: no bound). ``model_calls``: where a model that is not a
+    committed (``None``: no bound). ``read_back``: at-least-once into Kafka topics only,
+    how many of the last records of each output partition a worker reads back on
+    assignment, to pass over what a crashed worker wrote and did not commit (0: none;
+    see :mod:`headrace.connectors.kafka.recovery`). ``model_calls``: where a model that is not a
     coroutine is called, ``"thread"`` (an inference thread) or ``"loop"`` (on the event
     loop: no thread hand-off, and no timeout; see :class:`~headrace.runtime.scoring.ModelCaller`).
     """
@@ -33,6 +36,7 @@ class EngineSettings:
     commit_interval: float = defaults.COMMIT_INTERVAL
     commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
     max_uncommitted: int | None = defaults.MAX_UNCOMMITTED
+    read_back: int = defaults.READ_BACK
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     revoke_timeout: float = defaults.REVOKE_TIMEOUT
     window_tick: float = defaults.WINDOW_TICK
@@ -41,3 +45,5 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.model_calls not in ("thread", "loop"):
             raise ValueError(f"model_calls must be 'thread' or 'loop', got {self.model_calls!r}")
+        if self.read_back < 0:
+            raise ValueError(f"read_back must be 0 or more, got {self.read_back}")

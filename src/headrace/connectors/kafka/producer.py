@@ -285,11 +285,20 @@ class KafkaSink(AcknowledgingSink):
         self.name = name
         self._encode = msgspec.json.Encoder().encode
         self._raw_inputs = False
+        self._header: tuple[str, bytes] | None = None
+
+    @property
+    def read_back_topic(self) -> tuple[str, str] | None:  # type: ignore[override]
+        # In a transaction what a crash wrote is aborted: nothing to read back.
+        if self.producer.transactional:
+            return None
+        return str(self.producer.settings.get("bootstrap.servers", "")), self.topic
 
     def bind(self, context: SinkContext) -> None:
         # Inputs as read: their bytes go into the output as they came (0.75 us per record
         # less than encoding the decoded value again, bench/results/...).
         self._raw_inputs = context.inputs_as_read
+        self._header = context.output_header
 
     async def open(self) -> None:
         await self.producer.open()
@@ -299,6 +308,8 @@ class KafkaSink(AcknowledgingSink):
         than its ``message.max.bytes``) are returned, to be dead-lettered."""
         encode, produce, topic = self._encode, self.producer.produce, self.topic
         headers = [("headrace-model", f"{batch.model.name}@{batch.model.version}".encode())]
+        if self._header is not None:
+            headers.append(self._header)
         refused: list[FailedRecord] = []
         receipt = self.producer.receipt()
         records = batch.records

@@ -40,6 +40,7 @@ from headrace.connectors.kafka.common import (
     log,
     topic_partitions,
 )
+from headrace.connectors.kafka.recovery import GROUP_HEADER, ReadBack, read_back, split
 from headrace.connectors.kafka.start import Start, plan, summary
 from headrace.connectors.kafka_ids import INSTANCE_ID_RULE, instance_id_problem
 from headrace.record import Record, source_record
@@ -171,6 +172,10 @@ class KafkaSource(PartitionedSource):
         # Partitions that left during the poll in progress (see _poll).
         self._left: set[PartitionKey] = set()
         self._as_batches = False
+        # Reading back what a crashed worker wrote (see recovery.py): what to read, and
+        # per partition the offsets already written, to pass over, and the last of them.
+        self._read_back: ReadBack | None = None
+        self._written: dict[PartitionKey, tuple[set[int], int]] = {}
 
     def read_as_batches(self) -> bool:
         self._as_batches = True
@@ -178,6 +183,24 @@ class KafkaSource(PartitionedSource):
 
     def bind(self, listener: RebalanceListener) -> None:
         self._listener = listener
+
+    def read_back_outputs(
+        self, topics: Sequence[tuple[str, str]], depth: int
+    ) -> tuple[str, bytes] | None:
+        """Every output goes to ``topics`` (``(bootstrap servers, topic)``, all on this
+        source's brokers): on assignment, read back the last ``depth`` records of each of
+        their partitions and pass over the records already written there (see
+        :mod:`headrace.connectors.kafka.recovery`). Not when ``start`` resets committed
+        offsets (those are to be scored again). The header the outputs must carry."""
+        if depth <= 0 or not topics or (self.start is not None and self.start.reset):
+            return None
+        servers = str(self.settings.get("bootstrap.servers", ""))
+        if any(s != servers for s, _ in topics):
+            return None
+        tag = self.group_id.encode()
+        names = tuple(dict.fromkeys(t for _, t in topics))
+        self._read_back = ReadBack(topics=names, tag=tag, depth=depth)
+        return GROUP_HEADER, tag
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -292,7 +315,7 @@ class KafkaSource(PartitionedSource):
                 or (messages and now >= soon_end)
                 or self._fatal is not None
             ):
-                return messages
+                return self._unwritten(messages) if self._written else messages
 
     def _apply_pause(self, consumer: Any) -> None:
         """Pause and resume partitions as the engine last asked (everything, or some held)."""
@@ -494,6 +517,9 @@ class KafkaSource(PartitionedSource):
             except Exception as exc:
                 log.error("kafka %s: choosing where %s start failed: %s", self.name, fmt(keys), exc)
                 self._fatal = exc
+        resetting = self.start is not None and self.start.reset
+        if self._read_back is not None and self._fatal is None and not resetting:
+            starts = self._pass_written(consumer, keys, dict(starts or {}))
         if starts:
             for p in partitions:
                 if (p.topic, p.partition) in starts:
@@ -535,6 +561,78 @@ class KafkaSource(PartitionedSource):
                 out[d.key] = d.to
         return out
 
+    def _pass_written(
+        self, consumer: Any, keys: list[PartitionKey], starts: dict[PartitionKey, int]
+    ) -> dict[PartitionKey, int]:
+        """Read back what was written past the committed offsets of ``keys`` (those the
+        engine does not place itself); start each partition past the written run at its
+        committed offset (committed here), and pass over the other written records when
+        read. A failure to read back only means writing them again."""
+        what = self._read_back
+        assert what is not None
+        mine = [k for k in keys if k not in starts]
+        try:
+            found = consumer.committed(topic_partitions(dict.fromkeys(mine, 0)), timeout=10)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+            written = read_back(self.settings, what, committed)
+        except Exception as exc:
+            log.warning(
+                "kafka %s: reading back outputs for %s failed (%s): what a crashed worker "
+                "wrote and did not commit is written again",
+                self.name,
+                fmt(mine),
+                exc,
+            )
+            return starts
+        moved: dict[PartitionKey, int] = {}
+        notes = []
+        for key, offsets in sorted(written.items()):
+            first = committed[key]
+            start, rest = split(first, offsets)
+            if start > first:
+                moved[key] = start
+            if rest:
+                self._written[key] = (rest, max(rest))
+            notes.append(
+                f"{key[0]}[{key[1]}] committed {first}: {len(offsets)} already written "
+                f"(starts at {start}, {len(rest)} more passed over when read)"
+            )
+        if moved:
+            self._commit(topic_partitions(moved))
+            starts.update(moved)
+        if written and self._listener is not None and self._loop is not None:
+            count = sum(len(offsets) for offsets in written.values())
+            self._loop.call_soon_threadsafe(self._listener.records_read_back, count)
+        if notes:
+            log.warning(
+                "kafka %s: outputs read back from %s: %s",
+                self.name,
+                ", ".join(what.topics),
+                "; ".join(notes),
+            )
+        return starts
+
+    def _unwritten(self, messages: list[Any]) -> list[Any]:
+        """``messages`` less those whose outputs were read back as written."""
+        written = self._written
+        out = []
+        for m in messages:
+            key = (m.topic(), m.partition())
+            entry = written.get(key)
+            if entry is None or m.error() is not None:
+                out.append(m)
+                continue
+            offset = m.offset()
+            offsets, last = entry
+            if offset in offsets:
+                if offset == last:
+                    del written[key]
+                continue
+            if offset > last:
+                del written[key]
+            out.append(m)
+        return out
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
         log.info("kafka %s: revoking %s", self.name, fmt(keys))
@@ -571,6 +669,7 @@ class KafkaSource(PartitionedSource):
         self._assigned = self._assigned - frozenset(keys)
         self._held = self._held - frozenset(keys)
         for key in keys:
+            self._written.pop(key, None)
             self._paused.discard(key)
             self._last_read.pop(key, None)
             self._next.pop(key, None)

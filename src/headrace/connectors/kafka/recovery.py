@@ -1,0 +1,145 @@
+"""After a crash, what the dead worker wrote and did not commit, read back from the output
+topics, so that the worker that takes its partitions does not write it again.
+
+At-least-once into Kafka, a crash re-reads the records written since the last confirmed
+commit (at most ``runtime.max_uncommitted``). When every output of a pipeline goes to Kafka
+topics, each output carries its consumer group (the ``headrace-group`` header) and its
+source position (``source`` in the JSON). A worker that is assigned a partition with a
+committed offset first reads the last ``runtime.read_back`` records of every output
+partition, and finds the records at or past the committed offset whose outputs are in
+*every* output topic: those were written, and are not written again.
+
+Whatever this misses is written again, as before: an output still on its way when the read
+ran, one further back than ``read_back``, or in one output topic and not the other. It can
+cause duplicates, never a loss: a record is passed over only when its output is in the
+topic, written by this group for this exact position.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from headrace.connectors.base import PartitionKey
+
+#: The header naming the consumer group whose worker wrote an output.
+GROUP_HEADER = "headrace-group"
+
+# Settings of the worker's consumer that must not reach the consumer reading back: it
+# reads partitions it is given, outside the group (an instance id would fence the worker).
+_GROUP_ONLY = ("group.instance.id", "partition.assignment.strategy", "enable.partition.eof")
+
+
+class _Position(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Output(msgspec.Struct):
+    source: _Position | None = None
+
+
+_decode = msgspec.json.Decoder(_Output).decode
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What to read back: the output ``topics``, the group's ``tag`` in their headers, and
+    how many of the last records of each output partition (``depth``)."""
+
+    topics: tuple[str, ...]
+    tag: bytes
+    depth: int
+    timeout: float = 10.0
+
+
+def read_back(
+    settings: Mapping[str, Any], what: ReadBack, committed: Mapping[PartitionKey, int]
+) -> dict[PartitionKey, set[int]]:
+    """The offsets at or past ``committed`` (per input partition) whose outputs, written
+    by the group ``what.tag``, are in the last ``what.depth`` records of every output
+    partition of every topic in ``what.topics``. Partitions with nothing found are left
+    out. ``settings``: the worker's consumer's (its broker and security settings)."""
+    if not committed or not what.topics:
+        return {}
+    config = {k: v for k, v in settings.items() if k not in _GROUP_ONLY}
+    # A group of its own, never joined (partitions are assigned) and never committed to.
+    config.update(
+        {
+            "group.id": f"{settings.get('group.id', 'headrace')}.read-back",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer = Consumer(config)
+    try:
+        found = _read(consumer, what, committed)
+    finally:
+        consumer.close()
+    both = found[0]
+    for other in found[1:]:
+        both = {k: v & other.get(k, set()) for k, v in both.items()}
+    return {k: v for k, v in both.items() if v}
+
+
+def _read(
+    consumer: Any, what: ReadBack, committed: Mapping[PartitionKey, int]
+) -> list[dict[PartitionKey, set[int]]]:
+    deadline = time.monotonic() + what.timeout
+    starts: list[TopicPartition] = []
+    for topic in what.topics:
+        meta = consumer.list_topics(topic, timeout=what.timeout).topics[topic]
+        if meta.error is not None:
+            raise RuntimeError(f"output topic {topic!r}: {meta.error.str()}")
+        for q in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, q), timeout=what.timeout
+            )
+            starts.append(TopicPartition(topic, q, max(low, high - what.depth)))
+    found: dict[str, dict[PartitionKey, set[int]]] = {t: {} for t in what.topics}
+    left = {(tp.topic, tp.partition) for tp in starts}
+    consumer.assign(starts)
+    tag = what.tag
+    while left and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.1):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    left.discard((m.topic(), m.partition()))
+                continue
+            headers = m.headers()
+            if not headers or (GROUP_HEADER, tag) not in headers:
+                continue
+            try:
+                source = _decode(m.value() or b"").source
+            except msgspec.DecodeError:
+                continue
+            if source is None:
+                continue
+            key = (source.topic, source.partition)
+            first = committed.get(key)
+            if first is not None and source.offset >= first:
+                found[m.topic()].setdefault(key, set()).add(source.offset)
+    return [found[t] for t in what.topics]
+
+
+def split(committed: int, written: set[int]) -> tuple[int, set[int]]:
+    """Where a partition committed at ``committed`` may start, given the offsets already
+    written: past the run of them right at ``committed``; and the rest, to pass over when
+    read.
+
+    >>> split(10, {10, 11, 12, 14, 15})
+    (13, {14, 15})
+    >>> split(10, {11, 12})
+    (10, {11, 12})
+    """
+    start = committed
+    while start in written:
+        start += 1
+    return start, {o for o in written if o > start}
