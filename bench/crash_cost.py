@@ -185,9 +185,11 @@ def main() -> None:
         if loaded.delivered != n:
             raise RuntimeError(f"backlog: {loaded.delivered} of {n}: {loaded.errors}")
         # Settings take turns within each repeat, so that a drift of the machine's speed
-        # falls on all of them alike.
+        # falls on all of them alike, in reverse order every other repeat, so that no
+        # setting always follows the same one.
         for repeat in range(args.repeats):
-            for name, worker in SETTINGS.items():
+            turns = list(SETTINGS.items())
+            for name, worker in turns if repeat % 2 == 0 else turns[::-1]:
                 through = throughput_run(broker, models, workdir, worker, n, check=False)
                 r = results.setdefault(name, {"records_per_s": [], "runs": []})
                 r["records_per_s"].append(through["records_per_s"])
