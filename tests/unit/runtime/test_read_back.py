@@ -91,3 +91,19 @@ def test_split_starts_past_the_written_run_and_keeps_the_rest(
     assert all(o in written for o in range(committed, start))
     assert start not in written
     assert rest == {o for o in written if o > start}
+
+
+def test_a_broker_that_does_not_answer_costs_the_assignment_at_most_the_timeout() -> None:
+    """Reading back runs in the assignment callback: one deadline bounds all of it, and
+    failing raises (the source then logs it and writes those records again)."""
+    import time
+
+    import pytest
+
+    from headrace.connectors.kafka.recovery import ReadBack, read_back
+
+    what = ReadBack(topics=("out",), tag=b"g", depth=10, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - librdkafka's, or the deadline's
+        read_back({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}, what, {("t", 0): 0})
+    assert time.monotonic() - started < 3

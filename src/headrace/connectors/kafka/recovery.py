@@ -94,15 +94,23 @@ def read_back(
 def _read(
     consumer: Any, what: ReadBack, committed: Mapping[PartitionKey, int]
 ) -> list[dict[PartitionKey, set[int]]]:
+    # One deadline for the whole read: it runs in the assignment callback.
     deadline = time.monotonic() + what.timeout
+
+    def remaining() -> float:
+        seconds = deadline - time.monotonic()
+        if seconds <= 0:
+            raise TimeoutError(f"no answer within {what.timeout:g} s")
+        return seconds
+
     starts: list[TopicPartition] = []
     for topic in what.topics:
-        meta = consumer.list_topics(topic, timeout=what.timeout).topics[topic]
+        meta = consumer.list_topics(topic, timeout=remaining()).topics[topic]
         if meta.error is not None:
             raise RuntimeError(f"output topic {topic!r}: {meta.error.str()}")
         for q in sorted(meta.partitions):
             low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, q), timeout=what.timeout
+                TopicPartition(topic, q), timeout=remaining()
             )
             starts.append(TopicPartition(topic, q, max(low, high - what.depth)))
     found: dict[str, dict[PartitionKey, set[int]]] = {t: {} for t in what.topics}
