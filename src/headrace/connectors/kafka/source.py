@@ -571,6 +571,8 @@ class KafkaSource(PartitionedSource):
         what = self._read_back
         assert what is not None
         mine = [k for k in keys if k not in starts]
+        if not mine:  # an incremental assignment may bring nothing
+            return starts
         try:
             found = consumer.committed(topic_partitions(dict.fromkeys(mine, 0)), timeout=10)
             committed = {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
@@ -598,8 +600,11 @@ class KafkaSource(PartitionedSource):
                 f"(starts at {start}, {len(rest)} more passed over when read)"
             )
         if moved:
-            self._commit(topic_partitions(moved))
             starts.update(moved)
+            try:
+                self._commit(topic_partitions(moved))
+            except Exception as exc:  # they start there all the same; a later commit covers it
+                log.warning("kafka %s: committing %s failed: %s", self.name, moved, exc)
         if written and self._listener is not None and self._loop is not None:
             count = sum(len(offsets) for offsets in written.values())
             self._loop.call_soon_threadsafe(self._listener.records_read_back, count)
