@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import msgspec
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from kafka_helpers import TansuBroker
@@ -31,10 +32,14 @@ N = 3000
 GROUP = "scorers"
 
 
-def _stage_crash(tansu: TansuBroker, events: list[dict[str, object]]) -> dict[int, int]:
+def _stage_crash(
+    tansu: TansuBroker, events: list[dict[str, object]], *, after: int = 0
+) -> dict[int, int]:
     """Commit partition 0 at 500 and partition 1 at 300 for the group; put outputs in
     ``predictions`` for partition 0's offsets 500..899 except 650 (this group's) and for
-    partition 1's 300..399 (another group's). Returns each partition's end."""
+    partition 1's 300..399 (another group's); then ``after`` outputs of this group for
+    partitions nobody recovers (what the group's other workers wrote meanwhile). Returns
+    each partition's end."""
     ends: dict[int, int] = defaultdict(int)
     by_position = {}
     for e in events:
@@ -61,30 +66,48 @@ def _stage_crash(tansu: TansuBroker, events: list[dict[str, object]]) -> dict[in
             e["key"],
             headers=[("headrace-group", group.encode())],
         )
+    for i in range(after):
+        out = {"prediction": 0.0, "source": {"topic": "events", "partition": 9, "offset": i}}
+        p.produce(
+            "predictions",
+            msgspec.json.encode(out),
+            str(i),
+            headers=[("headrace-group", b"scorers")],
+        )
+        if i % 1000 == 0:
+            p.poll(0)
     assert p.flush(10) == 0
     return dict(ends)
 
 
+@pytest.mark.parametrize(
+    ("after", "read_back"),
+    [(0, 4096), (3000, 500)],
+    ids=["at-the-end", "behind-other-workers-outputs"],
+)
 def test_a_restart_passes_over_records_whose_outputs_were_written(
-    tansu: TansuBroker, tmp_path: Path
+    tansu: TansuBroker, tmp_path: Path, after: int, read_back: int
 ) -> None:
     """The worker starts partition 0 past the written run (500..649, committed at once),
     passes over 651..899 when it reads them and writes 650, the hole; partition 1's
     outputs by another group do not count. Nothing is missing, nothing written twice, and
-    every partition is committed to its end."""
+    every partition is committed to its end. Behind 3,000 outputs the group's other
+    workers wrote later, with windows of 500 records per output partition, the read goes
+    back window by window until it finds them."""
     from workers import reference_events
 
     tansu.create_topic("events", 2)
     tansu.create_topic("predictions", 2)
     tansu.produce_json("events", reference_events(N), key_field="entity_id")
-    ends = _stage_crash(tansu, tansu.consume_all("events", N))
-    staged = 399 + 100
+    ends = _stage_crash(tansu, tansu.consume_all("events", N), after=after)
+    staged = 399 + 100 + after
     config = kafka_pipeline(
         tmp_path / "p.yaml",
         tansu.bootstrap,
         sinks="  - type: kafka\n    topic: predictions",
         group=GROUP,
         extra="metrics:\n  port: 0\n",
+        runtime={"read_back": read_back},
     )
     log = tmp_path / "worker.log"
     worker = Worker(config, models_env(tmp_path), log).start()

@@ -107,3 +107,29 @@ def test_a_broker_that_does_not_answer_costs_the_assignment_at_most_the_timeout(
     with pytest.raises(Exception):  # noqa: B017 - librdkafka's, or the deadline's
         read_back({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}, what, {("t", 0): 0})
     assert time.monotonic() - started < 3
+
+
+def test_reading_further_back_stops_where_nothing_older_can_be_missing() -> None:
+    """Another window back only while the last one was recent and did not show, for
+    every recovered partition seen, an output from below its committed offset."""
+    from headrace.connectors.kafka.recovery import ReadBack, _Window
+
+    what = ReadBack(topics=("out",), tag=b"g", depth=100, windows=3, horizon=60.0)
+    committed = {("t", 0): 500, ("t", 1): 50}
+    w = _Window("out", 0, low=0, high=1000, depth=100)
+    w.oldest = 1_000.0
+    assert w.further(what, committed, now=1_010.0)  # nothing of ours seen yet
+    w.lowest = {("t", 0): 520}
+    assert w.further(what, committed, now=1_010.0)  # only outputs at or past the commit
+    w.lowest = {("t", 0): 480, ("t", 1): 49}
+    assert not w.further(what, committed, now=1_010.0)  # below both: the rest is older
+    w.lowest = {}
+    assert not w.further(what, committed, now=1_100.0)  # older than the horizon
+    w.back(100)
+    w.oldest = 1_000.0
+    assert (w.lo, w.hi, w.windows) == (800, 900, 2)
+    assert w.further(what, committed, now=1_010.0)
+    w.back(100)
+    assert not w.further(what, committed, now=1_010.0)  # three windows read
+    start = _Window("out", 1, low=0, high=50, depth=100)
+    assert not start.further(what, committed, now=0.0)  # the partition's start
