@@ -544,7 +544,9 @@ def paced_run(
     seconds: float,
     warmup: float,
     cooldown: float,
+    partitioner: str | None = None,
 ) -> dict[str, Any]:
+    """``partitioner``: the load generator's (librdkafka's default, CRC32, unless given)."""
     run_id = uuid.uuid4().hex[:8]
     topic = broker.create_topic(f"paced-{worker.system}-{worker.model}-{run_id}", PARTITIONS)
     output = broker.create_topic(f"paced-out-{worker.system}-{worker.model}-{run_id}", PARTITIONS)
@@ -571,6 +573,7 @@ def paced_run(
                     rate=rate,
                     seconds=seconds,
                     seed=11,
+                    config={"partitioner": partitioner} if partitioner else None,
                     progress=False,
                 )
             )

@@ -9,14 +9,18 @@ and reports each run and the medians:
 latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while paced.
 
     python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
-        [--interval-commits] [--linger-ms 25] [--model-calls-loop] [--name paced_latency]
+        [--interval-commits] [--linger-ms 25] [--model-calls-loop] [--partitioner NAME]
+        [--inputs-partitioner NAME] [--name paced_latency]
 
 ``--interval-commits`` adds Headrace committing every ``commit_interval_ms`` (1 s)
 instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its producer's
 ``linger.ms`` at that (5 by default), and ``--model-calls-loop`` Headrace with
-``batching.model_calls: loop``. Each run also keeps its p99 per second of the
-run (``latency_ms_p99_by_second``): a tail that grows as the broker fills looks, in one
-p99, like a stall.
+``batching.model_calls: loop``, ``--partitioner`` Headrace with its producer's
+``partitioner`` at that (the Java clients' ``murmur2_random`` by default), and
+``--inputs-partitioner`` has the load generator write with that partitioner (librdkafka's
+default, CRC32, which the plain loop's producer uses too, unless given). Each run also
+keeps its p99 per second of the run (``latency_ms_p99_by_second``): a tail that grows as
+the broker fills looks, in one p99, like a stall.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ def main() -> None:
     parser.add_argument(
         "--model-calls-loop", action="store_true", help="also Headrace with model_calls: loop"
     )
+    parser.add_argument(
+        "--partitioner", help="also Headrace with its producer's partitioner at this"
+    )
+    parser.add_argument(
+        "--inputs-partitioner",
+        help="the load generator's partitioner (librdkafka's default, CRC32, unless given)",
+    )
     parser.add_argument("--name", default="paced_latency", help="results file name stem")
     args = parser.parse_args()
     workers = [
@@ -75,6 +86,8 @@ def main() -> None:
         variants.append({"producer": (("linger.ms", args.linger_ms),)})
     if args.model_calls_loop:
         variants.append({"batching": (("model_calls", "loop"),)})
+    if args.partitioner is not None:
+        variants.append({"producer": (("partitioner", args.partitioner),)})
     workers += [
         kt.Worker("headrace", "light", batch=args.batch, max_wait_ms=args.max_wait_ms[0], **v)
         for v in variants
@@ -97,6 +110,7 @@ def main() -> None:
                         seconds=args.seconds,
                         warmup=2.0,
                         cooldown=1.5,
+                        partitioner=args.inputs_partitioner,
                     )
                 runs[worker.label].append(
                     {
@@ -130,6 +144,8 @@ def main() -> None:
             "interval_commits": args.interval_commits,
             "linger_ms": args.linger_ms,
             "model_calls_loop": args.model_calls_loop,
+            "partitioner": args.partitioner,
+            "inputs_partitioner": args.inputs_partitioner,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
             "and reader, alike for both",

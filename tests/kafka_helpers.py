@@ -53,8 +53,18 @@ class TansuBroker:
     ``create_topics`` to succeed. Use it as a context manager, or call ``stop()``.
     """
 
-    def __init__(self, *, start_timeout: float = 20.0, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 20.0,
+        log_dir: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = free_port()
+        # Clients are sent to this port after their first metadata request (a proxy in
+        # front of the broker listens there: bench/broker_requests.py); the broker's own
+        # port by default.
+        self.advertised_port = advertised_port or self.port
         self.start_timeout = start_timeout
         self._log_dir = log_dir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -64,7 +74,7 @@ class TansuBroker:
     @property
     def bootstrap(self) -> str:
         """``host:port`` for ``bootstrap.servers``."""
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def log(self) -> str:
@@ -80,6 +90,7 @@ class TansuBroker:
     def start(self) -> TansuBroker:
         """Start the process and wait until it answers metadata requests."""
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         fd, log_name = tempfile.mkstemp(
             prefix=f"tansu-{self.port}-", suffix=".log", dir=self._log_dir
         )
@@ -95,7 +106,7 @@ class TansuBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

@@ -1038,3 +1038,22 @@ def test_model_calls_on_the_loop_refuse_a_model_timeout() -> None:
     assert "at batching.model_calls:" in message and "failures.model_timeout_ms" in message
     message = error_of(config(batching={"model_calls": "inline"}))
     assert "at batching.model_calls:" in message and "'inline'" in message
+
+
+def test_the_kafka_consumer_prefetches_256_kib_unless_told_otherwise() -> None:
+    """A pause drops a partition's prefetch, which the broker then sends again: the cap
+    (and the short back-off a small queue needs) are defaults a user's setting overrides.
+    """
+    from headrace.build import KafkaParts
+
+    kafka_source = {
+        "source": {"type": "kafka", "topics": ["in"], "group_id": "g"},
+        "kafka": {"bootstrap_servers": "127.0.0.1:9092"},
+    }
+    settings = KafkaParts(parse_config(config(**kafka_source), env={})).consumer_settings()
+    assert settings["queued.max.messages.kbytes"] == 256
+    assert settings["fetch.queue.backoff.ms"] == 10
+    assert settings["bootstrap.servers"] == "127.0.0.1:9092"
+    kafka_source["kafka"]["consumer"] = {"queued.max.messages.kbytes": 4096}
+    settings = KafkaParts(parse_config(config(**kafka_source), env={})).consumer_settings()
+    assert settings["queued.max.messages.kbytes"] == 4096

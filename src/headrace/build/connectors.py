@@ -65,14 +65,15 @@ class KafkaParts:
     def consumer_settings(self) -> dict[str, Any]:
         assert self.config is not None
         # librdkafka prefetches up to 64 MiB by default, outside the in-flight bound, and
-        # a pause (the flow bound reached) drops a partition's prefetch, which is fetched
-        # again on resume: keep it to 1 MiB unless told otherwise (it was a quarter of the
-        # byte bound, 1 to 64 MiB). Measured (bench/broker_cost.py, 2026-12-06, light model, 200k
-        # backlog): with a quarter of the 64 MiB byte bound (16 MiB) the broker spent
-        # 1.32-1.33 s of CPU per run against the plain loop's 0.96-1.04; with 1 MiB 0.89-0.90,
-        # and Headrace made 84-88k records/s instead of 73-75k; 4 MiB was in between.
+        # a pause (a partition at its share of the flow bound) drops that partition's
+        # prefetch, which is fetched again on resume. Measured, light model, 200k backlog,
+        # 4 partitions: a quarter of the 64 MiB byte bound (16 MiB) cost the broker a third
+        # more CPU than the plain loop (bench/broker_cost.py, 2026-12-06); with 1 MiB the
+        # worker still fetched 2.9x the backlog's bytes, with 256 KiB 1.65x (2.1x against
+        # 3.0x with scikit-learn), at the same records/s, also with responses held 20 ms as
+        # across a network; 128 KiB fetched no less (bench/broker_requests.py, 2026-12-07).
         prefetch: dict[str, Any] = {
-            "queued.max.messages.kbytes": 1024,
+            "queued.max.messages.kbytes": 256,
             # A fetch response alone can fill so small a queue, and librdkafka then waits
             # fetch.queue.backoff.ms (1 s by default) before fetching again: that capped
             # reading at about this many kilobytes a second.

@@ -115,7 +115,7 @@ ROW_DELAY = 0.006
 # would be evicted within it.
 SLOW_FOR = 15.0
 # Memory the byte bound does not count: librdkafka's prefetch (queued.max.messages.kbytes,
-# 1 MiB here, overshot by up to one fetch of max.partition.fetch.bytes = 1 MiB per
+# 256 KiB here, overshot by up to one fetch of max.partition.fetch.bytes = 1 MiB per
 # partition, 4 here).
 PREFETCH = 5 << 20
 # And a fixed allowance for the rest: the decoded copies of in-flight records (values,
