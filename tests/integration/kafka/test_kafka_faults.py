@@ -133,13 +133,14 @@ def test_at_least_once_kafka_to_kafka(tansu: TansuBroker, tmp_path: Path, signal
     if signal == "TERM":
         assert duplicates == 0, "a graceful stop must commit everything it wrote"
         return
+    # Every restart read back; whether a kill left outputs past the commit to find
+    # depends on when it came (the staged test in test_read_back.py makes sure it does).
     read_back = [
-        line
+        i
         for i in range(1, KILLS + 1)
-        for line in (tmp_path / f"worker-{i}.log").read_text().splitlines()
-        if "outputs read back" in line
+        if "outputs read back" in (tmp_path / f"worker-{i}.log").read_text()
     ]
-    assert read_back, "no restart read anything back"
+    assert read_back == list(range(1, KILLS + 1)), "a restart did not read back"
     # What may still be written twice: an output on its way when the read ran.
     assert duplicates <= KILLS * 64
 

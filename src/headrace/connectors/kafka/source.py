@@ -615,6 +615,15 @@ class KafkaSource(PartitionedSource):
                 ", ".join(what.topics),
                 "; ".join(notes),
             )
+        else:  # the usual case after a clean stop: said, so that a restart shows it looked
+            log.info(
+                "kafka %s: outputs read back from %s: %s",
+                self.name,
+                ", ".join(what.topics),
+                f"none past the committed offsets of {fmt(sorted(committed))}"
+                if committed
+                else f"nothing committed yet for {fmt(sorted(mine))}",
+            )
         return starts
 
     def _unwritten(self, messages: list[Any]) -> list[Any]:
