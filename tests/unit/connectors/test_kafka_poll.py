@@ -43,6 +43,7 @@ class ScriptedConsumer:
         self.steps = steps
         self.consumes: list[float] = []
         self.commits: list[dict[tuple[str, int], int]] = []
+        self.polls: list[float] = []  # waits for a first record
         self.now = 0.0
 
     def monotonic(self) -> float:
@@ -57,6 +58,12 @@ class ScriptedConsumer:
         if action is not None:
             action()
         return messages[:n]
+
+    def poll(self, timeout: float) -> Message | None:
+        """A wait for the first record: nothing came, it took its whole timeout."""
+        self.polls.append(timeout)
+        self.now += timeout
+        return None
 
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
         assert asynchronous
@@ -112,11 +119,62 @@ def test_with_less_than_a_poll_in_flight_a_poll_is_one_consume(
     assert consumer.consumes == [0.05]
 
 
-def test_with_no_commit_due_a_poll_is_one_consume(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_no_commit_due_a_poll_is_one_consume_then_a_wait_in_the_poll_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty poll waits once more for a first record before it hands back nothing: an
+    idle worker hands an empty poll to the event loop ten times a second, not a hundred."""
     consumer = ScriptedConsumer([])
     s = source(consumer, {("t", 0)}, monkeypatch)
     assert s._poll(consumer) == []
     assert consumer.consumes == [0.05]
+    assert consumer.polls == [kafka_source.IDLE_WAIT]
+
+
+class ArrivingConsumer(ScriptedConsumer):
+    """Nothing within the poll's consume; a record arrives 30 ms into the wait that
+    follows, and one more by the next consume."""
+
+    def poll(self, timeout: float) -> Message | None:
+        self.polls.append(timeout)
+        self.now += 0.03
+        self.steps = [(None, [Message("t", 0, 11)])]
+        return Message("t", 0, 10)
+
+
+def test_a_record_that_arrives_during_the_wait_starts_a_poll_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait returns at the first record; what follows it within a poll's window
+    comes with it (a record is held no longer than a poll by the wait)."""
+    consumer = ArrivingConsumer([])
+    s = source(consumer, {("t", 0)}, monkeypatch)
+    got = s._poll(consumer)
+    assert [m.offset() for m in got] == [10, 11]
+    assert consumer.polls == [kafka_source.IDLE_WAIT]
+    assert consumer.now <= 0.05 + 0.03 + 0.05 + 1e-9
+
+
+@pytest.mark.parametrize("why", ["held", "paused", "commit-waiting"])
+def test_no_wait_for_a_first_record_while_a_resume_or_a_commit_could_need_the_thread(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """A resume (or a pause), or a commit handed over meanwhile, would wait for the next
+    record: with one of them possible the poll ends after its consume, as before."""
+    consumer = ScriptedConsumer([])
+    s = source(consumer, {("t", 0), ("t", 1)}, monkeypatch)
+    if why == "held":  # one partition held at its share of the flow bound
+        s._held = s._paused = frozenset({("t", 1)})
+    elif why == "paused":  # every partition: the flow bound
+        s._want_paused = True
+        s._paused = frozenset(s._assigned)
+    else:  # records read past the last position handed over for commit
+        s._soon.add({("t", 0): 3})
+        s._soon.take({("t", 0)})
+        s._soon.done([("t", 0, 3, True)])
+        s._next[("t", 0)] = 10
+    assert s._poll(consumer) == []
+    assert consumer.polls == []
 
 
 def test_records_of_a_partition_revoked_mid_poll_are_dropped(

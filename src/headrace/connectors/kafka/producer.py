@@ -4,6 +4,7 @@ transaction that commits outputs with consumed offsets) and the sinks that share
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,10 @@ _PRODUCER_DEFAULTS: Settings = {
 
 
 Waiter = Callable[[BaseException | None], None]
+
+#: How long the producer's thread waits for a write's delivery reports before it hands
+#: back to the event loop with none complete (a closing producer ends the wait sooner).
+RECEIPT_WAIT = 0.05
 
 
 class _Receipt:
@@ -190,11 +195,19 @@ class KafkaProducer:
                 self._settle(done)
 
     def _poll_receipts(self) -> list[_Receipt]:
-        producer = self.producer
-        if producer is None:
-            return []
-        producer.poll(0.005)
-        return [r for r in self._receipts if r.complete()]
+        """Serve delivery reports until a write's are all in, for up to ``RECEIPT_WAIT``:
+        in the producer's thread, so that the event loop hears once per completed write,
+        not once per 5 ms poll (at 5,000 records/s that was about 200 hand-overs a second,
+        each waking the event loop: bench/results/paced_latency-2026-12-07.json)."""
+        deadline = time.monotonic() + RECEIPT_WAIT
+        while True:
+            producer = self.producer
+            if producer is None:
+                return []
+            producer.poll(0.005)
+            done = [r for r in self._receipts if r.complete()]
+            if done or not self._receipts or time.monotonic() >= deadline:
+                return done
 
     def _settle(self, done: list[_Receipt]) -> None:
         finished = set(map(id, done))

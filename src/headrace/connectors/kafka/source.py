@@ -70,6 +70,15 @@ SLICE = 0.002
 #: thread using 0.10 of a core with nothing to read.
 MIN_CONSUME = 0.001
 
+#: How long a poll that read nothing goes on waiting, in the poll thread, for the first
+#: record (``Consumer.poll`` returns at the first one), before it hands an empty poll back
+#: to the event loop. Each empty poll handed back cost a hand-over to the event loop and
+#: back: an idle worker polled 100 times a second (``max_wait_ms``) at 0.06 of a core,
+#: 0.03 of it in the event loop (bench/idle_cost.py). Not while a commit waits, nor while
+#: any partition is paused (a resume would wait for it); a stopping worker's close and a
+#: commit taken by the poll thread wait at most this long.
+IDLE_WAIT = 0.1
+
 #: How long a stopping worker waits for the consumer's close() (its last rebalance
 #: callback, leaving the group): below the default shutdown_timeout_s (30 s), and enough
 #: for the test broker's slowest group operations (about 11 s to join).
@@ -309,6 +318,15 @@ class KafkaSource(PartitionedSource):
                 self._left = set()
             messages += got
             now = time.monotonic()
+            if not messages and now >= end and self._idle(started):
+                first = consumer.poll(IDLE_WAIT)
+                if first is None:
+                    return messages
+                messages = [] if self._left else [first]  # a rebalance came with it
+                self._left = set()
+                now = time.monotonic()
+                end, soon_end = now + self.poll_timeout, now + COMMITTING_WAIT
+                continue
             if (
                 len(messages) >= wanted
                 or now >= end
@@ -316,6 +334,23 @@ class KafkaSource(PartitionedSource):
                 or self._fatal is not None
             ):
                 return self._unwritten(messages) if self._written else messages
+
+    def _idle(self, started: float) -> bool:
+        """Whether an empty poll may go on waiting for a first record in the poll thread:
+        once per poll, with nothing paused or to be paused, and, where the engine commits
+        as it goes, every record read handed over for commit and every commit answered
+        (a commit handed over meanwhile would wait for the next record)."""
+        soon = self._soon
+        return (
+            not soon.busy
+            and not soon.expecting(self._next, 1)
+            and not self._paused
+            and not self._want_paused
+            and not self._held
+            and self.consumer is not None
+            and self._fatal is None
+            and time.monotonic() - started < IDLE_WAIT
+        )
 
     def _apply_pause(self, consumer: Any) -> None:
         """Pause and resume partitions as the engine last asked (everything, or some held)."""
