@@ -155,6 +155,34 @@ def test_a_record_that_arrives_during_the_wait_starts_a_poll_of_its_own(
     assert consumer.now <= 0.05 + 0.03 + 0.05 + 1e-9
 
 
+class RebalancingConsumer(ScriptedConsumer):
+    """A rebalance during the wait takes partition 1 away; the record that ends the wait
+    is of ``partition``."""
+
+    def __init__(self, source: Callable[[], KafkaSource], partition: int) -> None:
+        super().__init__([])
+        self.source = source
+        self.partition = partition
+
+    def poll(self, timeout: float) -> Message | None:
+        self.polls.append(timeout)
+        self.source()._forget([("t", 1)])
+        return Message("t", self.partition, 10)
+
+
+@pytest.mark.parametrize("partition", [0, 1])
+def test_a_rebalance_during_the_wait_drops_only_a_record_of_a_partition_that_left(
+    monkeypatch: pytest.MonkeyPatch, partition: int
+) -> None:
+    """Dropping a record of a partition still assigned would leave a gap its commits
+    would pass over: a loss."""
+    s: KafkaSource
+    consumer = RebalancingConsumer(lambda: s, partition)
+    s = source(consumer, {("t", 0), ("t", 1)}, monkeypatch)
+    got = s._poll(consumer)
+    assert [(m.partition(), m.offset()) for m in got] == ([(0, 10)] if partition == 0 else [])
+
+
 @pytest.mark.parametrize("why", ["held", "paused", "commit-waiting"])
 def test_no_wait_for_a_first_record_while_a_resume_or_a_commit_could_need_the_thread(
     monkeypatch: pytest.MonkeyPatch, why: str

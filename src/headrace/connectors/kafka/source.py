@@ -322,7 +322,10 @@ class KafkaSource(PartitionedSource):
                 first = consumer.poll(IDLE_WAIT)
                 if first is None:
                     return messages
-                messages = [] if self._left else [first]  # a rebalance came with it
+                # A rebalance during that wait: a record of a partition that left is not
+                # this worker's to hand out.
+                if (first.topic(), first.partition()) not in self._left:
+                    messages = [first]
                 self._left = set()
                 now = time.monotonic()
                 end, soon_end = now + self.poll_timeout, now + COMMITTING_WAIT
