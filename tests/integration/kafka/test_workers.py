@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +28,29 @@ N = 12_000
 DELAY = 0.01  # per batch of 64: the run outlasts a kill, a restart and a join
 
 
+# No new row for this long, where a worker was fenced: the test broker left its
+# partitions to no one (a rebalance and a fenced worker's restart take seconds here).
+STUCK_AFTER = 45.0
+
+
+class _Progress:
+    """How long a count has stood still."""
+
+    def __init__(self) -> None:
+        self.count = -1
+        self.since = time.monotonic()
+
+    def still(self, count: int) -> float:
+        now = time.monotonic()
+        if count != self.count:
+            self.count, self.since = count, now
+        return now - self.since
+
+
+def _fenced(*workers: Worker) -> bool:
+    return any("were claimed by another worker" in log_text(w) for w in workers)
+
+
 def _skip_if_the_broker_left_a_fenced_member_waiting(
     first: Worker, second: Worker, pg_dsn: PgSchema, delivery: str
 ) -> None:
@@ -36,8 +60,7 @@ def _skip_if_the_broker_left_a_fenced_member_waiting(
     partitions to no one (DEVELOPERS.md, Tansu quirks; 2 CI runs of 3 on 2026-12-06).
     Then not every row can arrive: what did arrive must still be there once, and the
     test is skipped, saying why. Any other timeout fails."""
-    fenced = "were claimed by another worker" in log_text(first) + log_text(second)
-    if delivery != "exactly-once" or not fenced:
+    if delivery != "exactly-once" or not _fenced(first, second):
         return
     ids = pg_rows(pg_dsn.dsn)
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} inputs written twice"
@@ -119,8 +142,18 @@ def test_workers_restart_one_that_dies_and_share_the_group(
         # The second half only once the new worker has partitions: it scores some of it.
         wait_until(lambda: "assigned" in second.tail(), 120, "the join", (first, second))
         tansu.produce_json("events", events[N // 2 :], key_field="entity_id")
+        rows = _Progress()
+
+        def all_rows_or_stuck() -> bool:
+            n = len(set(pg_rows(pg_dsn.dsn)))
+            # Stuck: no new row for STUCK_AFTER seconds where a worker was fenced; waiting
+            # out the whole timeout then cost CI four minutes (2026-12-07).
+            return n >= N or (rows.still(n) > STUCK_AFTER and _fenced(first, second))
+
         try:
-            wait_until(lambda: len(set(pg_rows(pg_dsn.dsn))) >= N, 240, "all rows", (first, second))
+            wait_until(all_rows_or_stuck, 240, "all rows", (first, second))
+            if len(set(pg_rows(pg_dsn.dsn))) < N:
+                raise AssertionError("no new row for a while")
         except AssertionError:
             _skip_if_the_broker_left_a_fenced_member_waiting(first, second, pg_dsn, delivery)
             raise
