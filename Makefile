@@ -64,6 +64,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.kafka_postgres
 	$(BIN)/python -m bench.crash_cost
 	$(BIN)/python -m bench.broker_cost
+	$(BIN)/python -m bench.broker_requests
 	$(BIN)/python -m bench.paced_latency --max-wait-ms 10 50
 	$(BIN)/python -m bench.idle_cost
 	$(BIN)/python -m bench.overload
