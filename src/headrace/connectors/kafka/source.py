@@ -74,9 +74,10 @@ MIN_CONSUME = 0.001
 #: record (``Consumer.poll`` returns at the first one), before it hands an empty poll back
 #: to the event loop. Each empty poll handed back cost a hand-over to the event loop and
 #: back: an idle worker polled 100 times a second (``max_wait_ms``) at 0.06 of a core,
-#: 0.03 of it in the event loop (bench/idle_cost.py). Not while a commit waits, nor while
-#: any partition is paused (a resume would wait for it); a stopping worker's close and a
-#: commit taken by the poll thread wait at most this long.
+#: 0.03 of it in the event loop (bench/idle_cost.py, an AMD EPYC); waiting here, 0.0175
+#: against 0.030 (bench/results/idle_cost-2026-12-07.json, a Xeon). Not while a commit
+#: waits, nor while any partition is paused (a resume would wait for it); a stopping
+#: worker's close and a commit taken by the poll thread wait at most this long.
 IDLE_WAIT = 0.1
 
 #: How long a stopping worker waits for the consumer's close() (its last rebalance
