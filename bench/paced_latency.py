@@ -10,7 +10,8 @@ latency p50/p99 (output read - the event's ts), worker CPU and broker CPU while 
 
     python -m bench.paced_latency [--rate 3000] [--seconds 15] [--pairs 4] [--max-wait-ms 10 50]
         [--interval-commits] [--linger-ms 25] [--model-calls-loop] [--partitioner NAME]
-        [--inputs-partitioner NAME] [--before REV] [--name paced_latency]
+        [--inputs-partitioner NAME] [--setting SECTION:KEY=VALUE ...] [--before REV]
+        [--name paced_latency]
 
 ``--interval-commits`` adds Headrace committing every ``commit_interval_ms`` (1 s)
 instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its producer's
@@ -18,7 +19,9 @@ instead of as outputs are acknowledged; ``--linger-ms`` adds Headrace with its p
 ``batching.model_calls: loop``, ``--partitioner`` Headrace with its producer's
 ``partitioner`` at that (the Java clients' ``murmur2_random`` by default), and
 ``--inputs-partitioner`` has the load generator write with that partitioner (librdkafka's
-default, CRC32, which the plain loop's producer uses too, unless given); ``--before REV``
+default, CRC32, which the plain loop's producer uses too, unless given), each
+``--setting SECTION:KEY=VALUE`` Headrace with that one setting (``producer:linger.ms=25``);
+``--before REV``
 adds Headrace (the first ``max_wait_ms``) as it was at commit ``REV``. Each run also
 keeps its p99 per second of the run (``latency_ms_p99_by_second``): a tail that grows as
 the broker fills looks, in one p99, like a stall.
@@ -39,6 +42,10 @@ from bench.kafka_columns import checkout
 from bench.machine import describe, source_state
 
 KEYS = ("latency_ms_p50", "latency_ms_p99", "latency_ms_max", "cpu_share_of_one_core")
+# Where the time went, from the event's ts: scored = the output's processed_at (consumed,
+# batched, scored), produced = its CreateTime (handed to the producer); the rest up to
+# the latency is the produce request, the broker and the reader's fetch.
+STAGES = ("scored_ms_p50", "scored_ms_p99", "produced_ms_p50", "produced_ms_p99")
 
 
 def main() -> None:
@@ -72,6 +79,15 @@ def main() -> None:
         "--inputs-partitioner",
         help="the load generator's partitioner (librdkafka's default, CRC32, unless given)",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="SECTION:KEY=VALUE",
+        help="also Headrace with this one setting (SECTION: producer, consumer, batching, "
+        "runtime or flow; VALUE read as JSON where it parses, else a string); repeatable, "
+        "a worker each",
+    )
     parser.add_argument("--before", help="also Headrace at this commit")
     parser.add_argument("--name", default="paced_latency", help="results file name stem")
     args = parser.parse_args()
@@ -92,6 +108,7 @@ def main() -> None:
         variants.append({"batching": (("model_calls", "loop"),)})
     if args.partitioner is not None:
         variants.append({"producer": (("partitioner", args.partitioner),)})
+    variants += [parse_setting(text) for text in args.setting]
     workers += [
         kt.Worker("headrace", "light", batch=args.batch, max_wait_ms=args.max_wait_ms[0], **v)
         for v in variants
@@ -127,11 +144,19 @@ def main() -> None:
                 runs.setdefault(name, []).append(
                     {
                         k: result[k]
-                        for k in (*KEYS, "broker_cpu_s_while_paced", "latency_ms_p99_by_second")
+                        for k in (
+                            *KEYS,
+                            *STAGES,
+                            "broker_cpu_s_while_paced",
+                            "latency_ms_p99_by_second",
+                        )
                     }
                 )
     summary = {
-        label: {k: statistics.median(r[k] for r in rs) for k in (*KEYS, "broker_cpu_s_while_paced")}
+        label: {
+            k: statistics.median(r[k] for r in rs)
+            for k in (*KEYS, *STAGES, "broker_cpu_s_while_paced")
+        }
         for label, rs in runs.items()
     }
     print()
@@ -139,7 +164,9 @@ def main() -> None:
         each = ", ".join(f"{r['latency_ms_p99']:.0f}" for r in runs[label])
         print(
             f"{label:<40} medians: p50 {s['latency_ms_p50']:.1f} ms, p99 "
-            f"{s['latency_ms_p99']:.1f} ms (runs: {each}), worker "
+            f"{s['latency_ms_p99']:.1f} ms (runs: {each}), scored p50/p99 "
+            f"{s['scored_ms_p50']:.1f}/{s['scored_ms_p99']:.1f}, produced "
+            f"{s['produced_ms_p50']:.1f}/{s['produced_ms_p99']:.1f} ms, worker "
             f"{s['cpu_share_of_one_core']:.0%} of a core, broker "
             f"{s['broker_cpu_s_while_paced']:.2f} s"
         )
@@ -158,6 +185,7 @@ def main() -> None:
             "model_calls_loop": args.model_calls_loop,
             "partitioner": args.partitioner,
             "inputs_partitioner": args.inputs_partitioner,
+            "settings": args.setting,
             "before": args.before,
             "note": "systems take turns on one broker; warm-up 2 s and cool-down 1.5 s left "
             "out; latency = output read - event ts; broker CPU includes the load generator "
@@ -171,6 +199,31 @@ def main() -> None:
     out = kt.RESULTS / f"{args.name}-{day}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"results: {out}")
+
+
+SECTIONS = ("producer", "consumer", "batching", "runtime", "flow")
+
+
+def parse_setting(text: str, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """``producer:linger.ms=25`` -> ``{"producer": (("linger.ms", 25),)}``, for a Worker.
+
+    >>> parse_setting("producer:max.in.flight.requests.per.connection=1")
+    {'producer': (('max.in.flight.requests.per.connection', 1),)}
+    >>> parse_setting("batching:model_calls=loop")
+    {'batching': (('model_calls', 'loop'),)}
+    """
+    section, sep, rest = text.partition(":")
+    key, eq, raw = rest.partition("=")
+    if not sep or not eq or not key or section not in sections:
+        raise SystemExit(
+            f"--setting {text!r}: expected SECTION:KEY=VALUE with SECTION one of "
+            f"{', '.join(sections)}, for example {sections[0]}:KEY=VALUE"
+        )
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return {section: ((key, value),)}
 
 
 if __name__ == "__main__":

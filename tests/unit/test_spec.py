@@ -86,6 +86,12 @@ def test_every_source_and_sink_type_has_a_builder() -> None:
     assert set(SINKS) == _tags(cfg.SinkConfig)
 
 
+def test_the_commit_interval_is_left_to_the_source_unless_given() -> None:
+    assert build_settings(cfg.parse_config(MINIMAL, env={})).commit_interval is None
+    data = {**MINIMAL, "runtime": {"commit_interval_ms": 250}}
+    assert build_settings(cfg.parse_config(data, env={})).commit_interval == 0.25
+
+
 def test_model_calls_reach_the_engine_from_yaml_and_from_code() -> None:
     data = {**MINIMAL, "batching": {"model_calls": "loop"}}
     assert build_settings(cfg.parse_config(data, env={})).model_calls == "loop"

@@ -153,7 +153,7 @@ def build_settings(config: cfg.PipelineConfig) -> EngineSettings:
         max_in_flight=flow.max_in_flight,
         max_in_flight_bytes=flow.max_in_flight_bytes,
         resume_at=flow.resume_at,
-        commit_interval=r.commit_interval_ms / 1000.0,
+        commit_interval=None if r.commit_interval_ms is None else r.commit_interval_ms / 1000.0,
         commit_as_acknowledged=r.commit_as_acknowledged,
         max_uncommitted=r.max_uncommitted,
         read_back=r.read_back,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from headrace import defaults
 from headrace.errors import HeadraceError
 from headrace.record import FailedRecord, Record, ScoredBatch
 
@@ -64,6 +65,10 @@ class Source(ABC):
     """
 
     name: str = "source"
+    #: How often the engine commits when the pipeline does not say
+    #: (``EngineSettings.commit_interval`` left ``None``), in seconds; 0: as soon as
+    #: anything finished, one commit at a time.
+    commit_interval: float = defaults.COMMIT_INTERVAL
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect, restore positions. Called once before :meth:`chunks`."""

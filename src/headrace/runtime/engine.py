@@ -362,7 +362,10 @@ class Engine:
             lanes=self.stage.lanes,
             join=join,
         )
-        self.commits.start_periodic(settings.commit_interval, on_failure=self.stop)
+        interval = settings.commit_interval
+        if interval is None:
+            interval = self.source.commit_interval
+        self.commits.start_periodic(interval, on_failure=self.stop)
         parts.push_async_callback(self.commits.stop_periodic)
         background = [self.stage.tick(self._may_close_windows)]
         if isinstance(self.source, PartitionedSource):  # the others cannot tell their lag

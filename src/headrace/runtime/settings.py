@@ -12,6 +12,9 @@ from headrace import defaults
 class EngineSettings:
     """How the engine batches, bounds and commits. Times are in seconds.
 
+    ``commit_interval``: how often finished positions are committed (0: as soon as
+    anything finished, one commit at a time); ``None``: the source's own
+    (:attr:`~headrace.connectors.base.Source.commit_interval`: 1 s, MQTT 0).
     ``window_tick``: how often time alone may close windows (idle partitions);
     ``commit_point_timeout``: how long a windowed periodic commit waits for a commit point
     before trying again later. ``commit_as_acknowledged``: at-least-once from a
@@ -33,7 +36,7 @@ class EngineSettings:
     max_in_flight: int = defaults.MAX_IN_FLIGHT
     max_in_flight_bytes: int | None = defaults.MAX_IN_FLIGHT_BYTES
     resume_at: float = defaults.RESUME_AT
-    commit_interval: float = defaults.COMMIT_INTERVAL
+    commit_interval: float | None = None
     commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
     max_uncommitted: int | None = defaults.MAX_UNCOMMITTED
     read_back: int = defaults.READ_BACK

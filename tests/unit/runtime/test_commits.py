@@ -54,3 +54,38 @@ async def test_graceful_stop_finishes_in_flight_and_commits_what_was_written() -
     assert summary.stopped
     assert summary.records_in == summary.records_out == len(sink.outputs)
     assert commits[-1][("generator", 0)] == len(sink.outputs)
+
+
+@pytest.mark.parametrize(
+    ("setting", "source_interval", "used"),
+    [(None, 0.0, 0.0), (None, 1.0, 1.0), (0.25, 0.0, 0.25), (0.0, 1.0, 0.0)],
+)
+async def test_the_commit_interval_is_the_pipelines_else_the_sources(
+    monkeypatch: pytest.MonkeyPatch, setting: float | None, source_interval: float, used: float
+) -> None:
+    """An MQTT broker sends no more than its window unacknowledged, and a message is
+    acknowledged at commit: its source commits as soon as anything finished unless the
+    pipeline says otherwise."""
+    from headrace.runtime.commits import Commits
+
+    started: list[float] = []
+    start_periodic = Commits.start_periodic
+
+    def spy(self: Commits, interval: float, **kw: Any) -> None:
+        started.append(interval)
+        start_periodic(self, interval, **kw)
+
+    monkeypatch.setattr(Commits, "start_periodic", spy)
+    source = ListSource([records(5)])
+    source.commit_interval = source_interval
+    await engine(source, MemorySink(), commit_interval=setting).run()
+    assert started == [used]
+    assert source.committed == {("t", 0): 5}
+
+
+def test_mqtt_commits_as_soon_as_anything_finished_by_default() -> None:
+    from headrace.connectors.kafka import KafkaSource
+    from headrace.connectors.mqtt import MqttSource
+
+    assert MqttSource.commit_interval == 0.0
+    assert KafkaSource.commit_interval == GeneratorSource.commit_interval == 1.0

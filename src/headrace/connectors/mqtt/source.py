@@ -67,6 +67,15 @@ class MqttSource(PahoCallbacks, Source):
     WebSocket at ``ws_path``, as brokers behind HTTP proxies and port 443 want.
     """
 
+    # The broker sends at most ``max_inflight`` messages unacknowledged, and a message is
+    # acknowledged when its position is committed: committing every second would cap a
+    # broker that keeps to that window at max_inflight messages a second (docs/mqtt.md).
+    # A PUBACK goes per message however often the engine commits, so committing as soon
+    # as anything finished costs the broker nothing more. Measured, a backlog of 50,000
+    # on mosquitto 2.0.11 (which keeps to the window loosely), the light model, a JSON-lines
+    # sink: 16,100 records/s against 12,100 with 1 s (python -m bench.mqtt_throughput).
+    commit_interval = 0.0
+
     def __init__(
         self,
         topics: Sequence[str],
