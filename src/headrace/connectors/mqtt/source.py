@@ -71,9 +71,10 @@ class MqttSource(PahoCallbacks, Source):
     # acknowledged when its position is committed: committing every second would cap a
     # broker that keeps to that window at max_inflight messages a second (docs/mqtt.md).
     # A PUBACK goes per message however often the engine commits, so committing as soon
-    # as anything finished costs the broker nothing more. Measured, a backlog of 50,000
+    # as anything finished costs the broker nothing more. Measured, a backlog of 100,000
     # on mosquitto 2.0.11 (which keeps to the window loosely), the light model, a JSON-lines
-    # sink: 16,100 records/s against 12,100 with 1 s (python -m bench.mqtt_throughput).
+    # sink: 15,785-15,990 records/s against 13,643-14,030 with 1 s
+    # (bench/results/mqtt_throughput-2026-12-07.json).
     commit_interval = 0.0
 
     def __init__(
