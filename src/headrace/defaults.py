@@ -32,13 +32,6 @@ RESUME_AT = 0.5
 
 # Commits and stopping.
 COMMIT_INTERVAL = 1.0
-# A windowed pipeline's commit holds reading until every batch in flight is written (a
-# commit point), so committing as soon as anything finished (a source whose own interval is
-# 0: MQTT) would hold it after every batch. Measured in process (2026-12-07, 100,000 events
-# of 500 keys in 10 s tumbling windows, chunks of 100, memory changelog): 37,700 records/s
-# committing at once against 71,800 every 100 ms and 67,900 every second; paced at a chunk
-# every 10 ms, 23.7 against 17.8 and 17.4 us of CPU per record.
-WINDOWED_COMMIT_INTERVAL = 0.1
 # At-least-once into Kafka: positions are committed as their outputs are acknowledged, and
 # at most MAX_UNCOMMITTED records may be written and not yet committed (what a crash can
 # write twice). Measured (bench/crash_cost.py, 2026-12-06, 2 cores shared with the broker,

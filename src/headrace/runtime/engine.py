@@ -22,7 +22,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from headrace import defaults
 from headrace.batch import RecordBatch, join
 from headrace.connectors.base import DecodedSource, PartitionedSource
 from headrace.enrich.lookup import Enricher
@@ -363,7 +362,10 @@ class Engine:
             lanes=self.stage.lanes,
             join=join,
         )
-        self.commits.start_periodic(self._commit_interval(), on_failure=self.stop)
+        interval = settings.commit_interval
+        if interval is None:
+            interval = self.source.commit_interval
+        self.commits.start_periodic(interval, on_failure=self.stop)
         parts.push_async_callback(self.commits.stop_periodic)
         background = [self.stage.tick(self._may_close_windows)]
         if isinstance(self.source, PartitionedSource):  # the others cannot tell their lag
@@ -473,17 +475,6 @@ class Engine:
     def _stop_reading(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-
-    def _commit_interval(self) -> float:
-        """The pipeline's commit interval, else its source's; a windowed pipeline commits
-        at most every ``WINDOWED_COMMIT_INTERVAL`` unless told otherwise."""
-        interval = self.settings.commit_interval
-        if interval is not None:
-            return interval
-        interval = self.source.commit_interval
-        if self.commits.windows is not None:
-            interval = max(interval, defaults.WINDOWED_COMMIT_INTERVAL)
-        return interval
 
     def _may_close_windows(self) -> bool:
         return self.commits.gate.is_set() and not self.state.stopping

@@ -161,27 +161,3 @@ def test_a_crash_after_any_commit_loses_no_window_and_counts_no_record_twice(
     asyncio.run(
         crash_and_restart(recs, lambda: operator(allowed_lateness=disorder), crash_after, chunk)
     )
-
-
-@pytest.mark.parametrize(("setting", "used"), [(None, 0.1), (0.0, 0.0), (0.5, 0.5)])
-async def test_a_windowed_pipeline_commits_at_most_every_100_ms_unless_told(
-    monkeypatch: pytest.MonkeyPatch, setting: float | None, used: float
-) -> None:
-    """A source that commits as soon as anything finished (MQTT) would hold a windowed
-    pipeline's reading at a commit point after every batch: its interval gets a floor,
-    unless the pipeline sets one."""
-    from headrace.runtime.commits import Commits
-
-    started: list[float] = []
-    start_periodic = Commits.start_periodic
-
-    def spy(self: Commits, interval: float, **kw: Any) -> None:
-        started.append(interval)
-        start_periodic(self, interval, **kw)
-
-    monkeypatch.setattr(Commits, "start_periodic", spy)
-    source = ListSource([events(20)])
-    source.commit_interval = 0.0
-    stage = WindowStage(operator(), changelog=MemoryChangelog())
-    await engine(source, stage, MemorySink(), commit_interval=setting).run()
-    assert started == [used]
