@@ -67,7 +67,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.broker_requests
 	$(BIN)/python -m bench.paced_latency --max-wait-ms 10 50
 	$(BIN)/python -m bench.idle_cost
-	$(BIN)/python -m bench.mqtt_throughput --setting runtime:commit_interval_ms=1000
+	$(BIN)/python -m bench.mqtt_throughput --setting runtime:commit_interval_ms=0 --setting runtime:commit_interval_ms=1000
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.model_swap
 	$(BIN)/python -m bench.windows

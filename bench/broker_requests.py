@@ -5,8 +5,10 @@ test broker (Tansu), the async-commit loop and Headrace taking turns. The broker
 advertise a proxy's port, so every client's every request passes through it; the proxy
 reads each request's header (API key, client id) and each response's size, and passes both
 on unchanged (optionally ``--rtt-ms`` later, to stand in for a broker across a network).
-Per run: records/s (first output to last), the worker's CPU per record, the broker's CPU
-over the whole run (from the worker's start), and per 1,000 records the produce, fetch and
+Per run: records/s (first output to last), the worker's CPU per record and the broker's
+CPU, both over the whole run from the worker's start (the process's start, model load and
+group join included: on runs of 100,000 records that weighs, so compare them within a
+table, not with the throughput benchmarks' per-record CPU), and per 1,000 records the produce, fetch and
 offset-commit requests, and the bytes fetched against the backlog's own size (what one
 reading of it fetches).
 

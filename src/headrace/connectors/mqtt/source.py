@@ -71,8 +71,8 @@ class MqttSource(PahoCallbacks, Source):
     # acknowledged when its position is committed: committing every second would cap a
     # broker that keeps to that window at max_inflight messages a second (docs/mqtt.md).
     # Measured, a backlog of 100,000 on mosquitto 2.0.11 (which keeps to the window
-    # loosely), the light model, a JSON-lines sink: 15,785-15,990 records/s committing as
-    # soon as anything finished against 13,643-14,030 every second
+    # loosely), the light model, a JSON-lines sink: 15,056-16,272 records/s every 100 ms,
+    # 15,166-16,024 as soon as anything finished, 13,654-14,177 every second
     # (bench/results/mqtt_throughput-2026-12-07.json). Not at once, though: every commit
     # flushes every sink (a database transaction, a webhook's POST), and a windowed
     # pipeline's holds reading until the batches in flight are written (in process, 500
