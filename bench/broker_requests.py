@@ -8,9 +8,9 @@ on unchanged (optionally ``--rtt-ms`` later, to stand in for a broker across a n
 Per run: records/s (first output to last), the worker's CPU per record and the broker's
 CPU, both over the whole run from the worker's start (the process's start, model load and
 group join included: on runs of 100,000 records that weighs, so compare them within a
-table, not with the throughput benchmarks' per-record CPU), and per 1,000 records the produce, fetch and
-offset-commit requests, and the bytes fetched against the backlog's own size (what one
-reading of it fetches).
+table, not with the throughput benchmarks' per-record CPU), and per 1,000 records the
+produce, fetch and offset-commit requests, and the bytes fetched against the backlog's own
+size (what one reading of it fetches).
 
 The backlog is written twice, once with librdkafka's default partitioner (CRC32, what
 ``confluent_kafka.Producer`` does unless told otherwise) and once with the Java clients'
