@@ -100,7 +100,7 @@ class AdminConfig(Section, kw_only=True):
 
 
 class RuntimeConfig(Section, kw_only=True):
-    # None: the source's own (1000 ms; MQTT 0, see MqttSource.commit_interval).
+    # None: the source's own (1000 ms; MQTT 100 ms, see MqttSource.commit_interval).
     commit_interval_ms: NonNegative | None = None
     commit_as_acknowledged: bool = defaults.COMMIT_AS_ACKNOWLEDGED
     max_uncommitted: Annotated[int, msgspec.Meta(ge=1)] | None = defaults.MAX_UNCOMMITTED

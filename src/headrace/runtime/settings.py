@@ -14,7 +14,7 @@ class EngineSettings:
 
     ``commit_interval``: how often finished positions are committed (0: as soon as
     anything finished, one commit at a time); ``None``: the source's own
-    (:attr:`~headrace.connectors.base.Source.commit_interval`: 1 s, MQTT 0).
+    (:attr:`~headrace.connectors.base.Source.commit_interval`: 1 s, MQTT 0.1 s).
     ``window_tick``: how often time alone may close windows (idle partitions);
     ``commit_point_timeout``: how long a windowed periodic commit waits for a commit point
     before trying again later. ``commit_as_acknowledged``: at-least-once from a
