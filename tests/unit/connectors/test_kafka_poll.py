@@ -44,6 +44,8 @@ class ScriptedConsumer:
         self.consumes: list[float] = []
         self.commits: list[dict[tuple[str, int], int]] = []
         self.polls: list[float] = []  # waits for a first record
+        self.paused: set[tuple[str, int]] = set()
+        self.seeks: list[tuple[str, int, int]] = []
         self.now = 0.0
 
     def monotonic(self) -> float:
@@ -64,6 +66,15 @@ class ScriptedConsumer:
         self.polls.append(timeout)
         self.now += timeout
         return None
+
+    def pause(self, partitions: list[Any]) -> None:
+        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: list[Any]) -> None:
+        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def seek(self, tp: Any) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
     def commit(self, *, offsets: list[Any], asynchronous: bool) -> None:
         assert asynchronous
@@ -181,6 +192,47 @@ def test_a_rebalance_during_the_wait_drops_only_a_record_of_a_partition_that_lef
     s = source(consumer, {("t", 0), ("t", 1)}, monkeypatch)
     got = s._poll(consumer)
     assert [(m.partition(), m.offset()) for m in got] == ([(0, 10)] if partition == 0 else [])
+
+
+class PausedMeanwhile(ScriptedConsumer):
+    """The engine asks for a pause (``how``) while the poll thread waits for a first
+    record, which then arrives: an operator's pause answered before the records came."""
+
+    def __init__(self, source: Callable[[], KafkaSource], how: str) -> None:
+        super().__init__([])
+        self.source, self.how = source, how
+
+    def poll(self, timeout: float) -> Message | None:
+        self.polls.append(timeout)
+        if self.how == "paused":
+            self.source().set_paused(True)
+        else:
+            self.source().pause_partitions([("t", 0)], True)
+        return Message("t", 0, 10)
+
+
+@pytest.mark.parametrize("how", ["paused", "held"])
+def test_a_record_that_ends_a_wait_during_which_reading_paused_is_not_handed_out(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Seen in the dashboard's browser test: paused by the admin call, a worker scored the
+    600 records produced after the call was answered. The record goes back (librdkafka
+    sent back to it, and the resume seeks to it): not lost, not read early."""
+    s: KafkaSource
+    consumer = PausedMeanwhile(lambda: s, how)
+    s = source(consumer, {("t", 0)}, monkeypatch)
+    assert s._poll(consumer) == []
+    assert consumer.seeks == [("t", 0, 10)]
+    assert consumer.paused == {("t", 0)}
+    assert s._next[("t", 0)] == 10
+    # Resumed: reading starts again at that record.
+    if how == "paused":
+        s.set_paused(False)
+    else:
+        s.pause_partitions([("t", 0)], False)
+    s._apply_pause(consumer)
+    assert consumer.paused == set()
+    assert consumer.seeks[-1] == ("t", 0, 10)
 
 
 @pytest.mark.parametrize("why", ["held", "paused", "commit-waiting"])

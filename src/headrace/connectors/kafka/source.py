@@ -323,9 +323,14 @@ class KafkaSource(PartitionedSource):
                 first = consumer.poll(IDLE_WAIT)
                 if first is None:
                     return messages
-                # A rebalance during that wait: a record of a partition that left is not
-                # this worker's to hand out.
-                if (first.topic(), first.partition()) not in self._left:
+                key = (first.topic(), first.partition())
+                if key in self._left:
+                    pass  # a rebalance during the wait: not this worker's to hand out
+                elif self._want_paused or key in self._held:
+                    # Paused during the wait (an operator's pause, the flow bound): not
+                    # handed out, but read again once resumed.
+                    self._unread(consumer, first)
+                else:
                     messages = [first]
                 self._left = set()
                 now = time.monotonic()
@@ -338,6 +343,15 @@ class KafkaSource(PartitionedSource):
                 or self._fatal is not None
             ):
                 return self._unwritten(messages) if self._written else messages
+
+    def _unread(self, consumer: Any, m: Any) -> None:
+        """Put back a record the poll read and will not hand out: librdkafka is sent back
+        to it, and a resume seeks to it (a seek followed by a pause would otherwise resume
+        from ``auto.offset.reset``, see :meth:`_wake_fetcher`). Every record before it of
+        its partition was handed out, so it is where reading got to."""
+        key, offset = (m.topic(), m.partition()), m.offset()
+        consumer.seek(TopicPartition(key[0], key[1], offset))
+        self._next[key] = offset
 
     def _idle(self, started: float) -> bool:
         """Whether an empty poll may go on waiting for a first record in the poll thread:
