@@ -239,9 +239,27 @@ class Worker:
         self.proc.send_signal(signal.SIGCONT)
 
     def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, and its exit code. One that does not stop in ``timeout`` seconds
+        fails with every thread's stack (SIGUSR1; a supervisor passes it on to its
+        workers): what it waits for, where a test run's logs are gone afterwards."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            before = self._stacks()
+            self.proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while self._stacks() == before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            text = self.log.read_text(errors="replace")
+            raise AssertionError(
+                f"{self.log.name}: no exit within {timeout}s of SIGTERM; its end, with "
+                f"the stacks of its threads:\n{text[-20_000:]}"
+            ) from None
+
+    def _stacks(self) -> int:
+        return self.log.read_bytes().count(b"most recent call first") if self.log.exists() else 0
 
     def wait(self, timeout: float = 120) -> int:
         assert self.proc is not None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import inspect
 import logging
 import os
 import shlex
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -107,6 +109,9 @@ def run(
 ) -> None:
     """Run the pipeline a YAML file describes, until its source ends or SIGTERM/SIGINT."""
     _logging(log_level)
+    # `kill -USR1 PID`: every thread's stack on stderr, the process going on. For a worker
+    # that does not stop: what it waits for, without a debugger on the machine.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cfg = _start(config, _load(config), from_timestamp, reset_offsets, workers)
     if workers != "1":
         args = [] if from_timestamp is None else ["--from-timestamp", from_timestamp]

@@ -17,6 +17,7 @@ same file runs as it is: Kafka's consumer group is what coordinates the workers.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -167,6 +168,7 @@ class Supervisor:
         """Start the workers, supervise them; the exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_stacks)
         if self.metrics is not None:
             self._serve_metrics(*self.metrics)
         for w in self.workers:
@@ -214,7 +216,13 @@ class Supervisor:
             env[INSTANCE_ID_ENV] = self.base_id
         cmd = [sys.executable, "-m", "headrace.cli", "run", str(self.config), "--no-progress"]
         cmd += ["--metrics-port", str(w.port), *self.args]
-        w.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        # Ignored until the worker registers its own handler (an ignored signal stays
+        # ignored across exec): SIGUSR1's default action would end a worker still starting.
+        handler = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        try:
+            w.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        finally:
+            signal.signal(signal.SIGUSR1, handler)
 
     def _died(self, w: _Worker, code: int, now: float) -> None:
         w.proc = None
@@ -244,6 +252,14 @@ class Supervisor:
         for w in self.workers:  # a second signal: at once (still safe: nothing committed)
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.kill()
+
+    def _on_stacks(self, signum: int, frame: Any) -> None:
+        """SIGUSR1: this process's threads' stacks on stderr, and every worker's (each
+        worker prints its own)."""
+        faulthandler.dump_traceback(all_threads=True)
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGUSR1)
 
     # -- what the group shows ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -155,6 +156,53 @@ def test_sigterm_stops_gracefully_and_a_restart_resumes_without_duplicates(
     )
     assert set(ids) == set(range(20_000)), "missing records"
     assert max(ids.values()) == 1, "duplicated records"
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """`kill -USR1`: each thread's stack on stderr (a worker that will not stop says what
+    it waits for); the run goes on and still stops gracefully on SIGTERM."""
+    out = tmp_path / "out.jsonl"
+    log = tmp_path / "stderr.log"
+    config = pipeline_yaml(tmp_path, events_file, f"  - type: jsonl\n    path: {out}")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress"],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        _wait_for_lines(out, 500, proc)
+        proc.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: _stacks(log) >= 2, proc)
+        before = out.read_bytes().count(b"\n")
+        _wait_for_lines(out, before + 500, proc)  # still scoring
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+    text = log.read_text(errors="replace")
+    assert "Current thread" in text and "most recent call first" in text
+    assert "engine.py" in text or "base_events.py" in text  # the event loop's thread
+
+
+def _stacks(log: Path) -> int:
+    return log.read_bytes().count(b"most recent call first")
+
+
+def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the pipeline exited"
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met within 30 s")
 
 
 def test_sigkill_then_restart_loses_nothing(

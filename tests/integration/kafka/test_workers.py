@@ -138,6 +138,14 @@ def test_workers_restart_one_that_dies_and_share_the_group(
             (first,),
         )
         assert "headrace_records_out_total" in _scrape(port)
+        # SIGUSR1: the supervisor's stacks and each worker's, every process going on.
+        pids = {p.pid for p in _children(first)}
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGUSR1)
+        wait_until(
+            lambda: log_text(first).count("Current thread") >= 4, 30, "four stack dumps", (first,)
+        )
+        assert {p.pid for p in _children(first)} == pids and first.alive()
         second = Worker(config, env, tmp_path / "second.log", ["--workers", "1"]).start()
         # The second half only once the new worker has partitions: it scores some of it.
         wait_until(lambda: "assigned" in second.tail(), 120, "the join", (first, second))
