@@ -229,7 +229,8 @@ class PipelineMetrics:
         self.window_rejected = Counter(
             "headrace_window_records_rejected",
             "Records no window took, by reason (late: behind the watermark beyond the grace; "
-            "invalid: no usable key or event time)",
+            "missing-field, wrong-type, not-an-object, invalid-time: no usable key, event "
+            "time or feature)",
             ["reason"],
             registry=r,
         )

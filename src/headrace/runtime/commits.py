@@ -282,7 +282,7 @@ class Commits:
             self.state.fail(exc)
 
     async def _commit_windowed(
-        self, windows: WindowStage, *, hand_back: bool = False
+        self, windows: WindowStage, *, hand_back: bool = False, revoking: bool = False
     ) -> dict[PartitionKey, int]:
         """Commit window state, outputs and positions at a commit point: a moment when
         every closed window's output and every rejected record is written, so all three
@@ -291,7 +291,10 @@ class Commits:
         Reading stops while the commit waits for that moment (no record comes in, no
         window closes), then resumes as soon as the state's changes are taken. With
         ``hand_back`` the positions are returned for the source to commit itself (during a
-        rebalance) instead of committed here."""
+        rebalance) instead of committed here. A commit that is the last before a stop or
+        a revocation (``revoking``) waits ``shutdown_timeout`` for its commit point, within
+        the revocation's own deadline; the others ``commit_point_timeout``, and are tried
+        again later."""
         tracker, state = self.tracker, self.state
         # A rebalance callback holds the poll thread, which a periodic commit holding the
         # lock may be waiting for (a source commit runs there): taking the lock here could
@@ -307,7 +310,7 @@ class Commits:
             turn: Turn | None = None
             self.gate.clear()
             try:
-                final = state.stopping or not state.running or hand_back
+                final = state.stopping or not state.running or hand_back or revoking
                 timeout = self.shutdown_timeout if final else self.commit_point_timeout
                 try:
                     async with asyncio.timeout(timeout):
@@ -415,7 +418,9 @@ class Commits:
         if self.windows is not None:
             # The state of the revoked partitions goes to the changelog with their offsets.
             try:
-                handed = await self._commit_windowed(self.windows, hand_back=not exactly_once)
+                handed = await self._commit_windowed(
+                    self.windows, hand_back=not exactly_once, revoking=True
+                )
             except CommitPointTimeout as exc:
                 raise PipelineError(f"revoking {partitions}: {exc}") from None
             if not exactly_once:

@@ -264,3 +264,37 @@ def test_exactly_once_kafka_to_kafka_clean_run(tansu: TansuBroker, tmp_path: Pat
         worker.stop()
         reader.close()
     assert oracle(reader.ids(), n) == (0, 0)
+
+
+def test_exactly_once_kafka_to_kafka_graceful_restart(tansu: TansuBroker, tmp_path: Path) -> None:
+    """SIGTERM mid-run commits the open transaction; a new worker goes on from its
+    offsets: every input once in the output topic, none twice."""
+    n = 6000
+    tansu.create_topic("events", 4)
+    tansu.create_topic("predictions", 4)
+    tansu.produce_json("events", reference_events(n), key_field="entity_id")
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks="  - type: kafka\n    topic: predictions",
+        delivery="exactly-once",
+    )
+    env = models_env(tmp_path, DELAY)
+    reader = TopicReader(tansu.bootstrap, "predictions", 4)
+    first = Worker(config, env, tmp_path / "first.log").start()
+    second: Worker | None = None
+    try:
+        wait_until(lambda: reader.read() >= 1000, 90, "outputs", (first,))
+        assert first.terminate() == 0, first.tail()
+        stopped_at = reader.read()
+        assert stopped_at < n, "stopped after the end: not a restart mid-run"
+        second = Worker(config, env, tmp_path / "second.log").start()
+        wait_until(lambda: reader.read() >= n, 120, "outputs", (second,))
+        assert second.terminate() == 0, second.tail()
+        reader.read()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        reader.close()
+    assert oracle(reader.ids(), n) == (0, 0)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 
 from headrace import EngineSettings, NullSink
-from headrace.connectors.base import PartitionedSource, PartitionKey, Sink
+from headrace.connectors.base import PartitionedSource, PartitionKey, Sink, Source
 from headrace.observe.metrics import PipelineMetrics
 from headrace.record import Record, source_record
 from headrace.runtime.commits import Commits
-from headrace.runtime.delivery import AtLeastOnce
+from headrace.runtime.delivery import AtLeastOnce, Delivery
 from headrace.runtime.order import WriteOrder
 from headrace.runtime.state import PipelineError, RunState
 
@@ -128,3 +128,55 @@ def test_uncommitted_records_are_counted_until_a_commit_is_confirmed() -> None:
         return seen
 
     assert asyncio.run(run()) == [5, 10, 7, 0]
+
+
+class InOneTransaction(Delivery):
+    """Exactly-once: outputs and positions commit together (here, nowhere)."""
+
+    exactly_once = True
+
+    async def commit(
+        self, positions: Mapping[PartitionKey, int], sinks: Sequence[Sink], source: Source
+    ) -> None:
+        pass
+
+
+class ClosedWindowsNeverWritten:
+    """Window state with a closed window whose output is never written (the model is
+    down): no commit point comes."""
+
+    pending = 1
+
+
+@pytest.mark.parametrize("exactly_once", [True, False])
+def test_a_revocation_waits_for_a_commit_point_shutdown_timeout_not_commit_point_timeout(
+    exactly_once: bool,
+) -> None:
+    """A windowed commit during a revocation waits ``shutdown_timeout`` for its commit
+    point, then stops the worker without committing (README, Windows): with exactly-once
+    it waited ``commit_point_timeout`` instead (2026-12-07)."""
+    state = RunState()
+    state.running = True
+    commits = Commits(
+        source=Partitioned(),
+        delivery=InOneTransaction() if exactly_once else AtLeastOnce(),
+        sinks=lambda: [NullSink()],
+        order=WriteOrder(),
+        state=state,
+        metrics=PipelineMetrics(),
+        windows=ClosedWindowsNeverWritten(),  # type: ignore[arg-type]
+        forget=lambda partitions: None,
+        settings=EngineSettings(
+            revoke_timeout=30.0, shutdown_timeout=0.3, commit_point_timeout=20.0
+        ),
+    )
+    finished(commits, ("t", 0), range(10))
+
+    async def revoke() -> None:
+        await commits.partitions_revoked([("t", 0)])
+
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"no commit point within 0.3s"):
+        asyncio.run(asyncio.wait_for(revoke(), 10))
+    assert time.monotonic() - started < 5
+    assert commits.committed == {}
