@@ -189,6 +189,41 @@ def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(
     assert "engine.py" in text or "base_events.py" in text  # the event loop's thread
 
 
+def test_a_second_sigterm_exits_at_once_while_the_stop_waits(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """The first SIGTERM's stop waits (here for a webhook nobody listens on, up to
+    shutdown_timeout_s=20); a second signal ends the run at once, exit 130. Nothing it
+    had not committed is lost: a restart reads it again."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "stderr.log"
+    config = pipeline_yaml(
+        tmp_path, events_file, f"  - type: webhook\n    url: http://127.0.0.1:{port}/hook"
+    )
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress", "--log-level", "info"],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        _wait_for(lambda: b"is unavailable" in log.read_bytes(), proc)
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: b"stopping" in log.read_bytes(), proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 130, text[-3000:]
+    assert "second signal" in text
+
+
 def _stacks(log: Path) -> int:
     return log.read_bytes().count(b"most recent call first")
 

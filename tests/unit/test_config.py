@@ -336,6 +336,15 @@ def test_wrong_type_in_features_fields() -> None:
     assert "at model.features.fields:" in message and "Expected `array`" in message
 
 
+@pytest.mark.parametrize("key", ["table", "failures_table", "windows_table"])
+def test_a_sqlite_table_name_that_is_not_an_identifier_is_named(key: str) -> None:
+    """Written into SQL, so refused when the file is checked (it passed `validate` and
+    stopped `run` with a traceback); SQLite has no schemas, so no dot either."""
+    for bad in ("my table", "a.b", "x;drop"):
+        message = error_of(config(sinks=[{"type": "sqlite", "path": "x", key: bad}]))
+        assert f"at sinks[0].{key}:" in message
+
+
 def test_invalid_literal_value_is_named() -> None:
     """An enumerated option outside its values (sink mode, skops method) names the key."""
     message = error_of(config(sinks=[{"type": "sqlite", "path": "x", "mode": "merge"}]))

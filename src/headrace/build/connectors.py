@@ -46,7 +46,7 @@ class KafkaParts:
             assert k is not None, "checked by the configuration rules"
             base: dict[str, Any] = {}
             if k.preset == "eventhubs":
-                from headrace.connectors.eventhubs import eventhubs_settings
+                from headrace.connectors.eventhubs import ConnectionStringError, eventhubs_settings
 
                 assert k.connection_string_env is not None
                 secret = os.environ.get(k.connection_string_env)
@@ -55,7 +55,12 @@ class KafkaParts:
                         f"at kafka.connection_string_env: environment variable "
                         f"{k.connection_string_env} is not set"
                     )
-                base, self.entity_path = eventhubs_settings(secret)
+                try:
+                    base, self.entity_path = eventhubs_settings(secret)
+                except ConnectionStringError as exc:  # its message never repeats the secret
+                    raise cfg.ConfigError(
+                        f"at kafka.connection_string_env: {k.connection_string_env}: {exc}"
+                    ) from None
             if k.bootstrap_servers:
                 base["bootstrap.servers"] = k.bootstrap_servers
             base.update(k.settings)

@@ -35,3 +35,5 @@ REF = (
 
 # A table name, optionally schema-qualified: it is written into SQL, so nothing else.
 TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+# A SQLite table name (SQLite has no schemas: one identifier).
+SQLITE_TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"

@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from headrace.config.base import REF, TABLE, Fraction, NonNegative, Port, Positive, Section, Sha256
+from headrace.config.base import (
+    REF,
+    SQLITE_TABLE,
+    TABLE,
+    Fraction,
+    NonNegative,
+    Port,
+    Positive,
+    Section,
+    Sha256,
+)
 
 if TYPE_CHECKING:
     from headrace.connectors.mqtt_tls import MqttTls
@@ -157,13 +167,13 @@ class MqttSourceConfig(Section, kw_only=True, tag="mqtt", tag_field="type"):
         from headrace.connectors.mqtt_tls import PLAIN_PORT, TLS_PORT
         from headrace.connectors.mqtt_topics import topic_filter_problem
 
-        for t in self.topics:
+        for i, t in enumerate(self.topics):
             problem = topic_filter_problem(t)
-            if problem is not None:
-                raise ValueError(f"topic filter {t!r}: {problem}")
+            if problem is not None:  # "key: ..." names the key (config/messages.py)
+                raise ValueError(f"topics: topic filter {t!r} (entry {i}): {problem}")
         if self.qos == 2:
             raise ValueError(
-                "qos 2 is refused: the client confirms a QoS 2 message on receipt and keeps it "
+                "qos: qos 2 is refused: the client confirms a QoS 2 message on receipt and keeps it "
                 "only in memory, so a crash loses it; use 1 (at-least-once) or 0"
             )
         if self.ws_path is not None:
@@ -320,9 +330,10 @@ class _SinkSection(Section, kw_only=True):
 
 class SqliteSinkConfig(_SinkSection, kw_only=True, tag="sqlite", tag_field="type"):
     path: str
-    table: str = "predictions"
-    failures_table: str = "dead_letters"
-    windows_table: str = "window_scores"  # windowed pipelines
+    table: Annotated[str, msgspec.Meta(pattern=SQLITE_TABLE)] = "predictions"
+    failures_table: Annotated[str, msgspec.Meta(pattern=SQLITE_TABLE)] = "dead_letters"
+    # windowed pipelines
+    windows_table: Annotated[str, msgspec.Meta(pattern=SQLITE_TABLE)] = "window_scores"
     mode: Literal["upsert", "insert"] = "upsert"
     store_input: bool = True
 

@@ -99,7 +99,8 @@ def _check_webhooks(config: PipelineConfig, origin: str, sinks: list[tuple[objec
             if wrong:
                 kind = "a windowed pipeline's outputs (windows)" if windowed else "event outputs"
                 raise ConfigError(
-                    f"{origin}: at {where}.template: {wrong[0]!r} is not a field of {kind}"
+                    f"{origin}: at {where}.template: {wrong[0]!r} is not a field of {kind} "
+                    f"(sink {sink.name or 'webhook'!r})"
                 )
 
 

@@ -489,12 +489,13 @@ def test_the_configuration_builds_a_source_and_keeps_the_password_out_of_sight()
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ({"qos": 2}, "qos 2 is refused"),
+        ({"qos": 2}, "at source.qos: qos 2 is refused"),
         ({"qos": 3}, "expected one of: 0, 1, 2"),
         ({"protocol": 3}, "expected one of: 5, '3.1.1'"),
         ({"topics": []}, "source.topics"),
         ({"client_id": ""}, "source.client_id"),
         ({"max_inflight": 70_000}, "source.max_inflight"),
+        ({"topics": ["plant/sensor+"]}, "at source.topics: topic filter 'plant/sensor+' (entry 0): "),
         ({"topics": ["plant/sensor+"]}, "'+' must be a level alone"),
     ],
 )

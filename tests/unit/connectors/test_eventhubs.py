@@ -104,3 +104,31 @@ sinks: [{type: stdout}]
     settings = engine.source.settings  # type: ignore[attr-defined]
     assert settings["sasl.password"] == CONN
     assert SECRET not in repr(redacted(settings))
+
+
+def test_a_bad_connection_string_is_a_configuration_error_at_build(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection string that is not an Event Hubs one stops the build with one line
+    naming the key and the variable (a configuration error: `run` exits 2), never the
+    string itself."""
+    from headrace.config import ConfigError, load_config
+    from headrace.pipeline import Pipeline
+
+    path = tmp_path / "p.yaml"  # type: ignore[operator]
+    path.write_text(
+        """
+kafka:
+  preset: eventhubs
+  connection_string_env: EVENTHUB_CONN
+source: {type: kafka, group_id: scorers}
+model: {type: callable, name: m, version: "1", function: "builtins:list"}
+sinks: [{type: stdout}]
+"""
+    )
+    monkeypatch.setenv("EVENTHUB_CONN", f"Endpoint=http://x;SharedAccessKey={SECRET}")
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_config(load_config(path)).build()
+    message = str(info.value)
+    assert "at kafka.connection_string_env: EVENTHUB_CONN:" in message
+    assert "Endpoint=sb://" in message and SECRET not in message

@@ -259,6 +259,28 @@ async def test_checkpoint_past_the_end_of_a_truncated_file(tmp_path: Path) -> No
     assert str(checkpoint) in str(info.value) and "past the end" in str(info.value)
 
 
+async def test_a_checkpoint_of_another_file_is_refused(tmp_path: Path) -> None:
+    """A checkpoint written while reading one file, pointed at by a pipeline reading
+    another, is refused, naming both and the fix, rather than seeking into the wrong
+    file."""
+    first, second, checkpoint = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.json"
+    write_lines(first, 10)
+    write_lines(second, 10)
+    source = JsonLinesSource(first, checkpoint=checkpoint)
+    await source.open()
+    await read_all(source)
+    await source.commit({(source.topic, 0): 5})
+    await source.close()
+
+    other = JsonLinesSource(second, checkpoint=checkpoint)
+    with pytest.raises(CheckpointError) as info:
+        await other.open()
+    await other.close()
+    message = str(info.value)
+    assert "belongs to" in message and str(first) in message and str(second) in message
+    assert "delete it" in message
+
+
 def test_stdin_cannot_take_a_checkpoint(tmp_path: Path) -> None:
     """Standard input cannot seek, so a checkpoint with "-" is rejected up front."""
     with pytest.raises(ValueError, match="checkpoint"):
@@ -395,6 +417,25 @@ async def test_sink_appends_across_runs(tmp_path: Path) -> None:
         await sink.open()
         await sink.write(batch())
         await sink.close()
+    assert [row["source"]["offset"] for row in read_jsonl(path)] == [7, 8, 7, 8]
+
+
+async def test_sink_cuts_a_half_written_last_line_before_appending(tmp_path: Path) -> None:
+    """A crash mid-write leaves a partial last line (its record was never committed, so it
+    is written again): a reopened sink cuts it, and every line stays one JSON object."""
+    path = tmp_path / "out.jsonl"
+    sink = JsonLinesSink(path, fsync=True)
+    await sink.open()
+    await sink.write(batch())
+    await sink.close()
+    whole = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(whole.splitlines(keepends=True)[0][:25])  # the crash, mid-line
+    sink = JsonLinesSink(path, fsync=True)
+    await sink.open()
+    await sink.write(batch())
+    await sink.close()
+    assert path.read_bytes() == whole * 2
     assert [row["source"]["offset"] for row in read_jsonl(path)] == [7, 8, 7, 8]
 
 

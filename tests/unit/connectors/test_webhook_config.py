@@ -108,7 +108,7 @@ def test_numbers_may_come_from_variables() -> None:
         ),
         (
             {"template": "{{ window.start }}"},
-            "at sinks[0].template: 'window' is not a field of event outputs",
+            "at sinks[0].template: 'window' is not a field of event outputs (sink 'alerts')",
         ),
         ({"url": "ftp://example.com/x"}, "at sinks[0].url: expected an http:// or https:// URL"),
     ],
