@@ -173,8 +173,8 @@ class MqttSourceConfig(Section, kw_only=True, tag="mqtt", tag_field="type"):
                 raise ValueError(f"topics: topic filter {t!r} (entry {i}): {problem}")
         if self.qos == 2:
             raise ValueError(
-                "qos: qos 2 is refused: the client confirms a QoS 2 message on receipt and keeps it "
-                "only in memory, so a crash loses it; use 1 (at-least-once) or 0"
+                "qos: qos 2 is refused: the client confirms a QoS 2 message on receipt and "
+                "keeps it only in memory, so a crash loses it; use 1 (at-least-once) or 0"
             )
         if self.ws_path is not None:
             if self.transport != "websockets":

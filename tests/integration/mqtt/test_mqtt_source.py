@@ -495,7 +495,7 @@ def test_the_configuration_builds_a_source_and_keeps_the_password_out_of_sight()
         ({"topics": []}, "source.topics"),
         ({"client_id": ""}, "source.client_id"),
         ({"max_inflight": 70_000}, "source.max_inflight"),
-        ({"topics": ["plant/sensor+"]}, "at source.topics: topic filter 'plant/sensor+' (entry 0): "),
+        ({"topics": ["plant/sensor+"]}, "at source.topics: topic filter 'plant/sensor+' (entry 0)"),
         ({"topics": ["plant/sensor+"]}, "'+' must be a level alone"),
     ],
 )
