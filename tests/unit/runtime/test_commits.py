@@ -56,6 +56,43 @@ async def test_graceful_stop_finishes_in_flight_and_commits_what_was_written() -
     assert commits[-1][("generator", 0)] == len(sink.outputs)
 
 
+async def test_a_stop_whose_batches_outlast_shutdown_timeout_commits_none_of_them() -> None:
+    """Stopping while a model call outlasts ``shutdown_timeout``: the run fails (exit 1
+    from `headrace run`) and the batches still in flight are not committed: a restart
+    reads them again. What was written before them stays committed."""
+    import threading
+
+    release = threading.Event()
+    slow_from = 40  # records with ids from here on are held in the model
+
+    def held(rows: list[Any]) -> list[float]:
+        if any(r["id"] >= slow_from for r in rows):
+            release.wait(10)
+        return [0.0] * len(rows)
+
+    rs = records(80)
+    source = ListSource([rs[:slow_from], rs[slow_from:]], hold_open=True)
+    sink = MemorySink()
+    eng = engine(
+        source,
+        sink,
+        CallableModel(held, name="held"),
+        max_batch_size=20,
+        shutdown_timeout=0.3,
+        commit_interval=0.02,
+    )
+    task = asyncio.create_task(eng.run())
+    try:
+        await wait_for(lambda: source.committed.get(("t", 0)) == slow_from, timeout=5)
+        eng.stop()
+        with pytest.raises(PipelineError, match="did not finish within shutdown_timeout=0.3s"):
+            await asyncio.wait_for(task, timeout=5)
+    finally:
+        release.set()
+    assert source.committed == {("t", 0): slow_from}
+    assert len(sink.outputs) == slow_from
+
+
 @pytest.mark.parametrize(
     ("setting", "source_interval", "used"),
     [(None, 0.0, 0.0), (None, 1.0, 1.0), (0.25, 0.0, 0.25), (0.0, 1.0, 0.0)],
