@@ -85,7 +85,7 @@ async def test_a_stop_whose_batches_outlast_shutdown_timeout_commits_none_of_the
     try:
         await wait_for(lambda: source.committed.get(("t", 0)) == slow_from, timeout=5)
         eng.stop()
-        with pytest.raises(PipelineError, match="did not finish within shutdown_timeout=0.3s"):
+        with pytest.raises(PipelineError, match=r"did not finish within shutdown_timeout=0\.3s"):
             await asyncio.wait_for(task, timeout=5)
     finally:
         release.set()
