@@ -298,3 +298,38 @@ def test_exactly_once_kafka_to_kafka_graceful_restart(tansu: TansuBroker, tmp_pa
             second.stop()
         reader.close()
     assert oracle(reader.ids(), n) == (0, 0)
+
+
+def test_exactly_once_kafka_to_kafka_a_worker_joining(tansu: TansuBroker, tmp_path: Path) -> None:
+    """A second worker joins mid-run: the first gives up partitions with a transaction
+    open, which commits first (its outputs with their offsets); the second goes on from
+    those offsets. Every input once in the output topic, none twice."""
+    n = 8000
+    tansu.create_topic("events", 4)
+    tansu.create_topic("predictions", 4)
+    tansu.produce_json("events", reference_events(n), key_field="entity_id")
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks="  - type: kafka\n    topic: predictions",
+        delivery="exactly-once",
+    )
+    env = models_env(tmp_path, DELAY)
+    reader = TopicReader(tansu.bootstrap, "predictions", 4)
+    first = Worker(config, env, tmp_path / "first.log").start()
+    second: Worker | None = None
+    try:
+        wait_until(lambda: reader.read() >= 1000, 90, "outputs", (first,))
+        second = Worker(config, env, tmp_path / "second.log").start()
+        wait_until(lambda: "assigned events" in second.tail(), 90, "the join", (first, second))
+        wait_until(lambda: reader.read() >= n, 120, "outputs", (first, second))
+        assert first.terminate() == 0, first.tail()
+        assert second.terminate() == 0, second.tail()
+        reader.read()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        reader.close()
+    assert "revoking" in (tmp_path / "first.log").read_text()
+    assert oracle(reader.ids(), n) == (0, 0)
