@@ -50,7 +50,19 @@ EXIT_CONFIG = 2
 
 ConfigPath = Annotated[Path, typer.Argument(help="Pipeline YAML file.", show_default=False)]
 ConfigPaths = Annotated[list[Path], typer.Argument(help="Pipeline YAML files.", show_default=False)]
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _level(value: str) -> str:
+    """A log level, any case; anything else is a usage error (exit 2), not a traceback."""
+    if value.lower() not in LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value.lower()
+
+
+LogLevel = Annotated[
+    str, typer.Option("--log-level", help="debug, info, warning or error.", callback=_level)
+]
 
 
 def _logging(level: str) -> None:

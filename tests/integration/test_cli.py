@@ -49,6 +49,14 @@ def test_validate_rejects_an_unknown_key_with_exit_2(tmp_path: Path, events_file
     assert "sinks[0]" in result.stderr and "colour" in result.stderr
 
 
+def test_an_unknown_log_level_is_a_usage_error(tmp_path: Path, events_file: Path) -> None:
+    config = pipeline_yaml(tmp_path, events_file, "  - type: stdout")
+    result = run_cli("run", str(config), "--log-level", "bogus")
+    assert result.returncode == 2
+    assert "'bogus' is not one of debug, info, warning, error" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_validate_does_not_print_secret_values(
     tmp_path: Path, events_file: Path, cli_env: dict[str, str]
 ) -> None:
