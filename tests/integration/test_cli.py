@@ -53,7 +53,7 @@ def test_an_unknown_log_level_is_a_usage_error(tmp_path: Path, events_file: Path
     config = pipeline_yaml(tmp_path, events_file, "  - type: stdout")
     result = run_cli("run", str(config), "--log-level", "bogus")
     assert result.returncode == 2
-    assert "'bogus' is not one of debug, info, warning, error" in result.stderr
+    assert "'bogus' is not one of" in result.stderr and "--log-level" in result.stderr
     assert "Traceback" not in result.stderr
 
 
