@@ -74,9 +74,10 @@ class KafkaParts:
         # prefetch, which is fetched again on resume. Measured, light model, 200k backlog,
         # 4 partitions: a quarter of the 64 MiB byte bound (16 MiB) cost the broker a third
         # more CPU than the plain loop (bench/broker_cost.py, 2026-12-06); with 1 MiB the
-        # worker still fetched 2.9x the backlog's bytes, with 256 KiB 1.65x (2.1x against
-        # 3.0x with scikit-learn), at the same records/s, also with responses held 20 ms as
-        # across a network; 128 KiB fetched no less (bench/broker_requests.py, 2026-12-07).
+        # worker still fetched 2.6-2.7x the backlog's bytes, with 256 KiB 1.6-1.8x
+        # (2.0-2.4x against 3.1-3.8x with scikit-learn), at the same records/s, also with
+        # responses held 20 ms as across a network; 128 KiB fetched no less
+        # (bench/broker_requests.py, 2026-12-07).
         prefetch: dict[str, Any] = {
             "queued.max.messages.kbytes": 256,
             # A fetch response alone can fill so small a queue, and librdkafka then waits
