@@ -5,8 +5,8 @@ Oracle (TESTING.md): every input carries a unique id; duplicates = len(ids) - le
 missing = inputs - outputs. At-least-once promises missing == 0 with duplicates bounded;
 exactly-once (into PostgreSQL, where the offsets commit in the same transaction as the
 outputs) promises 0 and 0. Exactly-once into Kafka cannot be judged by a crash on Tansu,
-whose read_committed does not hide aborted transactions: it is tested for a clean run and
-graceful restarts only.
+whose read_committed does not hide aborted transactions: it is tested for a clean run, a
+graceful restart and a worker joining only.
 """
 
 from __future__ import annotations
