@@ -206,11 +206,11 @@ def test_exactly_once_into_postgres_keeps_the_state_in_the_database() -> None:
     [
         (
             {"agg": "mean", "feild": "value"},
-            "at windows.features['bad']: unknown key 'feild'; expected one of: agg, field, "
+            "at windows.features.bad: unknown key 'feild'; expected one of: agg, field, "
             "max_types, n, types",
         ),
-        ({"agg": "meen", "field": "value"}, "at windows.features['bad'].agg: Invalid enum"),
-        ({"agg": "last_n", "field": "value", "n": 0}, "at windows.features['bad'].n:"),
+        ({"agg": "meen", "field": "value"}, "at windows.features.bad.agg: Invalid enum"),
+        ({"agg": "last_n", "field": "value", "n": 0}, "at windows.features.bad.n:"),
     ],
 )
 def test_a_feature_is_named_by_its_key(feature: dict[str, Any], message: str) -> None:

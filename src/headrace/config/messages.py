@@ -78,7 +78,7 @@ def _walk(path: str, data: Any) -> tuple[Any, Any, str]:
             args = typing.get_args(_unwrap(tp))
             tp = args[1] if len(args) == 2 else None
             key = _refused_key(node, tp)
-            where += _ANY_KEY if key is None else f"[{key!r}]"
+            where += _ANY_KEY if key is None else _key_in_path(key)
             node = node.get(key) if key is not None and isinstance(node, dict) else None
         elif isinstance(seg, int):
             args = typing.get_args(_unwrap(tp))
@@ -91,6 +91,17 @@ def _walk(path: str, data: Any) -> tuple[Any, Any, str]:
             node = node.get(seg) if isinstance(node, dict) else None
             where += f".{seg}"
     return tp, node, where
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _key_in_path(key: Any) -> str:
+    """A mapping's key as a path segment: ``.name`` as the README writes keys
+    (``windows.features.NAME``), ``['session.timeout.ms']`` where a dot would mislead."""
+    if isinstance(key, str) and _IDENTIFIER.match(key):
+        return f".{key}"
+    return f"[{key!r}]"
 
 
 def _refused_key(node: Any, value_type: Any) -> Any:
