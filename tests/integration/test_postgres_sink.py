@@ -16,6 +16,7 @@ from headrace.connectors.postgres import FencedError, PostgresSink
 from headrace.record import ModelRef, Record, ScoredBatch
 from pg_helpers import PgSchema
 from pg_server import PrivatePostgres
+from workers import insert_only_table
 
 
 def batch(partition: int, offsets: range) -> ScoredBatch:
@@ -180,6 +181,43 @@ async def test_a_worker_stopped_inside_a_statement_is_ended_by_the_take_over(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_commit_whose_answer_was_lost_is_looked_up_not_repeated(
+    pg_dsn: PgSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The COMMIT goes through, then the connection drops before its answer arrives: the
+    retry finds the transaction's stamp in the offsets table and does not write its rows
+    a second time (a table without a key: a repeat would show)."""
+    caplog.set_level(logging.WARNING, logger="headrace")
+    insert_only_table(pg_dsn.dsn)
+    sink = PostgresSink(
+        pg_dsn.dsn, transactional=True, consumer_group="g", mode="insert", retry_cap=0.1
+    )
+    await sink.open()
+    lost = 0
+    try:
+        await sink.claim([("events", 0)])
+        await sink.write(batch(0, range(0, 10)))
+        conn = sink.conn
+        assert conn is not None
+        real_commit = conn.commit
+
+        async def commit_then_lose_the_answer() -> None:
+            nonlocal lost
+            await real_commit()
+            if lost == 0 and sink._pending:  # the transaction's COMMIT, not a claim's
+                lost += 1
+                await conn.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        conn.commit = commit_then_lose_the_answer  # type: ignore[method-assign]
+        await sink.commit_transaction({("events", 0): 10})
+    finally:
+        await sink.close()
+    assert lost == 1
+    assert ids(pg_dsn.dsn) == list(range(10))  # once, not twice
+    assert offsets(pg_dsn.dsn) == {0: 10}
 
 
 async def test_each_claim_moves_the_epoch_on_by_one(pg_dsn: PgSchema) -> None:
