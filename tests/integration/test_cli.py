@@ -232,6 +232,45 @@ def test_a_second_sigterm_exits_at_once_while_the_stop_waits(
     assert "second signal" in text
 
 
+def test_a_stop_while_the_webhook_is_down_exits_1_after_shutdown_timeout_committing_nothing(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """README, webhook limits: a stop during an outage waits `shutdown_timeout_s` for the
+    final commit (which would send what the sink holds), then exits 1 without committing:
+    the checkpoint does not move, so a restart sends those alerts."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "stderr.log"
+    config = pipeline_yaml(
+        tmp_path, events_file, f"  - type: webhook\n    url: http://127.0.0.1:{port}/hook"
+    )
+    config.write_text(config.read_text().replace("shutdown_timeout_s: 20", "shutdown_timeout_s: 1"))
+    checkpoint = tmp_path / "checkpoint.json"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress"],
+            env=cli_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        _wait_for(lambda: b"is unavailable" in log.read_bytes(), proc)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 1, text[-3000:]
+    assert took < 15, f"the stop took {took:.1f} s"
+    assert not checkpoint.exists(), "a position was committed for alerts never answered"
+
+
 def _stacks(log: Path) -> int:
     return log.read_bytes().count(b"most recent call first")
 

@@ -88,6 +88,7 @@ class Commits:
         self.gate.set()
         self._stop = asyncio.Event()
         self._periodic: asyncio.Task[None] | None = None
+        self._stuck = False  # a commit under way at the stop timed out
         self._lock = asyncio.Lock()
 
     async def commit(self) -> None:
@@ -245,20 +246,41 @@ class Commits:
                 return
 
     async def stop_periodic(self) -> None:
-        """Let a periodic commit in progress finish (cancelling it could leave a
-        transaction half done); the final commit follows."""
+        """Let a periodic commit in progress finish, for up to ``shutdown_timeout``; the
+        final commit follows. One still waiting then (a sink whose service is away) is
+        cancelled and the run fails: what it was committing stays uncommitted, and is
+        read again after a restart (a transaction cut off is rolled back whole: its
+        outputs and positions go together)."""
         self._stop.set()
         self.finished.set()
-        if self._periodic is not None:
-            try:
-                await self._periodic
-            except Exception as exc:
-                self.state.fail(exc)
+        periodic = self._periodic
+        if periodic is None:
+            return
+        timeout = self.shutdown_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(periodic)
+        except TimeoutError:
+            periodic.cancel()
+            with contextlib.suppress(BaseException):
+                await periodic
+            log.error(
+                "a commit under way did not finish within shutdown_timeout=%ss; positions "
+                "stay where they were (a restart reads the rest again)",
+                timeout,
+            )
+            self.state.fail(PipelineError("a commit under way at the stop timed out"))
+            self._stuck = True  # the final commit would wait on the same sink: skipped
+        except Exception as exc:
+            self.state.fail(exc)
 
     async def final(self) -> None:
         """The last commit of a run, bounded by ``shutdown_timeout``: a sink that is down
         (and waits for its service) must not keep a stopping worker alive."""
         timeout = self.shutdown_timeout
+        if self._stuck:
+            log.error("final commit not tried: the commit before it did not finish")
+            return
         if self.eager:
             # Every position again, and waited for: a commit sent without waiting may
             # have failed or be unanswered.

@@ -93,6 +93,32 @@ async def test_a_stop_whose_batches_outlast_shutdown_timeout_commits_none_of_the
     assert len(sink.outputs) == slow_from
 
 
+async def test_a_stop_during_a_commit_that_never_ends_is_bounded_by_shutdown_timeout() -> None:
+    """A commit under way when the stop comes (its sink's flush waits for a service that
+    is away) is waited for up to ``shutdown_timeout``, then cancelled, and the final
+    commit is not tried: the run fails within about twice the timeout, committing
+    nothing (it waited for that commit for as long as the outage lasted)."""
+    import time
+
+    flushing = asyncio.Event()
+
+    class FlushWaitsForever(MemorySink):
+        async def flush(self) -> None:
+            flushing.set()
+            await asyncio.Event().wait()
+
+    source = ListSource([records(50)], hold_open=True)
+    eng = engine(source, FlushWaitsForever(), shutdown_timeout=0.3, commit_interval=0.02)
+    task = asyncio.create_task(eng.run())
+    await asyncio.wait_for(flushing.wait(), 5)
+    started = time.monotonic()
+    eng.stop()
+    with pytest.raises(PipelineError, match="commit under way"):
+        await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 2.0
+    assert source.commits == []
+
+
 @pytest.mark.parametrize(
     ("setting", "source_interval", "used"),
     [(None, 0.0, 0.0), (None, 1.0, 1.0), (0.25, 0.0, 0.25), (0.0, 1.0, 0.0)],
