@@ -19,6 +19,7 @@ from headrace.connectors.base import Sink, Source
 from headrace.enrich.lookup import Lookup
 from headrace.models.base import Model
 from headrace.models.featurizer import Featurizer
+from headrace.observe import stacks
 from headrace.observe.metrics import PipelineMetrics
 from headrace.runtime.decode import JsonDecoder
 from headrace.runtime.delivery import Delivery
@@ -385,6 +386,7 @@ async def run_engine(
     if install_signal_handlers:
         for sig in signals:
             loop.add_signal_handler(sig, _on_signal, engine)
+        stacks.install(loop)
     try:
         if on_start is not None:
             on_start(engine)
@@ -393,6 +395,7 @@ async def run_engine(
         if install_signal_handlers:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            stacks.uninstall(loop)
         if server is not None:
             await server.stop()
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import inspect
 import logging
 import os
 import shlex
-import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +29,7 @@ from headrace.connectors.extras import MissingExtraError
 from headrace.models.integrity import ModelLoadError
 from headrace.observe.api import MetricsPortError
 from headrace.observe.live import LiveLine, summary_table
+from headrace.observe.stacks import register_thread_dump
 from headrace.pipeline import Pipeline
 from headrace.registry.commands import app as registry_app
 from headrace.registry.local import RegistryError
@@ -121,9 +120,9 @@ def run(
 ) -> None:
     """Run the pipeline a YAML file describes, until its source ends or SIGTERM/SIGINT."""
     _logging(log_level)
-    # `kill -USR1 PID`: every thread's stack on stderr, the process going on. For a worker
-    # that does not stop: what it waits for, without a debugger on the machine.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # `kill -USR1 PID`: every thread's stack on stderr (and, while the engine runs, every
+    # task's), the process going on. For a worker that does not stop: what it waits for.
+    register_thread_dump()
     cfg = _start(config, _load(config), from_timestamp, reset_offsets, workers)
     if workers != "1":
         args = [] if from_timestamp is None else ["--from-timestamp", from_timestamp]

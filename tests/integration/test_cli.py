@@ -194,7 +194,9 @@ def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(
     assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
     text = log.read_text(errors="replace")
     assert "Current thread" in text and "most recent call first" in text
-    assert "engine.py" in text or "base_events.py" in text  # the event loop's thread
+    assert "base_events.py" in text  # the event loop's thread
+    assert "asyncio tasks (outermost call first):" in text  # and what each awaits:
+    assert "in _every" in text  # the periodic commit, waiting for its next turn
 
 
 def test_a_second_sigterm_exits_at_once_while_the_stop_waits(
