@@ -402,7 +402,7 @@ class Engine:
         batcher.close()
         await self._drain(batches)
         if self.rollout is not None:
-            await self.rollout.drain_shadows()
+            await self.rollout.drain_shadows(self.settings.shutdown_timeout)
 
     async def _drain(self, batches: asyncio.Task[None]) -> None:
         timeout = self.settings.shutdown_timeout

@@ -284,9 +284,23 @@ class Rollout:
             else:
                 shadow.candidate.release(model)
 
-    async def drain_shadows(self) -> None:
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+    async def drain_shadows(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Let the shadow batches under way finish, for up to ``timeout`` seconds (a stop
+        must not wait on a shadow's sink whose service is away); the rest are cancelled,
+        their outputs not written (the shadow is best-effort, nothing commits with it)."""
+        if not self._shadows:
+            return
+        pending = list(self._shadows)
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        if late:
+            log.warning(
+                "%d shadow batches did not finish within %ss of the stop; not written",
+                len(late),
+                timeout,
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def _take(inputs: Any, idx: list[int]) -> Any:

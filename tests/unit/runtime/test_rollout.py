@@ -354,3 +354,25 @@ async def test_the_fallback_version_is_not_closed_while_it_rescores(
     batches, failed = await scoring
     assert not failed and [b.model.version for b in batches] == ["1"]
     assert src.models["1"].closed == 1
+
+
+async def test_drain_shadows_gives_up_on_a_shadow_sink_that_never_answers(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A stop must not wait on a shadow whose sink waits for a service that is away: past
+    the timeout the shadow batches are cancelled, their outputs not written."""
+
+    class NeverWrites(MemorySink):
+        async def write(self, batch: Any) -> None:
+            await asyncio.Event().wait()
+
+    metrics = PipelineMetrics()
+    sink = NeverWrites("shadow")
+    await sink.open()
+    cand = await manager({"5": plus(5)}, "5", name="s")
+    rollout = Rollout(await manager({"1": plus(1)}), metrics=metrics, shadow=Shadow(cand, sink))
+    rollout.executor = executor
+    rs = make_records(0, 2)
+    rollout.start_shadow(rs, inputs_of(rs), served(rs, [0.0, 0.0]))
+    await asyncio.wait_for(rollout.drain_shadows(0.2), 5)
+    assert sink.batches == []
