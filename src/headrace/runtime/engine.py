@@ -400,9 +400,13 @@ class Engine:
         except Exception as exc:
             self.state.fail(exc)
         batcher.close()
+        clock = asyncio.get_running_loop()
+        started = clock.time()
         await self._drain(batches)
         if self.rollout is not None:
-            await self.rollout.drain_shadows(self.settings.shutdown_timeout)
+            # Within the batches' shutdown_timeout: a stop takes at most twice it.
+            left = self.settings.shutdown_timeout - (clock.time() - started)
+            await self.rollout.drain_shadows(max(0.0, left))
 
     async def _drain(self, batches: asyncio.Task[None]) -> None:
         timeout = self.settings.shutdown_timeout
