@@ -199,6 +199,40 @@ def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(
     assert "in _every" in text  # the periodic commit, waiting for its next turn
 
 
+def test_sigusr1_prints_the_threads_while_the_event_loop_is_stuck(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """A model called on the event loop that takes 20 s: the loop cannot run a handler
+    of its own, and the threads' stacks still come at once, the model's call in them."""
+    log = tmp_path / "stderr.log"
+    config = pipeline_yaml(tmp_path, events_file, '  - type: "null"')
+    config.write_text(
+        config.read_text().replace("  max_wait_ms: 5", "  max_wait_ms: 5\n  model_calls: loop")
+    )
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*HEADRACE, "run", str(config), "--no-progress", "--metrics-port", "0"],
+            env={**cli_env, "SLOW_MODEL_DELAY": "20"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        # Running (its handlers in place) once it names its dashboard; then dump after
+        # dump until one shows the model's call (the first batch reached it).
+        _wait_for(lambda: b"dashboard:" in log.read_bytes(), proc)
+        for dumps in range(1, 60):
+            proc.send_signal(signal.SIGUSR1)
+            _wait_for(lambda n=dumps: _dumps(log) >= n, proc)
+            if "in predict" in log.read_text(errors="replace").split("Current thread")[-1]:
+                break
+        text = log.read_text(errors="replace")
+        assert "in predict" in text  # the call the loop is stuck in
+        assert "asyncio tasks" not in text  # the loop has not got to its part yet
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_a_second_sigterm_exits_at_once_while_the_stop_waits(
     tmp_path: Path, events_file: Path, cli_env: dict[str, str]
 ) -> None:
@@ -271,6 +305,10 @@ def test_a_stop_while_the_webhook_is_down_exits_1_after_shutdown_timeout_committ
     assert proc.returncode == 1, text[-3000:]
     assert took < 15, f"the stop took {took:.1f} s"
     assert not checkpoint.exists(), "a position was committed for alerts never answered"
+
+
+def _dumps(log: Path) -> int:
+    return log.read_bytes().count(b"Current thread")
 
 
 def _stacks(log: Path) -> int:

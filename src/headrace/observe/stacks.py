@@ -1,17 +1,20 @@
 """What a worker is doing, on request: ``kill -USR1 PID``.
 
-Every thread's stack (``faulthandler``, which also works while the event loop's thread
-is stuck in C), and while the event loop runs, every asyncio task's: what each part of
-the engine awaits (a commit waiting on a sink, a revocation waiting for records). A
-worker that did not stop in a test run could only be guessed at without the second.
+Every thread's stack, written by ``faulthandler`` from the signal handler itself, so
+also while the event loop's thread is stuck in a call; then, once the event loop gets to
+it, every asyncio task's await chain: what each part of the engine awaits (a commit
+waiting on a sink, a revocation waiting for records). A handler of the loop's alone
+printed nothing for a worker whose loop was stuck (CI, 2026-12-07).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 SIGNAL = signal.SIGUSR1
@@ -22,10 +25,9 @@ def register_thread_dump() -> None:
     faulthandler.register(SIGNAL, all_threads=True)
 
 
-def dump_stacks(out: TextIO | None = None) -> None:
-    """Every thread's stack, then every task's of the running loop, on ``out`` (stderr)."""
+def dump_tasks(out: TextIO | None = None) -> None:
+    """Every task's await chain of the running loop, on ``out`` (stderr)."""
     out = out or sys.stderr
-    faulthandler.dump_traceback(file=out, all_threads=True)
     tasks = asyncio.all_tasks()
     out.write(f"\n{len(tasks)} asyncio tasks (outermost call first):\n")
     for task in sorted(tasks, key=lambda t: t.get_name()):
@@ -64,12 +66,31 @@ def awaiting(coro: Any) -> list[str]:
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGUSR1 dumps threads and tasks while ``loop`` runs."""
-    loop.add_signal_handler(SIGNAL, dump_stacks)
+    """While ``loop`` runs, SIGUSR1 dumps the threads at once (faulthandler, chained in
+    front of the loop's own handler) and then the tasks, when the loop gets to it."""
+    with _held():
+        # faulthandler keeps the handler it found when first registered: so off first,
+        # then the loop's, then faulthandler again in front of it.
+        faulthandler.unregister(SIGNAL)
+        loop.add_signal_handler(SIGNAL, dump_tasks)
+        faulthandler.register(SIGNAL, all_threads=True, chain=True)
 
 
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     """Back to thread stacks only (removing a loop's handler would leave the default,
     which ends the process)."""
-    loop.remove_signal_handler(SIGNAL)
-    register_thread_dump()
+    with _held():
+        faulthandler.unregister(SIGNAL)
+        loop.remove_signal_handler(SIGNAL)
+        register_thread_dump()
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """SIGUSR1 held back while its handlers change (between two, the default would end
+    the process); one that came meanwhile is delivered after."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {SIGNAL})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {SIGNAL})

@@ -361,6 +361,58 @@ def test_a_close_that_returns_is_waited_for(caplog: pytest.LogCaptureFixture) ->
     assert "did not close" not in caplog.text
 
 
+class LagThenClose:
+    """A consumer whose lag query (``committed``) waits until released, and whose
+    close() notes whether a lag query was still inside the client: librdkafka's close
+    destroys the handle, and a call still in it then never returned."""
+
+    def __init__(self) -> None:
+        self.in_query = threading.Event()
+        self.release = threading.Event()
+        self.querying = False
+        self.closed_during_query: bool | None = None
+
+    def committed(self, tps: list[Any], timeout: float) -> list[Any]:
+        self.querying = True
+        self.in_query.set()
+        self.release.wait(5)
+        self.querying = False
+        tp = tps[0]
+        tp.offset = 0
+        return [tp]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 10
+
+    def close(self) -> None:
+        self.closed_during_query = self.querying
+
+
+def test_the_close_waits_for_a_lag_query_under_way() -> None:
+    """A lag query runs in a thread of its own; the close takes the consumer away first
+    (no new query starts) and closes it only once the query under way has left it, and
+    the worker's loop never waits on a lag thread (a worker that logged its close-time
+    revocation never exited: CI, 2026-12-07)."""
+    consumer = LagThenClose()
+    s = KafkaSource(["t"], group_id="g", close_timeout=5, name="k")
+    s.consumer = consumer
+    s._assigned = frozenset({("t", 0)})
+
+    async def run() -> dict[Any, Any]:
+        lag = asyncio.ensure_future(s.lag())
+        await asyncio.to_thread(consumer.in_query.wait, 5)
+        closing = asyncio.ensure_future(s.close())
+        await asyncio.sleep(0.1)
+        assert consumer.closed_during_query is None  # not closed yet: the query is inside
+        consumer.release.set()
+        await closing
+        return await lag
+
+    assert asyncio.run(run()) == {("t", 0): (10, 0.0)}
+    assert consumer.closed_during_query is False
+    assert s.consumer is None
+
+
 def test_a_close_that_raises_systemerror_is_reported_and_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -171,7 +171,12 @@ class KafkaSource(PartitionedSource):
         self._assigned: frozenset[PartitionKey] = frozenset()
         self._last_read: dict[PartitionKey, float] = {}
         # Lag queries ask the broker: never in the poll thread, which must keep polling.
-        self._lag_thread = ThreadPoolExecutor(1, thread_name_prefix="headrace-kafka-lag")
+        # Each runs in a daemon thread of its own, one at a time (this lock), and the
+        # close waits for the one under way: a query still inside the client while
+        # close() destroyed it left a thread that never returned, which the loop's
+        # shutdown of a lag executor waited for: a worker that logged its close-time
+        # revocation and never exited (CI, 2026-12-07).
+        self._lag_lock = threading.Lock()
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
         # Commits sent without waiting (see commit_soon), by the poll thread.
@@ -421,17 +426,23 @@ class KafkaSource(PartitionedSource):
         left)."""
         if self.consumer is None:
             return {}
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._lag_thread, self._lag)
+        return await asyncio.wrap_future(
+            _in_daemon_thread(self._lag, f"headrace-kafka-lag-{self.name}")
+        )
 
     def _lag(self) -> dict[PartitionKey, tuple[int, float]]:
-        consumer = self.consumer
+        with self._lag_lock:  # the close waits for this
+            return self._lag_of(self.consumer)
+
+    def _lag_of(self, consumer: Any) -> dict[PartitionKey, tuple[int, float]]:
         if consumer is None:
             return {}
         now = time.time()
         paused = set(self._paused)
         out: dict[PartitionKey, tuple[int, float]] = {}
         for key in sorted(self._assigned):
+            if self.consumer is None:  # closing: each call here would wait its timeout
+                break
             tp = TopicPartition(*key)
             # The next offset to read: what this worker handed out, else where it starts.
             position = self._next.get(key)
@@ -528,7 +539,12 @@ class KafkaSource(PartitionedSource):
             consumer, self.consumer = self.consumer, None
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._poll_thread, _idle)  # a poll under way ends
-            closed = _in_daemon_thread(consumer.close, f"headrace-kafka-close-{self.name}")
+
+            def close() -> None:
+                with self._lag_lock:  # a lag query under way ends (its calls time out)
+                    consumer.close()
+
+            closed = _in_daemon_thread(close, f"headrace-kafka-close-{self.name}")
             try:
                 async with asyncio.timeout(self.close_timeout):
                     await asyncio.wrap_future(closed)
@@ -547,7 +563,6 @@ class KafkaSource(PartitionedSource):
                 # is committed was committed before; say so and go on.
                 log.warning("kafka %s: the client raised while closing: %s", self.name, exc)
         self._poll_thread.shutdown(wait=True)
-        self._lag_thread.shutdown(wait=True)
 
     # -- callbacks, in the poll thread ---------------------------------------------------
 
