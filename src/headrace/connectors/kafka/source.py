@@ -171,11 +171,13 @@ class KafkaSource(PartitionedSource):
         self._assigned: frozenset[PartitionKey] = frozenset()
         self._last_read: dict[PartitionKey, float] = {}
         # Lag queries ask the broker: never in the poll thread, which must keep polling.
-        # Each runs in a daemon thread of its own, one at a time (this lock), and the
-        # close waits for the one under way: a query still inside the client while
-        # close() destroyed it left a thread that never returned, which the loop's
-        # shutdown of a lag executor waited for: a worker that logged its close-time
-        # revocation and never exited (CI, 2026-12-07).
+        # Each runs in a daemon thread of its own (one waits while a rebalance callback
+        # is pending: a lag executor's shutdown, on the loop, then waited with it), one at
+        # a time, and the close waits for the one under way (this lock): queries running
+        # while close() ran kept it from returning (measured: 8 closes of 8 past 25 s,
+        # none without them). A worker stopping in CI logged its close-time revocation
+        # and nothing more (2026-12-07). Not taken by the rebalance callbacks: a query
+        # waits for a pending callback, which would then wait for the query.
         self._lag_lock = threading.Lock()
         # The offset after the last record consumed, per partition.
         self._next: dict[PartitionKey, int] = {}
@@ -541,8 +543,14 @@ class KafkaSource(PartitionedSource):
             await loop.run_in_executor(self._poll_thread, _idle)  # a poll under way ends
 
             def close() -> None:
-                with self._lag_lock:  # a lag query under way ends (its calls time out)
+                # After the lag query under way, if any; one still waiting then (on a
+                # rebalance that only this close will serve) is not waited for longer.
+                waited = self._lag_lock.acquire(timeout=LAG_QUERY_WAIT)
+                try:
                     consumer.close()
+                finally:
+                    if waited:
+                        self._lag_lock.release()
 
             closed = _in_daemon_thread(close, f"headrace-kafka-close-{self.name}")
             try:
@@ -774,6 +782,10 @@ class KafkaSource(PartitionedSource):
             self._fatal = KafkaFatalError(f"kafka consumer: {err.str()}")
         else:
             log.warning("kafka consumer: %s", err.str())
+
+
+#: How long a close waits for a lag query under way: each of its calls waits up to 1 s.
+LAG_QUERY_WAIT = 10.0
 
 
 def _idle() -> None:
