@@ -383,10 +383,11 @@ async def run_engine(
         engine.served_at = server.url
         log.info("metrics on %smetrics, the dashboard on %s", server.url, server.url)
     signals = (signal.SIGTERM, signal.SIGINT)
+    dump: stacks.Previous | None = None
     if install_signal_handlers:
         for sig in signals:
             loop.add_signal_handler(sig, _on_signal, engine)
-        stacks.install(loop)
+        dump = stacks.install(loop)
     try:
         if on_start is not None:
             on_start(engine)
@@ -395,7 +396,8 @@ async def run_engine(
         if install_signal_handlers:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            stacks.uninstall(loop)
+            if dump is not None:
+                stacks.uninstall(loop, dump)
         if server is not None:
             await server.stop()
 

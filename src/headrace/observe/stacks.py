@@ -65,24 +65,37 @@ def awaiting(coro: Any) -> list[str]:
     return lines
 
 
-def install(loop: asyncio.AbstractEventLoop) -> None:
+#: What :func:`install` found: whether thread dumps were registered, and the handler.
+Previous = tuple[bool, Any]
+
+
+def install(loop: asyncio.AbstractEventLoop) -> Previous:
     """While ``loop`` runs, SIGUSR1 dumps the threads at once (faulthandler, chained in
-    front of the loop's own handler) and then the tasks, when the loop gets to it."""
+    front of the loop's own handler) and then the tasks, when the loop gets to it. Returns
+    what was there, for :func:`uninstall` to put back (a program of the user's may have
+    its own SIGUSR1 handler)."""
     with _held():
         # faulthandler keeps the handler it found when first registered: so off first,
         # then the loop's, then faulthandler again in front of it.
-        faulthandler.unregister(SIGNAL)
+        # typeshed says None; it returns whether a handler was registered.
+        dumping = bool(faulthandler.unregister(SIGNAL))  # type: ignore[func-returns-value]
+        previous = signal.getsignal(SIGNAL)
         loop.add_signal_handler(SIGNAL, dump_tasks)
         faulthandler.register(SIGNAL, all_threads=True, chain=True)
+    return dumping, previous
 
 
-def uninstall(loop: asyncio.AbstractEventLoop) -> None:
-    """Back to thread stacks only (removing a loop's handler would leave the default,
-    which ends the process)."""
+def uninstall(loop: asyncio.AbstractEventLoop, previous: Previous) -> None:
+    """Put back what :func:`install` found (removing a loop's handler alone would leave
+    the default, which ends the process)."""
+    dumping, handler = previous
     with _held():
         faulthandler.unregister(SIGNAL)
         loop.remove_signal_handler(SIGNAL)
-        register_thread_dump()
+        if handler is not None:
+            signal.signal(SIGNAL, handler)
+        if dumping:
+            register_thread_dump()
 
 
 @contextlib.contextmanager
