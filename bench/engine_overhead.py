@@ -22,7 +22,7 @@ that hold the GIL (the light one, the scikit-learn forest) run again with
 ``model_calls="loop"``: called on the event loop, without the hand-off to a thread and
 back.
 
-    python -m bench.engine_overhead [--quick]
+    python -m bench.engine_overhead [--quick] [--name NAME]
 """
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer records, one run each")
+    parser.add_argument(
+        "--name", default="engine_overhead", help="the result file's name, before the date"
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else 3
     scale = 0.2 if args.quick else 1.0
@@ -242,7 +245,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     day = record["machine"]["date"][:10]
-    out = RESULTS / f"engine_overhead-{day}{'-quick' if args.quick else ''}.json"
+    out = RESULTS / f"{args.name}-{day}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"results: {out}")
 
