@@ -175,6 +175,12 @@ def outputs(reader: TopicReader) -> list[dict[str, Any]]:
     return [o for o in map(decode, reader.values) if not str(o["key"]).startswith(SENTINEL)]
 
 
+def windowed_outputs(values: list[bytes]) -> list[dict[str, Any]]:
+    """The windowed outputs among ``values``, sentinels left out."""
+    decode = msgspec.json.Decoder().decode
+    return [o for o in map(decode, values) if not str(o["key"]).startswith(SENTINEL)]
+
+
 def window_of(o: dict[str, Any]) -> Window:
     return (o["key"], o["window"]["start"], o["window"]["end"])
 
@@ -502,6 +508,63 @@ def test_a_worker_killed_mid_run_restarts_from_its_window_state(
         reader.close()
     assert_matches(outputs(reader), events)  # duplicates allowed: they must be identical
     assert sum(restored_windows(second)) > 0, "the state should have held open windows"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_deleted_changelog_resumes_at_the_committed_offsets_with_empty_windows(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    """README, Guarantees: state whose changelog records were deleted is gone, and the
+    partition resumes from its committed offset with empty windows. A worker reads the
+    first half of the input, commits all of it and stops with windows open (their state
+    in the changelog); the changelog topic is deleted; a second worker reads the rest.
+    Its windows are exactly those of the rest alone: nothing read again (a window would
+    count the first half too), nothing restored, the changelog created again."""
+    topics(tansu)
+    events = make_events(4000, seed=3)
+    first_half, rest = events[:2000], events[2000:]
+    config = windowed(tmp_path, tansu.bootstrap, extra="metrics:\n  port: 0\n")
+    env = model_env(tmp_path)
+    reader = TopicReader(tansu.bootstrap, "outputs", PARTITIONS)
+    first = Worker(config, env, tmp_path / "first.log")
+    second = Worker(config, env, tmp_path / "second.log")
+    try:
+        counts = produce(tansu, first_half)
+        first.start()
+        port = metrics_port(first)
+        wait_until(lambda: consumed(tansu, counts), 60, "the first half committed", (first,))
+        # The state the first worker left: records to delete.
+        assert worker_metrics(port).get("headrace_changelog_records_total", 0) > 0
+        assert first.terminate() == 0, first.tail()
+        reader.read()
+        before = len(reader.values)
+        for future in tansu.admin.delete_topics([CHANGELOG], operation_timeout=10).values():
+            future.result(10)
+        for p, n in produce(tansu, rest + sentinels(end_of(events))).items():
+            counts[p] = counts.get(p, 0) + n
+        second.start()
+        want = expected(rest)
+
+        def second_windows() -> int:
+            reader.read()
+            return len({window_of(o) for o in windowed_outputs(reader.values[before:])})
+
+        wait_until(lambda: second_windows() >= len(want), 60, "the rest's windows", (second,))
+        wait_until(lambda: consumed(tansu, counts), 30, "the rest committed", (second,))
+        assert second.terminate() == 0, second.tail()
+        reader.read()
+    finally:
+        first.stop()
+        second.stop()
+        reader.close()
+    # Windows the first worker closed: each with the first half's count.
+    first_want = expected(first_half)
+    firsts = windowed_outputs(reader.values[:before])
+    assert firsts and all(o["count"] == first_want[window_of(o)]["n"] for o in firsts)
+    assert assert_matches(windowed_outputs(reader.values[before:]), rest) == 0
+    assert restored_windows(second) == [0], log_text(second)
+    assert tansu.partitions(CHANGELOG) == list(range(PARTITIONS))
 
 
 @pytest.mark.slow
