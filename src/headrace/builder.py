@@ -300,11 +300,12 @@ class PipelineBuilder:
         max_size: int = defaults.MAX_BATCH_SIZE,
         max_wait: float = defaults.MAX_WAIT,
         max_concurrency: int = defaults.MAX_CONCURRENCY,
-        model_calls: Literal["thread", "loop"] = defaults.MODEL_CALLS,
+        model_calls: Literal["thread", "loop", "process"] = defaults.MODEL_CALLS,
     ) -> Self:
         """A batch fires at ``max_size`` records or ``max_wait`` seconds after its first;
         up to ``max_concurrency`` batches are scored at once; the model is called on an
-        inference thread, or (``model_calls="loop"``) on the event loop."""
+        inference thread, (``model_calls="loop"``) on the event loop, or
+        (``model_calls="process"``) in ``max_concurrency`` processes of its own."""
         settings = replace(
             self._spec.settings,
             max_batch_size=max_size,

@@ -23,7 +23,7 @@ MAX_CONCURRENCY = 2
 # in process, the light model made 743,000 records/s at batches of 256 on a thread and
 # 1,420,000 on the loop. The thread stays the default: it is what keeps a worker whose
 # model hangs alive (and lets a timeout isolate the record).
-MODEL_CALLS: Literal["thread", "loop"] = "thread"
+MODEL_CALLS: Literal["thread", "loop", "process"] = "thread"
 
 # Flow control: reading pauses at either bound, and resumes below RESUME_AT of both.
 MAX_IN_FLIGHT = 10_000

@@ -108,6 +108,25 @@ def test_run_scores_a_file_to_stdout(
     assert outputs[0]["model"] == {"name": "slow", "version": "3", "sha256": None}
 
 
+def test_model_calls_process_scores_a_file_in_the_models_own_process(
+    tmp_path: Path, events_file: Path, cli_env: dict[str, str]
+) -> None:
+    """``batching.model_calls: process`` from YAML: the model (a function found by its
+    module name) runs in a process of its own; the outputs are those of a thread, in
+    order."""
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(events_file.read_text().splitlines(keepends=True)[:300]))
+    config = pipeline_yaml(tmp_path, small, "  - type: stdout")
+    config.write_text(
+        config.read_text().replace("  max_wait_ms: 5", "  max_wait_ms: 5\n  model_calls: process")
+    )
+    result = run_cli("run", str(config), "--no-progress", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    outputs = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
+    assert [o["source"]["offset"] for o in outputs] == list(range(300))
+    assert outputs[0]["model"] == {"name": "slow", "version": "3", "sha256": None}
+
+
 def test_malformed_lines_go_to_the_dead_letter_file(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

@@ -1045,6 +1045,8 @@ def test_model_calls_on_the_loop_refuse_a_model_timeout() -> None:
     assert parse_config(loop).batching.model_calls == "loop"
     message = error_of(config(batching={"model_calls": "loop"}, failures={"model_timeout_ms": 50}))
     assert "at batching.model_calls:" in message and "failures.model_timeout_ms" in message
+    process = config(batching={"model_calls": "process"}, failures={"model_timeout_ms": 50})
+    assert parse_config(process).batching.model_calls == "process"
     message = error_of(config(batching={"model_calls": "inline"}))
     assert "at batching.model_calls:" in message and "'inline'" in message
 

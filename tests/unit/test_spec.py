@@ -96,5 +96,7 @@ def test_model_calls_reach_the_engine_from_yaml_and_from_code() -> None:
     data = {**MINIMAL, "batching": {"model_calls": "loop"}}
     assert build_settings(cfg.parse_config(data, env={})).model_calls == "loop"
     assert PipelineBuilder().batching(model_calls="loop").spec.settings.model_calls == "loop"
-    with pytest.raises(ValueError, match="model_calls must be 'thread' or 'loop'"):
+    data = {**MINIMAL, "batching": {"model_calls": "process"}}
+    assert build_settings(cfg.parse_config(data, env={})).model_calls == "process"
+    with pytest.raises(ValueError, match="model_calls must be 'thread', 'loop' or 'process'"):
         EngineSettings(model_calls="inline")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ class BatchingConfig(Section, kw_only=True):
     max_size: Positive = defaults.MAX_BATCH_SIZE
     max_wait_ms: NonNegative = defaults.MAX_WAIT * 1000
     max_concurrency: Positive = defaults.MAX_CONCURRENCY
-    model_calls: Literal["thread", "loop"] = defaults.MODEL_CALLS
+    model_calls: Literal["thread", "loop", "process"] = defaults.MODEL_CALLS
 
 
 class FlowConfig(Section, kw_only=True):

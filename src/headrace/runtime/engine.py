@@ -44,6 +44,7 @@ from headrace.runtime.order import WriteOrder
 from headrace.runtime.outputs import Outputs, SideWrites, SinkBinding, read_back_header
 from headrace.runtime.parts import close_logging
 from headrace.runtime.pool import InferencePool
+from headrace.runtime.processes import ProcessPool, check_picklable
 from headrace.runtime.scorer import Scorer
 from headrace.runtime.scoring import FailurePolicy, ModelCaller
 from headrace.runtime.settings import EngineSettings
@@ -341,6 +342,12 @@ class Engine:
             self._watchers = await self.rollout.start(parts)
         else:
             self._report_model(self.scorer.model)
+        if settings.model_calls == "process":
+            check_picklable(self.scorer.model)
+            processes = ProcessPool(settings.max_concurrency)
+            processes.start()
+            parts.callback(processes.shutdown)
+            self.caller.processes = processes
         for sink in self.outputs.all_sinks():
             await sink.open()
             parts.push_async_callback(close_logging, sink.name, sink.close)

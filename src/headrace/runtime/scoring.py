@@ -35,6 +35,7 @@ from headrace.observe.throttle import Throttle
 from headrace.record import FailedRecord, Record
 from headrace.runtime.batcher import OutputCountError, is_async_callable
 from headrace.runtime.pool import Call, InferencePool, PoolExhaustedError
+from headrace.runtime.processes import ProcessCall, ProcessPool
 
 log = logging.getLogger("headrace")
 
@@ -105,7 +106,9 @@ class ModelCaller:
     dead-lettered); handing each batch to it and back costs two wake-ups and a GIL
     hand-over each way, which for a model that holds the GIL anyway is most of the work
     (measured: bench/engine_overhead.py). On the loop, a call cannot be timed out, and
-    while it runs nothing else of the worker does (its HTTP answers included).
+    while it runs nothing else of the worker does (its HTTP answers included). With
+    ``processes`` (``model_calls: process``) it is called in a process of its own, which
+    a model that holds the GIL does not share with the loop (:mod:`.processes`).
     """
 
     def __init__(
@@ -128,6 +131,8 @@ class ModelCaller:
         self.metrics = metrics
         self.stats = stats
         self.executor: Executor | None = None
+        # With model_calls: process, where a model that is not a coroutine is called.
+        self.processes: ProcessPool | None = None
         self.on_breaker = on_breaker
         self.down = False
         self._stopping = False
@@ -352,7 +357,7 @@ class ModelCaller:
     async def _call(self, model: Model, inputs: Any, n: int) -> list[Any]:
         started = time.perf_counter()
         timeout = self.policy.timeout
-        call: Call | concurrent.futures.Future[Any] | None = None
+        call: Call | ProcessCall | concurrent.futures.Future[Any] | None = None
         # No timer without a timeout: asyncio.timeout(None) costs a few us a batch.
         timer = None if timeout is None else asyncio.timeout(timeout)
         try:
@@ -361,6 +366,9 @@ class ModelCaller:
                     out = model.predict_batch(inputs)
                     if not isinstance(out, np.ndarray) and inspect.isawaitable(out):
                         out = await out
+                elif self.processes is not None:
+                    call = self.processes.call(model, inputs)
+                    out = await call.future
                 else:
                     call = self._start(model.predict_batch, inputs)
                     out = await (
@@ -374,7 +382,10 @@ class ModelCaller:
             if timer is None or not timer.expired():
                 raise  # the model's own (a client of a model server timing out): retried
             self.metrics.model_timeouts.inc()
-            if call is not None and isinstance(self.executor, InferencePool):
+            if isinstance(call, ProcessCall):
+                if self.processes is not None:
+                    self.processes.abandon(call)  # killed, and another process started
+            elif call is not None and isinstance(self.executor, InferencePool):
                 # Python cannot stop the thread: the pool writes it off and replaces it.
                 self.executor.abandon(call)
             raise ModelTimeoutError(f"model call on {n} records exceeded {timeout}s") from None

@@ -25,14 +25,16 @@ class EngineSettings:
     how many of the last records of each output partition a worker reads back on
     assignment, to pass over what a crashed worker wrote and did not commit (0: none;
     see :mod:`headrace.connectors.kafka.recovery`). ``model_calls``: where a model that is not a
-    coroutine is called, ``"thread"`` (an inference thread) or ``"loop"`` (on the event
-    loop: no thread hand-off, and no timeout; see :class:`~headrace.runtime.scoring.ModelCaller`).
+    coroutine is called, ``"thread"`` (an inference thread), ``"loop"`` (on the event
+    loop: no thread hand-off, and no timeout; see :class:`~headrace.runtime.scoring.ModelCaller`)
+    or ``"process"`` (``max_concurrency`` processes of its own, for a model that holds the
+    GIL; see :mod:`headrace.runtime.processes`).
     """
 
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_wait: float = defaults.MAX_WAIT
     max_concurrency: int = defaults.MAX_CONCURRENCY
-    model_calls: Literal["thread", "loop"] = defaults.MODEL_CALLS
+    model_calls: Literal["thread", "loop", "process"] = defaults.MODEL_CALLS
     max_in_flight: int = defaults.MAX_IN_FLIGHT
     max_in_flight_bytes: int | None = defaults.MAX_IN_FLIGHT_BYTES
     resume_at: float = defaults.RESUME_AT
@@ -46,7 +48,9 @@ class EngineSettings:
     commit_point_timeout: float = defaults.COMMIT_POINT_TIMEOUT
 
     def __post_init__(self) -> None:
-        if self.model_calls not in ("thread", "loop"):
-            raise ValueError(f"model_calls must be 'thread' or 'loop', got {self.model_calls!r}")
+        if self.model_calls not in ("thread", "loop", "process"):
+            raise ValueError(
+                f"model_calls must be 'thread', 'loop' or 'process', got {self.model_calls!r}"
+            )
         if self.read_back < 0:
             raise ValueError(f"read_back must be 0 or more, got {self.read_back}")

@@ -158,3 +158,34 @@ async def test_model_calls_loop_scores_on_the_event_loop_with_the_same_outputs()
         on_loop = threads == {threading.current_thread().name}
         assert on_loop is (calls == "loop"), threads
     assert outputs[0] == outputs[1]
+
+
+async def test_model_calls_process_scores_in_processes_and_isolates_what_fails_there() -> None:
+    """``model_calls="process"``: the outputs are those of the default; a
+    record whose call never returns (past the model timeout) and one whose call ends the
+    model's process are dead-lettered on their own, and every other record is scored."""
+    import process_models
+    from headrace import EngineSettings
+    from headrace.runtime.engine import Engine
+    from headrace.runtime.scoring import FailurePolicy
+    from headrace.runtime.spec import PipelineSpec
+
+    inputs = records(24, partitions=2)
+    inputs[5].value["x"] = -2.0  # never returns
+    inputs[17].value["x"] = -3.0  # ends its process
+    sink, dead = MemorySink(), MemorySink()
+    spec = PipelineSpec(
+        source=ListSource([inputs[:12], inputs[12:]]),
+        model=CallableModel(process_models.troubled, name="troubled"),
+        sinks=[sink],
+        dead_letter=dead,
+        settings=EngineSettings(max_batch_size=4, max_wait=0.005, model_calls="process"),
+        failures=FailurePolicy(retries=0, backoff=0.001, max_backoff=0.005, timeout=0.5),
+    )
+    summary = await Engine(spec).run()
+    assert summary.records_out == 22
+    scored = {o["input"]["id"]: o["prediction"] for o in sink.outputs}
+    want = {r.value["id"]: r.value["x"] * 2 for r in inputs if r.value["x"] >= 0}
+    assert scored == want
+    failed = {f.record.value["x"]: f.error_type for f in dead.failures}
+    assert failed == {-2.0: "model-timeout", -3.0: "model-error"}

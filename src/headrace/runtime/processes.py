@@ -1,0 +1,291 @@
+"""Model calls in processes of their own (``batching.model_calls: process``).
+
+A model that holds the GIL for most of a call (pure Python, scikit-learn's forests)
+competes with the worker's event loop for it on a thread: 0.70-0.75 of its direct rate
+in process on a thread (bench/results/engine_overhead-epyc-2026-12-07.json). In a process
+of its own it has an interpreter of its own, and the worker's loop keeps reading,
+decoding and writing on the other core. A call that never returns, or that takes its
+process down (a crash in native code, ``os._exit``), costs that process: it is killed or
+found gone, the call fails (and is isolated and dead-lettered like any model failure), and
+another process takes its place.
+
+Each process takes one call at a time; there are ``size`` of them (the engine's
+``max_concurrency``). A model is pickled once, sent to each process before its first call
+there, and kept there until :data:`KEPT_MODELS` newer ones were used. The processes are
+started with ``python -m headrace.runtime.model_process``, not ``multiprocessing``'s
+spawn or forkserver: those import the user's main script again in the child, which
+without an ``if __name__ == "__main__"`` guard would run the pipeline a second time; and
+fork is unsafe with librdkafka's threads. The worker's ``sys.path`` is sent first, so a
+model's module imports in the process as it did in the worker; a class defined in the
+main script itself cannot be (pickle's rule), and the run refuses to start with a model
+that cannot be pickled (:func:`check_picklable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from headrace.errors import HeadraceError
+
+log = logging.getLogger("headrace")
+
+#: How many models (versions) a process keeps; older ones are forgotten.
+KEPT_MODELS = 4
+#: How long a stop waits for a process to leave after its connection closed.
+EXIT_WAIT = 2.0
+
+
+class ModelProcessError(HeadraceError, RuntimeError):
+    """The model's process ended during a call (it crashed, or was killed)."""
+
+
+class ModelNotPicklable(HeadraceError, ValueError):
+    """The model cannot be sent to a process: it cannot be pickled."""
+
+
+def check_picklable(model: Any) -> None:
+    """Raise :class:`ModelNotPicklable`, naming the setting and the fix, if ``model``
+    cannot be sent to a process."""
+    try:
+        pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise ModelNotPicklable(
+            f"batching.model_calls: process: the model cannot be sent to its process "
+            f"({type(exc).__name__}: {exc}). A model of your own: define its function or "
+            "class in a module (not a lambda, a closure or the main script). A runtime's "
+            "session (ONNX Runtime, PyTorch) releases the GIL: use model_calls: thread"
+        ) from None
+
+
+class ProcessCall:
+    """A call made with :meth:`ProcessPool.call`: ``future`` gets its outputs."""
+
+    __slots__ = ("future", "id", "inputs", "token")
+
+    def __init__(self, id: int, token: int, inputs: Any, future: asyncio.Future[Any]) -> None:
+        self.id = id
+        self.token = token
+        self.inputs = inputs
+        self.future = future
+
+
+class _Child:
+    __slots__ = ("busy", "conn", "models", "name", "proc", "ready")
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.name = name
+        self.proc = proc
+        self.conn = conn
+        self.ready = False
+        self.busy: ProcessCall | None = None
+        self.models: set[int] = set()
+
+
+class ProcessPool:
+    """``size`` model processes, one call at a time each, answered on the event loop
+    (their sockets are read by the loop's selector: no thread in the worker)."""
+
+    def __init__(self, size: int, *, name: str = "headrace-model") -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one process, got {size}")
+        self.size = size
+        self.name = name
+        self.replaced = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._children: list[_Child] = []
+        self._waiting: collections.deque[ProcessCall] = collections.deque()
+        # id(model) -> (token, model, pickled): the model is held, so its id stays its own.
+        self._models: collections.OrderedDict[int, tuple[int, Any, bytes]] = (
+            collections.OrderedDict()
+        )
+        self._tokens = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._started = itertools.count(1)
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the processes (they become ready in the background, in about a second:
+        calls made meanwhile wait for them)."""
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "headrace.runtime.model_process",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(True)
+        conn = Connection(ours.detach())
+        child = _Child(f"{self.name}-{next(self._started)}", proc, conn)
+        conn.send(("path", list(sys.path)))
+        self._children.append(child)
+        self._loop.add_reader(conn.fileno(), self._readable, child)
+
+    def call(self, model: Any, inputs: Any) -> ProcessCall:
+        """Call ``model.predict_batch(inputs)`` in a process; await the call's ``future``."""
+        if self._closed or self._loop is None:
+            raise RuntimeError("the model processes are not running")
+        token = self._token_of(model)
+        call = ProcessCall(next(self._ids), token, inputs, self._loop.create_future())
+        self._waiting.append(call)
+        self._dispatch()
+        return call
+
+    def _token_of(self, model: Any) -> int:
+        key = id(model)
+        known = self._models.get(key)
+        if known is not None:
+            self._models.move_to_end(key)
+            return known[0]
+        token = next(self._tokens)
+        self._models[key] = (token, model, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+        while len(self._models) > KEPT_MODELS:
+            old, _, _ = self._models.popitem(last=False)[1]
+            for child in self._children:
+                if old in child.models:
+                    child.models.discard(old)
+                    self._send(child, ("forget", old))
+        return token
+
+    def _dispatch(self) -> None:
+        """Hand waiting calls to idle processes."""
+        for child in list(self._children):  # _gone replaces a child that is found gone
+            if not self._waiting:
+                return
+            if not child.ready or child.busy is not None:
+                continue
+            call = self._waiting.popleft()
+            while call.future.done():  # given up on while it waited
+                if not self._waiting:
+                    return
+                call = self._waiting.popleft()
+            if call.token not in child.models:
+                pickled = next(m[2] for m in self._models.values() if m[0] == call.token)
+                if not self._send(child, ("model", call.token, pickled)):
+                    self._waiting.appendleft(call)
+                    continue
+                child.models.add(call.token)
+            child.busy = call
+            if not self._send(child, ("call", call.id, call.token, call.inputs)):
+                continue  # _gone failed the call and started another process
+
+    def _send(self, child: _Child, msg: tuple[Any, ...]) -> bool:
+        try:
+            child.conn.send(msg)
+        except (OSError, ValueError):  # the process is gone
+            self._gone(child)
+            return False
+        return True
+
+    def _readable(self, child: _Child) -> None:
+        try:
+            msg = child.conn.recv()
+        except (EOFError, OSError):
+            self._gone(child)
+            return
+        kind = msg[0]
+        if kind == "ready":
+            child.ready = True
+        else:
+            _, call_id, payload = msg
+            call = child.busy
+            child.busy = None
+            if call is not None and call.id == call_id and not call.future.done():
+                if kind == "done":
+                    call.future.set_result(payload)
+                else:
+                    call.future.set_exception(payload)
+        self._dispatch()
+
+    def _gone(self, child: _Child, *, killed: bool = False) -> None:
+        """``child`` died or was killed: fail its call, start another in its place."""
+        if child not in self._children:
+            return
+        self._children.remove(child)
+        self._close(child)
+        call = child.busy
+        try:  # its socket closed as it ended: it is leaving or gone
+            code = child.proc.wait(EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            code = child.proc.wait()
+        if call is not None and not call.future.done():
+            call.future.set_exception(
+                ModelProcessError(
+                    f"the model's process {child.name} ended during a call on "
+                    f"{len(call.inputs)} records (exit code {code})"
+                )
+            )
+        if self._closed:
+            return
+        self.replaced += 1
+        if not killed:
+            log.warning("model process %s ended (exit code %s): starting another", child.name, code)
+        self._spawn()
+
+    def _close(self, child: _Child) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(OSError, ValueError):  # closed already
+            self._loop.remove_reader(child.conn.fileno())
+        child.conn.close()
+
+    def abandon(self, call: ProcessCall) -> None:
+        """The caller gave up on ``call`` (a timeout): a process still running it is
+        killed and replaced; a call still waiting is dropped."""
+        if call in self._waiting:
+            self._waiting.remove(call)
+            return
+        for child in self._children:
+            if child.busy is call:
+                child.proc.kill()
+                child.proc.wait()
+                log.warning(
+                    "a model call did not return: process %s killed and replaced", child.name
+                )
+                self._gone(child, killed=True)
+                return
+
+    def shutdown(self) -> None:
+        """Close every process's connection (it then leaves), wait for them at most
+        :data:`EXIT_WAIT` seconds, then kill what is left (a call that never returns)."""
+        if self._closed:
+            return
+        self._closed = True
+        for call in self._waiting:
+            call.future.cancel()
+        self._waiting.clear()
+        children, self._children = self._children, []
+        for child in children:
+            self._close(child)
+            if child.busy is not None:
+                child.busy.future.cancel()
+        for child in children:
+            try:
+                child.proc.wait(EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()

@@ -1,0 +1,26 @@
+"""Models for the tests of ``model_calls: process``, in a module of their own so that
+the model's process can import them (as it imports a user's)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def pid(xs: list[Any]) -> list[int]:
+    """Which process scored the batch."""
+    return [os.getpid()] * len(xs)
+
+
+def troubled(xs: list[dict[str, Any]]) -> list[float]:
+    """Doubles ``x``; a batch holding x == -1 raises, -2 never returns, -3 ends the
+    process (as a crash in native code would)."""
+    seen = {x["x"] for x in xs}
+    if -1 in seen:
+        raise ValueError("x is -1")
+    if -2 in seen:
+        time.sleep(3600)
+    if -3 in seen:
+        os._exit(3)
+    return [x["x"] * 2 for x in xs]
