@@ -60,6 +60,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.kafka_throughput
 	$(BIN)/python -m bench.kafka_columns
 	$(BIN)/python -m bench.kafka_model_calls
+	$(BIN)/python -m bench.model_processes
 	$(BIN)/python -m bench.files_columns
 	$(BIN)/python -m bench.kafka_postgres
 	$(BIN)/python -m bench.crash_cost

@@ -1,6 +1,7 @@
 """Where the model is called, through Kafka: Headrace with the model on an inference
-thread (the default) and on the event loop (``batching.model_calls: loop``), and the
-async-commit loop, taking turns on one backlog.
+thread (the default), on the event loop (``batching.model_calls: loop``) and in processes
+of its own (``batching.model_calls: process``, two, one per core), and the async-commit
+loop, taking turns on one backlog.
 
 Kafka -> Kafka at-least-once, as ``bench.kafka_throughput`` measures it (records/s from
 the first output; worker and broker CPU from the first output on), on a backlog of
@@ -27,6 +28,7 @@ from bench.machine import describe, source_state
 LOOP = "loop, async commit"
 THREAD = "headrace, model on a thread"
 ON_LOOP = "headrace, model_calls: loop"
+PROCESS = "headrace, model_calls: process"
 
 
 def main() -> None:
@@ -66,16 +68,32 @@ def main() -> None:
                     ),
                     models,
                 ),
+                PROCESS: (
+                    Worker(
+                        "headrace",
+                        model,
+                        batch=args.batch,
+                        concurrency=2,  # a process per core: they share no GIL
+                        batching=(("model_calls", "process"),),
+                    ),
+                    models,
+                ),
             }
             runs = take_turns(n, args.repeats, workdir, systems)
             med = medians(runs)
             thread, on_loop, loop = med[THREAD], med[ON_LOOP], med[LOOP]
+            process = med[PROCESS]
             results[model] = {
                 "concurrency": concurrency,
                 "runs": runs,
                 "on_loop_to_thread": round(on_loop["records_per_s"] / thread["records_per_s"], 3),
                 "thread_to_loop": round(thread["records_per_s"] / loop["records_per_s"], 3),
                 "on_loop_to_loop": round(on_loop["records_per_s"] / loop["records_per_s"], 3),
+                "process_to_thread": round(process["records_per_s"] / thread["records_per_s"], 3),
+                "process_to_loop": round(process["records_per_s"] / loop["records_per_s"], 3),
+                "cpu_per_record_process_to_loop": round(
+                    process["worker_cpu_us_per_record"] / loop["worker_cpu_us_per_record"], 3
+                ),
                 "cpu_per_record_on_loop_to_thread": round(
                     on_loop["worker_cpu_us_per_record"] / thread["worker_cpu_us_per_record"], 3
                 ),

@@ -325,8 +325,15 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 
 
 def cpu_seconds(p: psutil.Process) -> float:
+    """CPU of ``p`` and its children, live ones included (``model_calls: process``
+    scores in processes of the worker's own)."""
     t = p.cpu_times()
-    return float(t.user + t.system)
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in p.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return float(total)
 
 
 # -- reading outputs -----------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -33,6 +34,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import types
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -54,11 +56,24 @@ class ModelNotPicklable(HeadraceError, ValueError):
     """The model cannot be sent to a process: it cannot be pickled."""
 
 
+class _MainChecker(pickle.Pickler):
+    """Pickles into nothing, refusing a function or class of the main script: pickle
+    writes those by name, and the model's process has another main module."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type | types.FunctionType) and obj.__module__ == "__main__":
+            raise pickle.PicklingError(
+                f"{obj.__qualname__} is defined in the main script, which the model's "
+                "process does not import"
+            )
+        return NotImplemented
+
+
 def check_picklable(model: Any) -> None:
     """Raise :class:`ModelNotPicklable`, naming the setting and the fix, if ``model``
     cannot be sent to a process."""
     try:
-        pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        _MainChecker(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(model)
     except Exception as exc:
         raise ModelNotPicklable(
             f"batching.model_calls: process: the model cannot be sent to its process "

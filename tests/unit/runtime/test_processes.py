@@ -144,3 +144,16 @@ def test_the_models_process_leaves_when_its_worker_is_killed(tmp_path: Path) -> 
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     assert gone_within(pid, 5), "the model's process outlived its worker"
+
+
+def test_a_model_of_the_main_script_is_refused_by_name() -> None:
+    """A function of the main script pickles (by name) but cannot be found in the
+    model's process, whose main module is another: refused at start, named."""
+
+    def score(xs: list[object]) -> list[float]:
+        return [0.0] * len(xs)
+
+    score.__module__ = "__main__"
+    score.__qualname__ = "score"
+    with pytest.raises(ModelNotPicklable, match="score is defined in the main script"):
+        check_picklable(CallableModel(score, name="main"))
