@@ -24,3 +24,17 @@ def troubled(xs: list[dict[str, Any]]) -> list[float]:
     if -3 in seen:
         os._exit(3)
     return [x["x"] * 2 for x in xs]
+
+
+class SlowToLoad:
+    """Doubles ``x``; unpickling it takes a second, as a large model's would."""
+
+    name = "slow-to-load"
+    version = "1"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(1.0)
+        self.__dict__.update(state)
+
+    def predict_batch(self, xs: list[dict[str, Any]]) -> list[float]:
+        return [x["x"] * 2 for x in xs]

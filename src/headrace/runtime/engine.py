@@ -345,8 +345,8 @@ class Engine:
         if settings.model_calls == "process":
             check_picklable(self.scorer.model)
             processes = ProcessPool(settings.max_concurrency)
-            processes.start()
             parts.callback(processes.shutdown)
+            await processes.start(self.scorer.model)
             self.caller.processes = processes
         for sink in self.outputs.all_sinks():
             await sink.open()

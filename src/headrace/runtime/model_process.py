@@ -4,8 +4,9 @@ FD``, speaking pickled tuples over the connected socket ``FD``.
 
 Messages in: ``("path", sys_path)`` first (so the models' modules import as in the worker),
 ``("model", token, pickled)``, ``("forget", token)``, ``("call", id, token, inputs)``.
-Messages out: ``("ready",)`` once, then ``("done", id, outputs)`` or ``("error", id, exc)``
-for each call, one call at a time.
+Messages out: ``("ready",)`` once, ``("loaded", token)`` for each model (loaded, or kept
+as the error that calls with it then raise), ``("done", id, outputs)`` or ``("error", id,
+exc)`` for each call, one call at a time.
 
 It leaves when the worker closes the connection, or (a call that never returns does not
 read it) when the worker is gone: a watchdog thread checks the parent every half second.
@@ -86,6 +87,7 @@ def serve(conn: Connection, parent: int) -> None:
                 models[token] = ModelNotLoaded(
                     f"the model could not be loaded in its process: {type(exc).__name__}: {exc}"
                 )
+            conn.send(("loaded", token))
         elif kind == "forget":
             models.pop(msg[1], None)
 

@@ -34,6 +34,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 import types
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,6 +47,11 @@ log = logging.getLogger("headrace")
 KEPT_MODELS = 4
 #: How long a stop waits for a process to leave after its connection closed.
 EXIT_WAIT = 2.0
+#: How long a start waits for the processes to be ready with the model loaded (each
+#: imports Headrace and the model's libraries: 0.3-2.9 s measured, on 2 cores).
+START_TIMEOUT = 60.0
+#: Processes that end before they are ready, in a row, after which no more are started.
+MAX_FAILED_STARTS = 3
 
 
 class ModelProcessError(HeadraceError, RuntimeError):
@@ -84,27 +90,48 @@ def check_picklable(model: Any) -> None:
 
 
 class ProcessCall:
-    """A call made with :meth:`ProcessPool.call`: ``future`` gets its outputs."""
+    """A call made with :meth:`ProcessPool.call`: ``started`` is done once a process has
+    it (waiting for a process, or for the model to load in it, is not the call's time),
+    ``future`` gets its outputs."""
 
-    __slots__ = ("future", "id", "inputs", "token")
+    __slots__ = ("future", "id", "inputs", "started", "token")
 
-    def __init__(self, id: int, token: int, inputs: Any, future: asyncio.Future[Any]) -> None:
+    def __init__(self, id: int, token: int, inputs: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.id = id
         self.token = token
         self.inputs = inputs
-        self.future = future
+        self.started: asyncio.Future[None] = loop.create_future()
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def begin(self) -> None:
+        if not self.started.done():
+            self.started.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.begin()
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    @property
+    def given_up(self) -> bool:
+        return self.future.done() or self.started.cancelled()
 
 
 class _Child:
-    __slots__ = ("busy", "conn", "models", "name", "proc", "ready")
+    __slots__ = ("busy", "conn", "loading", "models", "name", "proc", "ready")
 
     def __init__(self, name: str, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         self.name = name
         self.proc = proc
         self.conn = conn
         self.ready = False
-        self.busy: ProcessCall | None = None
+        self.busy: ProcessCall | None = None  # the call it runs
+        self.loading: ProcessCall | None = None  # the call waiting for its model to load
         self.models: set[int] = set()
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.busy is None and self.loading is None
 
 
 class ProcessPool:
@@ -127,17 +154,47 @@ class ProcessPool:
         self._tokens = itertools.count(1)
         self._ids = itertools.count(1)
         self._started = itertools.count(1)
+        self._failed_starts = 0
+        self._broken: str | None = None
+        self._ready = asyncio.Event()
         self._closed = False
 
-    def start(self) -> None:
-        """Start the processes (they become ready in the background, in about a second:
-        calls made meanwhile wait for them)."""
+    async def start(self, model: Any = None) -> None:
+        """Start the processes and wait until each is ready (with ``model`` loaded, if
+        given): a process that cannot start is :class:`ModelProcessError` here, with its
+        exit code (its error was printed to the worker's stderr), not a failure of every
+        batch later."""
         self._loop = asyncio.get_running_loop()
         for _ in range(self.size):
             self._spawn()
+        token = None if model is None else self._token_of(model)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while self._broken is None and not all(c.ready for c in self._children):
+                    self._ready.clear()
+                    await self._ready.wait()
+                if self._broken is not None:
+                    raise ModelProcessError(self._broken)
+                if token is not None:
+                    loads = [self._preload(c, token) for c in self._children]
+                    await asyncio.gather(*loads)
+        except TimeoutError:
+            raise ModelProcessError(
+                f"the model's processes were not ready within {START_TIMEOUT:.0f} s"
+            ) from None
+
+    async def _preload(self, child: _Child, token: int) -> None:
+        call = ProcessCall(0, token, (), self._require_loop())
+        self._load(child, call)
+        await call.started
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed or self._loop is None:
+            raise RuntimeError("the model processes are not running")
+        return self._loop
 
     def _spawn(self) -> None:
-        assert self._loop is not None
+        loop = self._require_loop()
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
@@ -156,16 +213,17 @@ class ProcessPool:
         ours.setblocking(True)
         conn = Connection(ours.detach())
         child = _Child(f"{self.name}-{next(self._started)}", proc, conn)
-        conn.send(("path", list(sys.path)))
         self._children.append(child)
-        self._loop.add_reader(conn.fileno(), self._readable, child)
+        loop.add_reader(conn.fileno(), self._readable, child)
+        self._send(child, ("path", list(sys.path)))
 
     def call(self, model: Any, inputs: Any) -> ProcessCall:
         """Call ``model.predict_batch(inputs)`` in a process; await the call's ``future``."""
-        if self._closed or self._loop is None:
-            raise RuntimeError("the model processes are not running")
-        token = self._token_of(model)
-        call = ProcessCall(next(self._ids), token, inputs, self._loop.create_future())
+        loop = self._require_loop()
+        call = ProcessCall(next(self._ids), self._token_of(model), inputs, loop)
+        if self._broken is not None:
+            call.fail(ModelProcessError(self._broken))
+            return call
         self._waiting.append(call)
         self._dispatch()
         return call
@@ -180,33 +238,42 @@ class ProcessPool:
         self._models[key] = (token, model, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
         while len(self._models) > KEPT_MODELS:
             old, _, _ = self._models.popitem(last=False)[1]
-            for child in self._children:
+            for child in list(self._children):
                 if old in child.models:
                     child.models.discard(old)
                     self._send(child, ("forget", old))
         return token
 
     def _dispatch(self) -> None:
-        """Hand waiting calls to idle processes."""
+        """Hand waiting calls to idle processes, loading the call's model first where
+        the process does not have it."""
         for child in list(self._children):  # _gone replaces a child that is found gone
-            if not self._waiting:
-                return
-            if not child.ready or child.busy is not None:
+            if not child.idle:
                 continue
+            call = self._next_call()
+            if call is None:
+                return
+            if call.token in child.models:
+                self._run(child, call)
+            else:
+                self._load(child, call)
+
+    def _next_call(self) -> ProcessCall | None:
+        while self._waiting:
             call = self._waiting.popleft()
-            while call.future.done():  # given up on while it waited
-                if not self._waiting:
-                    return
-                call = self._waiting.popleft()
-            if call.token not in child.models:
-                pickled = next(m[2] for m in self._models.values() if m[0] == call.token)
-                if not self._send(child, ("model", call.token, pickled)):
-                    self._waiting.appendleft(call)
-                    continue
-                child.models.add(call.token)
-            child.busy = call
-            if not self._send(child, ("call", call.id, call.token, call.inputs)):
-                continue  # _gone failed the call and started another process
+            if not call.given_up:
+                return call
+        return None
+
+    def _load(self, child: _Child, call: ProcessCall) -> None:
+        pickled = next(m[2] for m in self._models.values() if m[0] == call.token)
+        child.loading = call
+        self._send(child, ("model", call.token, pickled))
+
+    def _run(self, child: _Child, call: ProcessCall) -> None:
+        child.busy = call
+        if self._send(child, ("call", call.id, call.token, call.inputs)):
+            call.begin()
 
     def _send(self, child: _Child, msg: tuple[Any, ...]) -> bool:
         try:
@@ -225,10 +292,19 @@ class ProcessPool:
         kind = msg[0]
         if kind == "ready":
             child.ready = True
+            self._failed_starts = 0
+            self._ready.set()
+        elif kind == "loaded":
+            child.models.add(msg[1])
+            call, child.loading = child.loading, None
+            if call is not None and call.id == 0:  # a preload: nothing to run
+                call.begin()
+            elif call is not None and not call.given_up:
+                self._run(child, call)
+                return
         else:
             _, call_id, payload = msg
-            call = child.busy
-            child.busy = None
+            call, child.busy = child.busy, None
             if call is not None and call.id == call_id and not call.future.done():
                 if kind == "done":
                     call.future.set_result(payload)
@@ -242,25 +318,42 @@ class ProcessPool:
             return
         self._children.remove(child)
         self._close(child)
-        call = child.busy
         try:  # its socket closed as it ended: it is leaving or gone
             code = child.proc.wait(EXIT_WAIT)
         except subprocess.TimeoutExpired:
             child.proc.kill()
             code = child.proc.wait()
-        if call is not None and not call.future.done():
-            call.future.set_exception(
+        if child.busy is not None:
+            child.busy.fail(
                 ModelProcessError(
                     f"the model's process {child.name} ended during a call on "
-                    f"{len(call.inputs)} records (exit code {code})"
+                    f"{len(child.busy.inputs)} records (exit code {code})"
                 )
             )
+        if child.loading is not None:  # not begun: another process will take it
+            self._waiting.appendleft(child.loading)
         if self._closed:
             return
+        if not child.ready:
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                self._give_up(
+                    f"the model's process could not start ({self._failed_starts} tries, the "
+                    f"last exit code {code}; its error is above, on the worker's stderr)"
+                )
+                return
         self.replaced += 1
         if not killed:
             log.warning("model process %s ended (exit code %s): starting another", child.name, code)
         self._spawn()
+
+    def _give_up(self, reason: str) -> None:
+        """No more processes: every call waiting, and every later one, fails."""
+        self._broken = reason
+        self._ready.set()
+        log.error("%s", reason)
+        while self._waiting:
+            self._waiting.popleft().fail(ModelProcessError(reason))
 
     def _close(self, child: _Child) -> None:
         assert self._loop is not None
@@ -296,11 +389,13 @@ class ProcessPool:
         children, self._children = self._children, []
         for child in children:
             self._close(child)
-            if child.busy is not None:
-                child.busy.future.cancel()
+            for running in (child.busy, child.loading):
+                if running is not None:
+                    running.future.cancel()
+        deadline = time.monotonic() + EXIT_WAIT
         for child in children:
             try:
-                child.proc.wait(EXIT_WAIT)
+                child.proc.wait(max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()

@@ -368,6 +368,12 @@ class ModelCaller:
                         out = await out
                 elif self.processes is not None:
                     call = self.processes.call(model, inputs)
+                    if timer is not None and timeout is not None:
+                        # Waiting for a process (or for the model to load in it) is not
+                        # the call's time: the timeout counts from when one has it.
+                        timer.reschedule(None)
+                        await call.started
+                        timer.reschedule(asyncio.get_running_loop().time() + timeout)
                     out = await call.future
                 else:
                     call = self._start(model.predict_batch, inputs)

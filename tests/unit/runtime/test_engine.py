@@ -189,3 +189,26 @@ async def test_model_calls_process_scores_in_processes_and_isolates_what_fails_t
     assert scored == want
     failed = {f.record.value["x"]: f.error_type for f in dead.failures}
     assert failed == {-2.0: "model-timeout", -3.0: "model-error"}
+
+
+async def test_model_calls_process_times_a_call_from_when_a_process_has_it() -> None:
+    """A model that takes a second to load in each process, and a model timeout of half
+    a second: the wait for the processes (and for the model in them) is not the calls'
+    time, so nothing times out and every record is scored."""
+    import process_models
+    from headrace import EngineSettings
+    from headrace.runtime.engine import Engine
+    from headrace.runtime.scoring import FailurePolicy
+    from headrace.runtime.spec import PipelineSpec
+
+    sink, dead = MemorySink(), MemorySink()
+    spec = PipelineSpec(
+        source=ListSource([records(40, partitions=2)]),
+        model=process_models.SlowToLoad(),
+        sinks=[sink],
+        dead_letter=dead,
+        settings=EngineSettings(max_batch_size=8, max_wait=0.005, model_calls="process"),
+        failures=FailurePolicy(retries=0, backoff=0.001, max_backoff=0.005, timeout=0.5),
+    )
+    summary = await Engine(spec).run()
+    assert summary.records_out == 40 and not dead.failures

@@ -46,7 +46,7 @@ def gone_within(pid: int, seconds: float) -> bool:
 
 async def test_a_call_runs_in_another_process_and_a_models_error_keeps_its_type() -> None:
     pool = ProcessPool(1)
-    pool.start()
+    await pool.start()
     try:
         [where] = await pool.call(PID, [{"x": 1}]).future
         assert where != os.getpid()
@@ -60,7 +60,7 @@ async def test_a_call_runs_in_another_process_and_a_models_error_keeps_its_type(
 
 async def test_a_process_that_ends_during_a_call_fails_that_call_and_is_replaced() -> None:
     pool = ProcessPool(1)
-    pool.start()
+    await pool.start()
     try:
         [first] = await pool.call(PID, [{}]).future
         with pytest.raises(
@@ -76,7 +76,7 @@ async def test_a_process_that_ends_during_a_call_fails_that_call_and_is_replaced
 
 async def test_a_call_given_up_on_kills_its_process_and_another_takes_its_place() -> None:
     pool = ProcessPool(1)
-    pool.start()
+    await pool.start()
     try:
         [first] = await pool.call(PID, [{}]).future
         call = pool.call(TROUBLED, [{"x": -2.0}])
@@ -92,7 +92,7 @@ async def test_a_call_given_up_on_kills_its_process_and_another_takes_its_place(
 
 async def test_a_stop_ends_every_process_even_one_stuck_in_a_call() -> None:
     pool = ProcessPool(2)
-    pool.start()
+    await pool.start()
     pids = await asyncio.gather(pool.call(PID, [{}]).future, pool.call(PID, [{}]).future)
     stuck = pool.call(TROUBLED, [{"x": -2.0}])
     await asyncio.sleep(0.2)  # let it reach the model (not a condition: either way is right)
@@ -120,7 +120,7 @@ from headrace.runtime.processes import ProcessPool
 
 async def main():
     pool = ProcessPool(1)
-    pool.start()
+    await pool.start()
     [pid] = await pool.call(CallableModel(process_models.pid, name="pid"), [{{}}]).future
     pool.call(CallableModel(process_models.troubled, name="t"), [{{"x": -2.0}}])
     print(pid, flush=True)
@@ -157,3 +157,19 @@ def test_a_model_of_the_main_script_is_refused_by_name() -> None:
     score.__qualname__ = "score"
     with pytest.raises(ModelNotPicklable, match="score is defined in the main script"):
         check_picklable(CallableModel(score, name="main"))
+
+
+async def test_a_process_that_cannot_start_fails_the_start_in_one_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Processes that end before they are ready (here: not Python at all) are tried
+    three times, then the start fails, and so does every later call, at once."""
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    pool = ProcessPool(1)
+    try:
+        with pytest.raises(ModelProcessError, match=r"could not start \(3 tries"):
+            await pool.start(PID)
+        with pytest.raises(ModelProcessError, match="could not start"):
+            await pool.call(PID, [{}]).future
+    finally:
+        pool.shutdown()
