@@ -344,6 +344,12 @@ class Engine:
             self._report_model(self.scorer.model)
         if settings.model_calls == "process":
             check_picklable(self.scorer.model)
+            if self.rollout is not None:  # new versions too (the shadow keeps its threads)
+                scored = [self.rollout.manager]
+                if self.rollout.canary is not None:
+                    scored.append(self.rollout.canary.candidate)
+                for manager in scored:
+                    manager.accept = check_picklable
             processes = ProcessPool(settings.max_concurrency)
             parts.callback(processes.shutdown)
             await processes.start(self.scorer.model)

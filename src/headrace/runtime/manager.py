@@ -133,6 +133,9 @@ class ModelManager:
         self.previous: Model | None = None
         self.rejected: set[str] = set()
         self.on_swap: Callable[[Model, Model | None], None] = lambda _new, _old: None
+        # A further check a new version must pass before it serves, raising if it fails
+        # (the engine's, under model_calls: process: that it can be sent to a process).
+        self.accept: Callable[[Model], None] = lambda _model: None
         # Whether the serving version is what the model-info gauge shows: not for a
         # canary or shadow candidate (the Rollout turns it off for those).
         self.reports_info = True
@@ -187,6 +190,7 @@ class ModelManager:
             started = time.perf_counter()
             try:
                 model = await asyncio.to_thread(self.source.load, version)
+                self.accept(model)
             except Exception as exc:
                 self.rejected.add(version)
                 self.metrics.model_updates.labels("rejected").inc()

@@ -114,6 +114,25 @@ async def test_check_swaps_only_when_the_version_changes() -> None:
     assert src.loads == ["1", "2"] and updates(metrics, "swapped") == 1
 
 
+async def test_a_version_the_engine_does_not_accept_is_rejected_and_never_serves() -> None:
+    """``accept`` (under ``model_calls: process``: that a version can be pickled): a
+    version it refuses is rejected like one that failed to load; the old one serves."""
+    metrics = PipelineMetrics()
+    src = source()
+    m = await started(src, metrics=metrics)
+    first = model(m)
+
+    def accept(candidate: Any) -> None:
+        if candidate is not first:
+            raise ValueError("cannot be sent to its process")
+
+    m.accept = accept
+    src.point("2")
+    assert await m.check() is False
+    assert model(m) is first and m.rejected == {"2"}
+    assert updates(metrics, "rejected") == 1 and updates(metrics, "swapped") == 0
+
+
 async def test_a_version_that_fails_to_load_is_rejected_once_and_never_serves() -> None:
     metrics = PipelineMetrics()
     src = source(**{"2": ValueError("sha256 mismatch")})
