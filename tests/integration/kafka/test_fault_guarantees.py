@@ -238,12 +238,14 @@ def test_exactly_once_into_postgres_fences_a_worker_paused_past_its_session(
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("calls", ["thread", "process"])
 def test_a_model_call_that_never_returns_costs_one_record_not_the_worker(
-    tansu: TansuBroker, tmp_path: Path
+    tansu: TansuBroker, tmp_path: Path, calls: str
 ) -> None:
     """The model blocks forever on one record: that record is dead-lettered at stage
     model as model-timeout, every other is scored, and SIGTERM ends the worker within the
-    shutdown timeout though threads are still stuck in the model."""
+    shutdown timeout though threads are still stuck in the model (on threads), or after
+    each stuck call's process was killed and replaced (``model_calls: process``)."""
     n = 3000
     hang = 1234
     events = reference_events(n)
@@ -257,7 +259,7 @@ def test_a_model_call_that_never_returns_costs_one_record_not_the_worker(
         tansu.bootstrap,
         sinks="  - type: kafka\n    topic: predictions",
         function="workermodels:hangs",
-        batching={"max_size": 256, "max_wait_ms": 5},
+        batching={"max_size": 256, "max_wait_ms": 5, "model_calls": calls},
         extra="dead_letter:\n  type: kafka\n  topic: dead-letters\n"
         "failures:\n  model_timeout_ms: 500\n",
         shutdown_timeout_s=10,
@@ -284,6 +286,52 @@ def test_a_model_call_that_never_returns_costs_one_record_not_the_worker(
     )
     assert msgspec.json.decode(dead.values[0])["id"] == hang
     assert oracle([*reader.ids(), hang], n) == (0, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_model_processes_leave_with_a_killed_worker_and_nothing_is_lost(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    """``model_calls: process``, Kafka -> Kafka at-least-once: the worker is SIGKILLed
+    mid-run while its two model processes score; they leave with it (they would
+    otherwise score for nobody), and a new worker scores the rest: no input missing."""
+    import psutil
+
+    n = 10_000
+    tansu.create_topic("events", 4)
+    tansu.create_topic("predictions", 4)
+    tansu.produce_json("events", reference_events(n), key_field="entity_id")
+    config = kafka_pipeline(
+        tmp_path / "p.yaml",
+        tansu.bootstrap,
+        sinks="  - type: kafka\n    topic: predictions",
+        batching={"model_calls": "process"},
+    )
+    # 20 ms per batch of 64: about 6,000 records/s in two processes, so the kill comes
+    # mid-run.
+    env = models_env(tmp_path, 0.02)
+    reader = TopicReader(tansu.bootstrap, "predictions", 4)
+    first = Worker(config, env, tmp_path / "first.log").start()
+    second = Worker(config, env, tmp_path / "second.log")
+    try:
+        wait_until(lambda: reader.read() >= 1000, 90, "first outputs", (first,))
+        assert first.proc is not None
+        processes = psutil.Process(first.proc.pid).children()
+        assert len(processes) == 2, processes  # max_concurrency
+        first.kill()
+        _, left = psutil.wait_procs(processes, timeout=10)
+        assert not left, f"model processes outlived their worker: {left}"
+        second.start()
+        wait_until(lambda: len(set(reader.read() and reader.ids())) >= n, 120, "all", (second,))
+        assert second.terminate() == 0, second.tail()
+        reader.read()
+    finally:
+        first.stop()
+        second.stop()
+        reader.close()
+    missing, _ = oracle(reader.ids(), n)
+    assert missing == 0
 
 
 # -- 5. a database that goes away -----------------------------------------------------------
