@@ -43,8 +43,10 @@ from headrace.errors import HeadraceError
 
 log = logging.getLogger("headrace")
 
-#: How many models (versions) a process keeps; older ones are forgotten.
-KEPT_MODELS = 4
+#: How many models (versions) the pool keeps, pickled, and its processes loaded: the one
+#: serving, a canary and the one a rollback would go back to. Older ones no call uses
+#: are forgotten (a model used again is pickled and loaded again).
+KEPT_MODELS = 3
 #: How long a stop waits for a process to leave after its connection closed.
 EXIT_WAIT = 2.0
 #: How long a start waits for the processes to be ready with the model loaded (each
@@ -184,6 +186,10 @@ class ProcessPool:
             ) from None
 
     async def _preload(self, child: _Child, token: int) -> None:
+        """Load the model in ``child`` (a call of id 0, which runs nothing); done when it
+        is loaded, or when the process is gone (its replacement loads it on first use)."""
+        if child not in self._children:
+            return
         call = ProcessCall(0, token, (), self._require_loop())
         self._load(child, call)
         await call.started
@@ -236,13 +242,27 @@ class ProcessPool:
             return known[0]
         token = next(self._tokens)
         self._models[key] = (token, model, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
-        while len(self._models) > KEPT_MODELS:
-            old, _, _ = self._models.popitem(last=False)[1]
+        self._forget_old(token)
+        return token
+
+    def _forget_old(self, new: int) -> None:
+        """Past :data:`KEPT_MODELS`, forget the least recently used models that no call
+        waits for or runs with, nor the ``new`` one a call is being made with (the
+        pickled bytes of each are held until then)."""
+        in_use = {new, *(c.token for c in self._waiting)}
+        for child in self._children:
+            in_use.update(c.token for c in (child.busy, child.loading) if c is not None)
+        for key in list(self._models):
+            if len(self._models) <= KEPT_MODELS:
+                return
+            old = self._models[key][0]
+            if old in in_use:
+                continue
+            del self._models[key]
             for child in list(self._children):
                 if old in child.models:
                     child.models.discard(old)
                     self._send(child, ("forget", old))
-        return token
 
     def _dispatch(self) -> None:
         """Hand waiting calls to idle processes, loading the call's model first where
@@ -266,7 +286,10 @@ class ProcessPool:
         return None
 
     def _load(self, child: _Child, call: ProcessCall) -> None:
-        pickled = next(m[2] for m in self._models.values() if m[0] == call.token)
+        pickled = next((m[2] for m in self._models.values() if m[0] == call.token), None)
+        if pickled is None:  # cannot happen (_forget_old keeps what calls use): say so
+            call.fail(ModelProcessError(f"model {call.token} was forgotten while in use"))
+            return
         child.loading = call
         self._send(child, ("model", call.token, pickled))
 
@@ -330,8 +353,11 @@ class ProcessPool:
                     f"{len(child.busy.inputs)} records (exit code {code})"
                 )
             )
-        if child.loading is not None:  # not begun: another process will take it
-            self._waiting.appendleft(child.loading)
+        loading = child.loading
+        if loading is not None and loading.id == 0:
+            loading.begin()  # a preload: the replacement loads the model on first use
+        elif loading is not None:  # not begun: another process will take it
+            self._waiting.appendleft(loading)
         if self._closed:
             return
         if not child.ready:

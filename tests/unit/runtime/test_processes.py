@@ -173,3 +173,21 @@ async def test_a_process_that_cannot_start_fails_the_start_in_one_error(
             await pool.call(PID, [{}]).future
     finally:
         pool.shutdown()
+
+
+async def test_more_models_than_it_keeps_are_all_answered() -> None:
+    """Five versions with calls waiting at once, more than the pool keeps
+    (KEPT_MODELS): none still waited for is forgotten, every call gets its answer, and a
+    version used again after it was forgotten is sent again."""
+    pool = ProcessPool(1)
+    await pool.start()
+    try:
+        versions = [
+            CallableModel(process_models.troubled, name="t", version=str(v)) for v in range(5)
+        ]
+        calls = [pool.call(m, [{"x": float(i)}]) for i, m in enumerate(versions)]
+        answers = await asyncio.gather(*(c.future for c in calls))
+        assert [list(a) for a in answers] == [[2.0 * i] for i in range(5)]
+        assert list(await pool.call(versions[0], [{"x": 7.0}]).future) == [14.0]
+    finally:
+        pool.shutdown()
