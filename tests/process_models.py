@@ -38,3 +38,8 @@ class SlowToLoad:
 
     def predict_batch(self, xs: list[dict[str, Any]]) -> list[float]:
         return [x["x"] * 2 for x in xs]
+
+
+def unsendable(xs: list[Any]) -> Any:
+    """Outputs that cannot be pickled back to the worker."""
+    return (x for x in xs)

@@ -76,9 +76,10 @@ def serve(conn: Connection, parent: int) -> None:
             except BaseException as exc:
                 reply = ("error", call, _error(exc))
             try:
-                conn.send(reply)
-            except pickle.PicklingError as exc:
-                conn.send(("error", call, RuntimeError(f"the model's outputs: {exc}")))
+                conn.send(reply)  # pickled whole before anything is written
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                error = RuntimeError(f"the model's outputs cannot be sent back: {exc}")
+                conn.send(("error", call, error))
         elif kind == "model":
             _, token, pickled = msg
             try:

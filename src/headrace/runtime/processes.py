@@ -308,6 +308,13 @@ class ProcessPool:
 
     def _readable(self, child: _Child) -> None:
         try:
+            self._answer(child)
+        except Exception:  # a callback that raised would leave every call waiting
+            log.exception("model process %s: its message could not be taken", child.name)
+            self._gone(child)
+
+    def _answer(self, child: _Child) -> None:
+        try:
             msg = child.conn.recv()
         except (EOFError, OSError):
             self._gone(child)

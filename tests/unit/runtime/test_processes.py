@@ -191,3 +191,16 @@ async def test_more_models_than_it_keeps_are_all_answered() -> None:
         assert list(await pool.call(versions[0], [{"x": 7.0}]).future) == [14.0]
     finally:
         pool.shutdown()
+
+
+async def test_outputs_that_cannot_be_sent_back_fail_that_call_only() -> None:
+    pool = ProcessPool(1)
+    await pool.start()
+    try:
+        bad = CallableModel(process_models.unsendable, name="generator")
+        with pytest.raises(RuntimeError, match="outputs cannot be sent back"):
+            await pool.call(bad, [{}]).future
+        assert list(await pool.call(TROUBLED, [{"x": 1.0}]).future) == [2.0]
+        assert pool.replaced == 0
+    finally:
+        pool.shutdown()
