@@ -41,12 +41,13 @@ demo: $(VENV)/.demo-installed
 kafka-demo: $(VENV)/.dev-installed
 	$(BIN)/python examples/kafka_demo.py
 
-# Two test processes (pytest-xdist), work-stealing so a long fault test does not leave the
-# other process idle: most of the suite's time is brokers, databases and workers waiting,
-# and one process took 13-14 minutes on the 2-core CI machine (two: about 8). Every test
-# has its own broker, schema and ports, so they do not meet. TEST_PROCESSES=0 runs them
-# in this process (for a debugger).
-TEST_PROCESSES ?= 2
+# Three test processes (pytest-xdist), work-stealing so a long fault test does not leave
+# the others idle: most of the suite's time is brokers, databases and workers waiting
+# (the CPU was 40% busy with two), and on the 2-core machine one process took 13-14
+# minutes, two 8:06-8:40 and three 6:24 (2026-12-07, the same commit, the slowest test
+# 5% slower). Every test has its own broker, schema and ports, so they do not meet.
+# TEST_PROCESSES=0 runs them in this process (for a debugger).
+TEST_PROCESSES ?= 3
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
