@@ -34,6 +34,7 @@ from headrace.pipeline import Pipeline
 from headrace.registry.commands import app as registry_app
 from headrace.registry.local import RegistryError
 from headrace.runtime.engine import Engine, PipelineError
+from headrace.runtime.processes import ModelNotPicklable, check_picklable
 from headrace.tools.commands import register as register_tools
 
 app = typer.Typer(
@@ -129,6 +130,7 @@ def run(
         raise typer.Exit(_supervise(config, cfg, workers, metrics_port, progress, log_level, args))
     try:
         pipeline = Pipeline.from_config(cfg, path=config)
+        _check_model_calls(cfg, pipeline, config)
     except (ConfigError, ModelLoadError) as exc:
         _config_error(exc)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -320,7 +322,7 @@ def _validate(config: Path, load_model: bool, details: bool) -> bool:
             except (ModelLoadError, RegistryError) as exc:
                 raise ModelLoadError(f"{config}: at model.ref: {exc}") from exc
         if load_model:
-            Pipeline.from_config(cfg, path=config)
+            _check_model_calls(cfg, Pipeline.from_config(cfg, path=config), config)
     except (ConfigError, ModelLoadError, RegistryError) as exc:
         _config_error(exc)
         return False
@@ -331,6 +333,19 @@ def _validate(config: Path, load_model: bool, details: bool) -> bool:
     if details:
         _describe(cfg)
     return True
+
+
+def _check_model_calls(cfg: PipelineConfig, pipeline: Pipeline, config: Path) -> None:
+    """``model_calls: process`` with a model that cannot be sent to a process: a
+    configuration error of this file, from ``validate --load-model`` and ``run`` alike
+    (the engine checks it again at its start, for pipelines built in code)."""
+    model = pipeline.spec.model
+    if cfg.batching.model_calls != "process" or model is None:
+        return
+    try:
+        check_picklable(model)
+    except ModelNotPicklable as exc:
+        raise ConfigError(f"{config}: at {exc}") from None
 
 
 def _describe(cfg: PipelineConfig) -> None:
@@ -345,6 +360,10 @@ def _describe(cfg: PipelineConfig) -> None:
     typer.echo(
         f"  model       {model.name} version {model.version} ({type(model).__struct_config__.tag})"
     )
+    calls = cfg.batching.model_calls
+    if calls != "thread":
+        where = f" ({cfg.batching.max_concurrency} processes)" if calls == "process" else ""
+        typer.echo(f"  model calls {calls}{where}")
     typer.echo(f"  sinks       {sinks}")
     if cfg.dead_letter is not None:
         typer.echo(f"  dead letter {sink_name(cfg.dead_letter, dead_letter=True)}")

@@ -485,6 +485,36 @@ def test_a_sha256_mismatch_is_the_same_one_line_from_validate_and_run(tmp_path: 
     )
 
 
+def test_a_model_that_cannot_go_to_a_process_is_one_line_from_validate_and_run(
+    tmp_path: Path,
+) -> None:
+    """``model_calls: process`` with an ONNX model (its session cannot be pickled):
+    ``validate --load-model`` and ``run`` print the same line, naming the file, the key
+    and the fix, and exit 2."""
+    from headrace.demo import build_demo_model
+
+    model = tmp_path / "model.onnx"
+    sha256 = build_demo_model(model, samples=2_000)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        GENERATOR_YAML.replace(
+            'type: callable, name: m, version: "1", function: "MODULE:score"',
+            f'type: onnx, name: m, version: "1", path: {model}, sha256: "{sha256}", '
+            "output: anomaly_score",
+        )
+        + "batching: {model_calls: process}\n"
+    )
+    validated = run_cli("validate", "--load-model", str(config))
+    ran = run_cli("run", str(config), "--no-progress")
+    assert validated.returncode == ran.returncode == 2, ran.stderr
+    assert validated.stderr == ran.stderr
+    assert ran.stderr.startswith(
+        f"configuration error {config}: at batching.model_calls: process: the model cannot "
+        "be sent to its process"
+    )
+    assert "use model_calls: thread" in ran.stderr and ran.stderr.count("\n") == 1
+
+
 def test_validate_takes_several_files_one_line_each(
     tmp_path: Path, events_file: Path, cli_env: dict[str, str]
 ) -> None:
